@@ -1,0 +1,103 @@
+// Run-time description of a model: the model spec plus one BlockDesc per block. A
+// compile-time Model<> produces one of these; a program that reads a config builds one
+// directly. Parameter counts are constexpr functions of the descriptions.
+#pragma once
+#include <variant>
+#include <vector>
+
+#include "config.hpp"
+#include "core/tensor.hpp"
+
+namespace hybrid {
+
+struct NoChannelSpec {};
+struct SwiGluSpec : MlpSpec {};
+struct Relu2Spec : MlpSpec {};
+
+using MixerDesc = std::variant<Mamba2Spec, GqaSpec, ShortConvSpec>;
+using ChannelDesc = std::variant<NoChannelSpec, SwiGluSpec, Relu2Spec>;
+
+struct BlockDesc {
+  MixerDesc mixer;
+  ChannelDesc channel = NoChannelSpec{};
+  NormKind norm = NormKind::RMS;
+};
+
+struct ModelDesc {
+  ModelSpec model;
+  std::vector<BlockDesc> blocks;
+};
+
+// One letter per mixer kind, as in layout strings such as "MMMMMMMMMMMMAAAMMM".
+constexpr char mixer_code(const MixerDesc& m) {
+  return m.index() == 0 ? 'M' : m.index() == 1 ? 'A' : 'C';
+}
+constexpr bool has_channel(const BlockDesc& b) { return b.channel.index() != 0; }
+
+// ---- parameter counts --------------------------------------------------------------
+
+constexpr Index param_count(const Mamba2Spec& s, int D) {
+  const Index Di = s.d_inner(D), H = s.nheads(D), Cd = s.conv_dim(D), W = s.in_proj_dim(D);
+  Index n = W * D + Cd * s.d_conv + 3 * H + Di + Di * D;
+  if (s.conv_bias) n += Cd;
+  if (s.bias) n += W + D;
+  return n;
+}
+constexpr Index param_count(const GqaSpec& s, int D) {
+  const Index q = Index(s.n_heads) * s.head_dim, kv = Index(s.n_kv_heads) * s.head_dim;
+  Index n = 2 * q * D + 2 * kv * D;
+  if (s.output_gate) n += q * D;
+  if (s.qk_norm) n += 2 * s.head_dim;
+  if (s.bias) n += q + 2 * kv + D + (s.output_gate ? q : 0);
+  return n;
+}
+constexpr Index param_count(const ShortConvSpec& s, int D) {
+  Index n = 4 * Index(D) * D + Index(D) * s.L;
+  if (s.bias) n += 5 * Index(D);
+  return n;
+}
+constexpr Index param_count(const NoChannelSpec&, int) { return 0; }
+constexpr Index param_count(const SwiGluSpec& s, int D) {
+  return 3 * Index(D) * s.hidden + (s.bias ? 2 * Index(s.hidden) + D : 0);
+}
+constexpr Index param_count(const Relu2Spec& s, int D) {
+  return 2 * Index(D) * s.hidden + (s.bias ? Index(s.hidden) + D : 0);
+}
+constexpr Index norm_params(NormKind k, int D) { return k == NormKind::RMS ? D : 2 * Index(D); }
+
+// Norms in a block: one before the mixer, one before the channel (unless the block has no
+// channel or both branches share the first norm — the parallel residual).
+constexpr int block_norms(const BlockDesc& b, const ModelSpec& m) {
+  return has_channel(b) && !m.parallel_residual ? 2 : 1;
+}
+
+constexpr Index mixer_params(const BlockDesc& b, int D) {
+  return std::visit([D](const auto& s) { return param_count(s, D); }, b.mixer);
+}
+constexpr Index channel_params(const BlockDesc& b, int D) {
+  return std::visit([D](const auto& s) { return param_count(s, D); }, b.channel);
+}
+constexpr Index param_count(const BlockDesc& b, const ModelSpec& m) {
+  return mixer_params(b, m.d_model) + channel_params(b, m.d_model) +
+         block_norms(b, m) * norm_params(b.norm, m.d_model);
+}
+constexpr Index embedding_params(const ModelSpec& m) {
+  return Index(m.vocab) * m.d_model * (m.tied ? 1 : 2);
+}
+constexpr Index param_count(const ModelDesc& d) {
+  Index n = embedding_params(d.model) + norm_params(d.model.norm, d.model.d_model);
+  for (const auto& b : d.blocks) n += param_count(b, d.model);
+  return n;
+}
+
+inline void validate(const ModelDesc& d) {
+  validate(d.model);
+  HYBRID_CHECK(!d.blocks.empty(), "Model: the layout has no blocks");
+  for (const auto& b : d.blocks) {
+    std::visit([&](const auto& s) { validate(s, d.model.d_model); }, b.mixer);
+    if (const auto* s = std::get_if<SwiGluSpec>(&b.channel)) validate(*s, d.model.d_model);
+    if (const auto* s = std::get_if<Relu2Spec>(&b.channel)) validate(*s, d.model.d_model);
+  }
+}
+
+}  // namespace hybrid

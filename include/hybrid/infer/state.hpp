@@ -1,0 +1,69 @@
+// Per-sequence decode state of each mixer kind:
+//   Mamba-2:   conv (conv_dim, K) last raw x|B|C inputs, oldest first; ssm (H, P*N)
+//   ShortConv: conv (D, L) last B*x values, oldest first
+//   Attention: a KV cache of post-RoPE keys and values (a sliding window keeps O(window))
+// Mamba-2 and ShortConv state is constant in context length.
+#pragma once
+#include <algorithm>
+#include <variant>
+#include <vector>
+
+#include "../core/tensor.hpp"
+
+namespace hybrid {
+
+template <class S>
+struct Mamba2State {
+  Mat<S> conv;  // (conv_dim, K)
+  Mat<S> ssm;   // (H, P*N)
+};
+
+template <class S>
+struct ShortConvState {
+  Mat<S> conv;  // (D, L)
+};
+
+template <class S>
+struct KvCache {
+  Mat<S> k, v;          // (capacity, Hkv*hd); rows [0, len) valid
+  Index len = 0;        // rows in use
+  Index start_pos = 0;  // absolute position of row 0
+  int window = 0;       // 0: keep everything
+
+  Index next_pos() const { return start_pos + len; }
+
+  // Appends T rows, growing geometrically.
+  void append(const Mat<S>& kn, const Mat<S>& vn) {
+    const Index need = len + kn.rows();
+    if (need > k.rows()) {
+      const Index cap = std::max<Index>(need, std::max<Index>(16, 2 * k.rows()));
+      k.conservativeResize(cap, kn.cols());
+      v.conservativeResize(cap, vn.cols());
+    }
+    k.middleRows(len, kn.rows()) = kn;
+    v.middleRows(len, vn.rows()) = vn;
+    len = need;
+  }
+  // With a window, drop rows no future query can see once the buffer holds two windows,
+  // so memory stays O(window) and the work is amortised O(1) per token.
+  void trim() {
+    if (window <= 0 || len <= 2 * Index(window)) return;
+    const Index keep = window, drop = len - keep;
+    k.topRows(keep) = k.middleRows(drop, keep).eval();
+    v.topRows(keep) = v.middleRows(drop, keep).eval();
+    len = keep;
+    start_pos += drop;
+  }
+};
+
+template <class S>
+using LayerState = std::variant<Mamba2State<S>, KvCache<S>, ShortConvState<S>>;
+
+// Everything a sequence carries between calls.
+template <class S>
+struct SequenceState {
+  std::vector<LayerState<S>> layers;  // one per block
+  Index pos = 0;                      // tokens consumed so far
+};
+
+}  // namespace hybrid

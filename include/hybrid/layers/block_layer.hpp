@@ -1,0 +1,105 @@
+// A block at run time: the mixer and channel chosen by a BlockDesc, with its norms.
+//   sequential: x += r * Mixer(N1(x)); x += r * Channel(N2(x))
+//   parallel:   h = N1(x); x += r * (Mixer(h) + Channel(h))
+// (r = the model's residual multiplier).
+#pragma once
+#include <optional>
+#include <string>
+#include <variant>
+
+#include "../desc.hpp"
+#include "channels.hpp"
+#include "gqa.hpp"
+#include "mamba2.hpp"
+#include "norms.hpp"
+#include "shortconv.hpp"
+
+namespace hybrid {
+
+template <class S>
+class BlockLayer {
+ public:
+  using Mixer = std::variant<Mamba2Layer<S>, GqaLayer<S>, ShortConvLayer<S>>;
+  using Channel = std::variant<SwiGluLayer<S>, Relu2Layer<S>>;
+
+  BlockLayer(const BlockDesc& d, const ModelSpec& m)
+      : desc_(d), mixer_(make_mixer(d, m)), norm1_(m.d_model, d.norm, m.norm_eps),
+        parallel_(m.parallel_residual), resid_(m.residual_multiplier) {
+    if (const auto* s = std::get_if<SwiGluSpec>(&d.channel)) channel_.emplace(SwiGluLayer<S>(m.d_model, *s));
+    if (const auto* s = std::get_if<Relu2Spec>(&d.channel)) channel_.emplace(Relu2Layer<S>(m.d_model, *s));
+    if (channel_ && !parallel_) norm2_.emplace(m.d_model, d.norm, m.norm_eps);
+  }
+
+  const BlockDesc& desc() const { return desc_; }
+  const Mixer& mixer() const { return mixer_; }
+
+  template <class F>
+  void visit(const std::string& p, F&& f) {
+    norm1_.visit(join_name(p, "norm1"), f);
+    std::visit([&](auto& m) { m.visit(join_name(p, "mixer"), f); }, mixer_);
+    if (norm2_) norm2_->visit(join_name(p, "norm2"), f);
+    if (channel_) std::visit([&](auto& c) { c.visit(join_name(p, "channel"), f); }, *channel_);
+  }
+
+  // out_div: the residual-branch rescale sqrt(n_residuals_per_block * n_layer).
+  void init(std::uint64_t seed, int n_layer) {
+    const double out_div = std::sqrt(double((channel_ ? 2 : 1) * n_layer));
+    norm1_.init();
+    if (norm2_) norm2_->init();
+    std::visit([&](auto& m) { m.init(derive_seed(seed, "mixer"), out_div); }, mixer_);
+    if (channel_)
+      std::visit([&](auto& c) { c.init(derive_seed(seed, "channel"), out_div); }, *channel_);
+  }
+
+  LayerState<S> make_state() const {
+    return std::visit([](const auto& m) { return LayerState<S>(m.make_state()); }, mixer_);
+  }
+
+  // x: (B*T, D) updated in place. states: nullptr or B pointers to this block's state.
+  void forward(Mat<S>& x, Index B, Index T, LayerState<S>* const* states) const {
+    Mat<S> h, y, c;
+    norm1_.forward(x, h);
+    std::visit(
+        [&](const auto& m) {
+          using State = typename std::decay_t<decltype(m)>::State;
+          std::vector<State*> st;
+          if (states) {
+            st.resize(B);
+            for (Index b = 0; b < B; ++b) st[b] = &std::get<State>(*states[b]);
+          }
+          m.forward(h, B, T, y, states ? st.data() : nullptr);
+        },
+        mixer_);
+    if (parallel_ && channel_) {
+      std::visit([&](const auto& ch) { ch.forward(h, c); }, *channel_);
+      y += c;
+    }
+    add_residual(x, y);
+    if (channel_ && !parallel_) {
+      norm2_->forward(x, h);
+      std::visit([&](const auto& ch) { ch.forward(h, c); }, *channel_);
+      add_residual(x, c);
+    }
+  }
+
+ private:
+  static Mixer make_mixer(const BlockDesc& d, const ModelSpec& m) {
+    if (const auto* s = std::get_if<Mamba2Spec>(&d.mixer)) return Mamba2Layer<S>(m.d_model, *s);
+    if (const auto* s = std::get_if<GqaSpec>(&d.mixer)) return GqaLayer<S>(m.d_model, *s, m.norm_eps);
+    return ShortConvLayer<S>(m.d_model, std::get<ShortConvSpec>(d.mixer));
+  }
+  void add_residual(Mat<S>& x, const Mat<S>& y) const {
+    if (resid_ == 1) x += y;
+    else x += S(resid_) * y;
+  }
+
+  BlockDesc desc_;
+  Mixer mixer_;
+  std::optional<Channel> channel_;
+  NormLayer<S> norm1_;
+  std::optional<NormLayer<S>> norm2_;
+  bool parallel_;
+  double resid_;
+};
+
+}  // namespace hybrid

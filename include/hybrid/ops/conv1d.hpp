@@ -1,0 +1,48 @@
+// Causal depthwise convolution over time, as Mamba-2 (kernel d_conv, over x|B|C) and
+// LFM2's ShortConv (kernel L) use it. Weight column 0 multiplies the oldest sample:
+//   y_t[c] = b[c] + sum_k w[c, k] * u_{t-K+1+k}[c]
+// Samples before t = 0 come from `hist` (the previous call's last K raw inputs, oldest
+// first — the decode cache) or are zero.
+#pragma once
+#include <algorithm>
+
+#include "../core/tensor.hpp"
+
+namespace hybrid::ops {
+
+// u: (T, C) raw input; w: (C, K); bias: (1, C) or empty; hist: (C, K) or nullptr.
+// y: (T, C). If hist_out is given it receives the last K raw inputs (C, K), oldest first,
+// zero-padded on the left when fewer than K were ever seen; it may alias hist.
+template <class S>
+void causal_conv1d_forward(const Mat<S>& u, const Mat<S>& w, const Mat<S>& bias,
+                           const Mat<S>* hist, Mat<S>& y, Mat<S>* hist_out) {
+  const Index T = u.rows(), C = u.cols(), K = w.cols();
+  y.resize(T, C);
+  // window(t, j) = raw sample at time t - (K-1) + j, j in [0, K)
+  auto sample = [&](Index t, Index c) -> S {
+    if (t >= 0) return u(t, c);
+    return hist ? (*hist)(c, K + t) : S(0);  // t in [-K+1, -1] -> hist column K + t
+  };
+  const Mat<S> wt = w.transpose();  // (K, C): taps contiguous over channels
+  for (Index t = 0; t < T; ++t) {
+    auto yt = y.row(t);
+    if (bias.size()) yt = bias.row(0); else yt.setZero();
+    if (t >= K - 1) {
+      for (Index k = 0; k < K; ++k)  // every tap inside u: vectorised over channels
+        yt.array() += wt.row(k).array() * u.row(t - K + 1 + k).array();
+    } else {
+      for (Index c = 0; c < C; ++c)
+        for (Index k = 0; k < K; ++k) yt(c) += wt(k, c) * sample(t - K + 1 + k, c);
+    }
+  }
+  if (hist_out) {
+    Mat<S> h(C, K);
+    for (Index j = 0; j < K; ++j) {
+      const Index t = T - K + j;
+      for (Index c = 0; c < C; ++c) h(c, j) = sample(t, c);
+    }
+    *hist_out = std::move(h);
+  }
+}
+
+}  // namespace hybrid::ops

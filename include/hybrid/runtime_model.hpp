@@ -1,0 +1,233 @@
+// RuntimeModel<S>: embedding → blocks → final norm → LM head, built from a ModelDesc (so
+// its shape and layout may come from a file). The compile-time Model<> derives from it.
+//   forward  B sequences of equal length T, optionally continuing from decode states
+//   prefill  prompts of different lengths → logits + one SequenceState each
+//   step     one token per sequence → logits (B, V), states advanced
+#pragma once
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "desc.hpp"
+#include "infer/state.hpp"
+#include "layers/block_layer.hpp"
+
+namespace hybrid {
+
+template <class S>
+class RuntimeModel {
+ public:
+  using Scalar = S;
+
+  explicit RuntimeModel(ModelDesc d, std::uint64_t seed = 0)
+      : desc_((validate(d), std::move(d))), final_norm_(desc_.model.d_model, desc_.model.norm,
+                                                        desc_.model.norm_eps) {
+    const auto& m = desc_.model;
+    embed_.setZero(m.vocab, m.d_model);
+    if (!m.tied) head_.setZero(m.vocab, m.d_model);
+    blocks_.reserve(desc_.blocks.size());
+    for (const auto& b : desc_.blocks) blocks_.emplace_back(b, m);
+    init(seed);
+  }
+
+  const ModelDesc& desc() const { return desc_; }
+  const ModelSpec& spec() const { return desc_.model; }
+  int vocab() const { return desc_.model.vocab; }
+  int n_blocks() const { return int(blocks_.size()); }
+  const BlockLayer<S>& block(int i) const { return blocks_[i]; }
+
+  // Seeded initialisation (REFERENCE.md §1): embedding N(0, init_std), projections
+  // U(±1/sqrt(fan_in)), residual-branch outputs divided by sqrt(n_residuals * n_layer).
+  void init(std::uint64_t seed) {
+    init::normal(embed_, desc_.model.init_std, derive_seed(seed, "embed"));
+    if (!desc_.model.tied) init::normal(head_, desc_.model.init_std, derive_seed(seed, "head"));
+    final_norm_.init();
+    for (int i = 0; i < n_blocks(); ++i)
+      blocks_[i].init(derive_seed(seed, "block" + std::to_string(i)), n_blocks());
+  }
+
+  // f(name, Mat<S>&, ParamRole) for every parameter tensor, in a fixed order.
+  template <class F>
+  void visit(F&& f) {
+    f(std::string("embed.weight"), embed_, ParamRole::Embedding);
+    for (int i = 0; i < n_blocks(); ++i) blocks_[i].visit("blocks." + std::to_string(i), f);
+    final_norm_.visit("norm_f", f);
+    if (!desc_.model.tied) f(std::string("lm_head.weight"), head_, ParamRole::Embedding);
+  }
+  template <class F>
+  void visit(F&& f) const {
+    const_cast<RuntimeModel*>(this)->visit(
+        [&](const std::string& n, Mat<S>& t, ParamRole r) { f(n, static_cast<const Mat<S>&>(t), r); });
+  }
+
+  Index param_count() const {
+    Index n = 0;
+    visit([&](const std::string&, const Mat<S>& t, ParamRole) { n += t.size(); });
+    return n;
+  }
+
+  std::string layout_string() const {
+    std::string s;
+    for (const auto& b : desc_.blocks) s += mixer_code(b.mixer);
+    return s;
+  }
+
+  // Throws naming the first tensor and index holding NaN or Inf.
+  void check_finite() const {
+    visit([](const std::string& n, const Mat<S>& t, ParamRole) {
+      for (Index i = 0; i < t.size(); ++i)
+        HYBRID_CHECK(std::isfinite(double(t.data()[i])), "weights: tensor '", n,
+                     "' holds a non-finite value (", double(t.data()[i]), ") at flat index ",
+                     i, "; every weight must be finite");
+    });
+  }
+
+  SequenceState<S> new_state() const {
+    SequenceState<S> s;
+    s.layers.reserve(blocks_.size());
+    for (const auto& b : blocks_) s.layers.push_back(b.make_state());
+    return s;
+  }
+
+  // tokens: B*T ids (sequence-major). states: nullptr (fresh sequences, nothing kept) or B
+  // states to continue from; they are advanced by T. Returns logits (B*T, V), or (B, V)
+  // for the last position of each sequence when all_logits is false.
+  Mat<S> forward(std::span<const int> tokens, Index B, Index T,
+                 SequenceState<S>* const* states = nullptr, bool all_logits = true) const {
+    HYBRID_CHECK(B > 0 && T > 0, "forward: need at least one sequence of at least one token, got B=",
+                 B, " T=", T);
+    HYBRID_CHECK(Index(tokens.size()) == B * T, "forward: got ", tokens.size(),
+                 " token ids, expected B*T = ", B * T);
+    const auto& m = desc_.model;
+    for (Index i = 0; i < B * T; ++i)
+      HYBRID_CHECK(tokens[i] >= 0 && tokens[i] < m.vocab, "token id ", tokens[i],
+                   " at position ", i % T, " of sequence ", i / T,
+                   " is outside the vocabulary [0, ", m.vocab, ")");
+    if (m.max_context > 0)
+      for (Index b = 0; b < B; ++b) {
+        const Index pos = states ? states[b]->pos : 0;
+        HYBRID_CHECK(pos + T <= m.max_context, "context of ", pos + T,
+                     " tokens exceeds the model's maximum of ", m.max_context);
+      }
+    Mat<S> x(B * T, m.d_model);  // (B*T, D)
+    for (Index i = 0; i < B * T; ++i) x.row(i) = embed_.row(tokens[i]);
+    if (m.embedding_multiplier != 1) x *= S(m.embedding_multiplier);
+    std::vector<LayerState<S>*> ls(states ? B : 0);
+    for (int l = 0; l < n_blocks(); ++l) {
+      if (states)
+        for (Index b = 0; b < B; ++b) ls[b] = &states[b]->layers[l];
+      blocks_[l].forward(x, B, T, states ? ls.data() : nullptr);
+    }
+    if (states)
+      for (Index b = 0; b < B; ++b) states[b]->pos += T;
+    if (!all_logits && T > 1) {
+      Mat<S> last(B, m.d_model);
+      for (Index b = 0; b < B; ++b) last.row(b) = x.row(b * T + T - 1);
+      x = std::move(last);
+    }
+    return head(x);
+  }
+
+  // Prompts of different lengths (each non-empty). Returns per prompt the logits (T_b, V)
+  // (or (1, V) for the last position when all_logits is false); states receives one
+  // SequenceState per prompt, ready for step().
+  std::vector<Mat<S>> prefill(const std::vector<std::vector<int>>& prompts,
+                              std::vector<SequenceState<S>>& states,
+                              bool all_logits = true) const {
+    std::vector<Mat<S>> out;
+    states.clear();
+    for (std::size_t i = 0; i < prompts.size(); ++i) {
+      HYBRID_CHECK(!prompts[i].empty(), "prefill: prompt ", i,
+                   " is empty; every prompt needs at least one token (e.g. BOS)");
+      states.push_back(new_state());
+    }
+    for (std::size_t i = 0; i < prompts.size(); ++i) {
+      SequenceState<S>* st = &states[i];
+      out.push_back(forward(prompts[i], 1, Index(prompts[i].size()), &st, all_logits));
+    }
+    return out;
+  }
+
+  // One token per sequence. Returns logits (B, V).
+  Mat<S> step(std::span<const int> tokens, std::vector<SequenceState<S>>& states) const {
+    HYBRID_CHECK(tokens.size() == states.size(), "step: got ", tokens.size(),
+                 " tokens for ", states.size(), " sequences; expected one token per sequence");
+    std::vector<SequenceState<S>*> p(states.size());
+    for (std::size_t i = 0; i < states.size(); ++i) p[i] = &states[i];
+    return forward(tokens, Index(tokens.size()), 1, p.data());
+  }
+
+  // Per block kind: count, parameters, decode state. One screen.
+  std::string summary(const std::string& name = "model") const {
+    struct Row { int count = 0; Index params = 0; Index fixed = 0; Index per_token = 0; };
+    std::map<std::string, Row> rows;
+    for (int i = 0; i < n_blocks(); ++i) {
+      const auto& bd = desc_.blocks[i];
+      std::string kind = mixer_name(bd.mixer);
+      if (const auto* s = std::get_if<SwiGluSpec>(&bd.channel)) kind += " + SwiGLU(" + std::to_string(s->hidden) + ")";
+      if (const auto* s = std::get_if<Relu2Spec>(&bd.channel)) kind += " + ReLU2(" + std::to_string(s->hidden) + ")";
+      Row& r = rows[kind];
+      r.count++;
+      r.params += hybrid::param_count(bd, desc_.model);
+      std::visit(
+          [&](const auto& mx) {
+            using L = std::decay_t<decltype(mx)>;
+            if constexpr (std::is_same_v<L, GqaLayer<S>>) r.per_token += mx.state_bytes_per_token();
+            else r.fixed += mx.state_bytes();
+          },
+          blocks_[i].mixer());
+    }
+    std::string out;
+    char buf[256];
+    std::snprintf(buf, sizeof buf, "%s: %lld parameters, %d blocks, layout %s\n", name.c_str(),
+                  (long long)param_count(), n_blocks(), layout_string().c_str());
+    out += buf;
+    std::snprintf(buf, sizeof buf, "  %-34s %6s %14s %16s %14s\n", "block kind", "count",
+                  "parameters", "state B/seq", "KV B/token");
+    out += buf;
+    for (const auto& [k, r] : rows) {
+      std::snprintf(buf, sizeof buf, "  %-34s %6d %14lld %16lld %14lld\n", k.c_str(), r.count,
+                    (long long)r.params, (long long)r.fixed, (long long)r.per_token);
+      out += buf;
+    }
+    std::snprintf(buf, sizeof buf, "  %-34s %6s %14lld\n",
+                  desc_.model.tied ? "embedding (tied head)" : "embedding + head", "",
+                  (long long)embedding_params(desc_.model));
+    out += buf;
+    return out;
+  }
+
+ private:
+  static std::string mixer_name(const MixerDesc& m) {
+    if (const auto* s = std::get_if<Mamba2Spec>(&m))
+      return "Mamba2(N=" + std::to_string(s->d_state) + ",P=" + std::to_string(s->headdim) + ")";
+    if (const auto* s = std::get_if<GqaSpec>(&m))
+      return std::string(s->output_gate ? "GatedGQA(" : "GQA(") + std::to_string(s->n_heads) +
+             "/" + std::to_string(s->n_kv_heads) + "x" + std::to_string(s->head_dim) + ")";
+    return "ShortConv(L=" + std::to_string(std::get<ShortConvSpec>(m).L) + ")";
+  }
+
+  // x: (R, D) → logits (R, V) after the final norm, LM head, divisor and soft-cap.
+  Mat<S> head(const Mat<S>& x) const {
+    const auto& m = desc_.model;
+    Mat<S> h, logits;
+    final_norm_.forward(x, h);
+    logits.noalias() = h * (m.tied ? embed_ : head_).transpose();
+    if (m.logits_divisor != 1) logits /= S(m.logits_divisor);
+    if (m.logit_softcap > 0) {
+      const S c = S(m.logit_softcap);
+      logits = logits.unaryExpr([c](S v) { return c * std::tanh(v / c); });
+    }
+    return logits;
+  }
+
+  ModelDesc desc_;
+  Mat<S> embed_, head_;
+  std::vector<BlockLayer<S>> blocks_;
+  NormLayer<S> final_norm_;
+};
+
+}  // namespace hybrid
