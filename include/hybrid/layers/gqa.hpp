@@ -92,8 +92,8 @@ class GqaLayer {
   }
 
   // x: (B*T, D); y: (B*T, D). states: nullptr (each sequence starts at position 0 and
-  // nothing is kept) or B KV caches that the call attends to and extends.
-  void forward(const Mat<S>& x, Index B, Index T, Mat<S>& y, State* states) const {
+  // nothing is kept) or B pointers to KV caches that the call attends to and extends.
+  void forward(const Mat<S>& x, Index B, Index T, Mat<S>& y, State* const* states) const {
     const int Hq = sp_.n_heads, Hkv = sp_.n_kv_heads, hd = sp_.head_dim;
     Mat<S> q, k, v, g;
     ops::linear_forward<S>(x, wq_, bq_, q);  // (B*T, Hq*hd)
@@ -105,7 +105,7 @@ class GqaLayer {
     }
     Mat<S> o(B * T, Index(Hq) * hd), qs, ks, vs, os(T, Index(Hq) * hd);
     for (Index b = 0; b < B; ++b) {
-      State* st = states ? &states[b] : nullptr;
+      State* st = states ? states[b] : nullptr;
       const Index pos0 = st ? st->next_pos() : 0;
       qs = q.middleRows(b * T, T);
       ks = k.middleRows(b * T, T);

@@ -92,9 +92,9 @@ class Mamba2Layer {
   }
 
   // x: (B*T, D) — B sequences of T tokens; y: (B*T, D). states: nullptr (fresh start, no
-  // state kept) or B states that the call starts from and updates.
-  void forward(const Mat<S>& x, Index B, Index T, Mat<S>& y, State* states) const {
-    const int P = sp_.headdim, N = sp_.d_state, G = sp_.ngroups, K = sp_.d_conv;
+  // state kept) or B state pointers that the call starts from and updates.
+  void forward(const Mat<S>& x, Index B, Index T, Mat<S>& y, State* const* states) const {
+    const int P = sp_.headdim, N = sp_.d_state, G = sp_.ngroups;
     Mat<S> zxbcdt;
     ops::linear_forward<S>(x, in_proj_, in_bias_, zxbcdt);  // (B*T, 2Di + 2GN + H)
     Mat<S> gated(B * T, Di_);                                // (B*T, Di)
@@ -107,7 +107,7 @@ class Mamba2Layer {
     for (Index b = 0; b < B; ++b) {
       const auto rows = zxbcdt.middleRows(b * T, T);
       xbc_raw = rows.middleCols(Di_, Cd_);
-      State* st = states ? &states[b] : nullptr;
+      State* st = states ? states[b] : nullptr;
       ops::causal_conv1d_forward<S>(xbc_raw, conv_w_, conv_b_, st ? &st->conv : nullptr, xbc,
                                     st ? &st->conv : nullptr);  // (T, Cd)
       xbc = xbc.unaryExpr([](S v) { return ops::silu(v); });

@@ -1,0 +1,6 @@
+// expect: expand \* d_model must be a whole number
+#include <hybrid/model.hpp>
+using namespace hybrid;
+using Bad = Model<Config<ModelSpec{.vocab = 256, .d_model = 50}>,
+                  Block<Mamba2<Mamba2Spec{.d_state = 16, .expand = 1.25, .headdim = 2}>>>;
+static_assert(Bad::n_params > 0);

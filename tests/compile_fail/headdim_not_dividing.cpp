@@ -1,0 +1,6 @@
+// expect: headdim must divide d_inner
+#include <hybrid/model.hpp>
+using namespace hybrid;
+using Bad = Model<Config<ModelSpec{.vocab = 256, .d_model = 64}>,
+                  Block<Mamba2<Mamba2Spec{.d_state = 16, .expand = 2, .headdim = 48}>>>;
+static_assert(Bad::n_params > 0);

@@ -1,0 +1,6 @@
+// expect: RoPE needs an even head_dim
+#include <hybrid/model.hpp>
+using namespace hybrid;
+using Bad = Model<Config<ModelSpec{.vocab = 256, .d_model = 64}>,
+                  Block<GQA<GqaSpec{.n_heads = 2, .n_kv_heads = 2, .head_dim = 7}>>>;
+static_assert(Bad::n_params > 0);

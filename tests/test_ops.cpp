@@ -1,0 +1,167 @@
+// Reference checks of the attention, RoPE, convolution and norm ops against direct
+// formulas written out here, independently of the library's implementation.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <hybrid/model.hpp>
+
+using namespace hybrid;
+
+namespace {
+Mat<double> random_mat(Index r, Index c, std::uint64_t seed) {
+  Rng rng(seed);
+  Mat<double> m(r, c);
+  for (Index i = 0; i < m.size(); ++i) m.data()[i] = rng.normal();
+  return m;
+}
+
+// Naive causal softmax attention, one head at a time, full (T x T) score matrix.
+Mat<double> naive_attention(const Mat<double>& q, const Mat<double>& k, const Mat<double>& v,
+                            int Hq, int Hkv, int hd, double scale, int window) {
+  const Index T = q.rows();
+  Mat<double> o = Mat<double>::Zero(T, Index(Hq) * hd);
+  for (int h = 0; h < Hq; ++h) {
+    const int g = h / (Hq / Hkv);
+    for (Index i = 0; i < T; ++i) {
+      std::vector<double> p(T, 0.0);
+      double mx = -1e300, sum = 0;
+      for (Index j = 0; j <= i; ++j) {
+        if (window > 0 && i - j >= window) continue;
+        double s = 0;
+        for (int d = 0; d < hd; ++d) s += q(i, h * hd + d) * k(j, g * hd + d);
+        p[j] = s * scale;
+        mx = std::max(mx, p[j]);
+      }
+      for (Index j = 0; j <= i; ++j) {
+        if (window > 0 && i - j >= window) { p[j] = 0; continue; }
+        p[j] = std::exp(p[j] - mx);
+        sum += p[j];
+      }
+      for (Index j = 0; j <= i; ++j)
+        for (int d = 0; d < hd; ++d) o(i, h * hd + d) += p[j] / sum * v(j, g * hd + d);
+    }
+  }
+  return o;
+}
+}  // namespace
+
+TEST_CASE("attention equals a naive softmax reference (GQA grouping, windows)") {
+  for (auto [Hq, Hkv, window, T] : std::vector<std::array<int, 4>>{
+           {4, 4, 0, 9}, {4, 2, 0, 70}, {6, 1, 0, 130}, {4, 2, 5, 70}, {2, 1, 1, 10}}) {
+    const int hd = 8;
+    auto q = random_mat(T, Hq * hd, 1), k = random_mat(T, Hkv * hd, 2), v = random_mat(T, Hkv * hd, 3);
+    Mat<double> o(T, Hq * hd);
+    ops::attention_forward<double>(q.data(), k.data(), v.data(), o.data(),
+                                   ops::AttnDims{T, T, Hq, Hkv, hd}, 0.3, 0, 0, window);
+    const auto ref = naive_attention(q, k, v, Hq, Hkv, hd, 0.3, window);
+    CAPTURE(Hq); CAPTURE(Hkv); CAPTURE(window); CAPTURE(T);
+    CHECK((o - ref).cwiseAbs().maxCoeff() < 1e-12);
+  }
+}
+
+TEST_CASE("attention: GQA equals MHA with key/value heads repeated") {
+  const int T = 20, Hq = 6, Hkv = 2, hd = 4;
+  auto q = random_mat(T, Hq * hd, 4), k = random_mat(T, Hkv * hd, 5), v = random_mat(T, Hkv * hd, 6);
+  Mat<double> k_rep(T, Hq * hd), v_rep(T, Hq * hd);
+  for (int h = 0; h < Hq; ++h) {  // head h reads kv head h / (Hq/Hkv): contiguous blocks
+    k_rep.middleCols(h * hd, hd) = k.middleCols((h / 3) * hd, hd);
+    v_rep.middleCols(h * hd, hd) = v.middleCols((h / 3) * hd, hd);
+  }
+  Mat<double> o1(T, Hq * hd), o2(T, Hq * hd);
+  ops::attention_forward<double>(q.data(), k.data(), v.data(), o1.data(), {T, T, Hq, Hkv, hd}, 0.5, 0, 0, 0);
+  ops::attention_forward<double>(q.data(), k_rep.data(), v_rep.data(), o2.data(), {T, T, Hq, Hq, hd}, 0.5, 0, 0, 0);
+  CHECK((o1 - o2).cwiseAbs().maxCoeff() < 1e-14);
+}
+
+TEST_CASE("attention over a cache with offset positions equals the full computation") {
+  const int T = 30, Hq = 4, Hkv = 2, hd = 8, window = 7;
+  auto q = random_mat(T, Hq * hd, 7), k = random_mat(T, Hkv * hd, 8), v = random_mat(T, Hkv * hd, 9);
+  const auto ref = naive_attention(q, k, v, Hq, Hkv, hd, 0.2, window);
+  // Last 3 queries against keys 10..29 (positions 10..), as a trimmed windowed cache holds.
+  Mat<double> o(3, Hq * hd);
+  ops::attention_forward<double>(q.data() + 27 * Hq * hd, k.data() + 10 * Hkv * hd,
+                                 v.data() + 10 * Hkv * hd, o.data(), {3, 20, Hq, Hkv, hd}, 0.2,
+                                 27, 10, window);
+  CHECK((o - ref.bottomRows(3)).cwiseAbs().maxCoeff() < 1e-12);
+}
+
+TEST_CASE("RoPE equals the direct rotate_half formula") {
+  const int T = 5, H = 3, hd = 8;
+  const double base = 10000;
+  auto x = random_mat(T, H * hd, 10);
+  Mat<double> y = x;
+  ops::rope_forward<double>(y, H, hd, 17, base);
+  for (Index t = 0; t < T; ++t)
+    for (int h = 0; h < H; ++h)
+      for (int d = 0; d < hd; ++d) {
+        // out = x * cos + rotate_half(x) * sin, rotate_half(x) = [-x2, x1]
+        const int i = d % (hd / 2);
+        const double ang = double(17 + t) * std::pow(base, -2.0 * i / hd);
+        const double xd = x(t, h * hd + d);
+        const double rot = d < hd / 2 ? -x(t, h * hd + d + hd / 2) : x(t, h * hd + d - hd / 2);
+        CHECK(std::abs(y(t, h * hd + d) - (xd * std::cos(ang) + rot * std::sin(ang))) < 1e-12);
+      }
+  // Relative-position property: <R(p)q, R(p+s)k> depends only on s.
+  auto q = random_mat(1, hd, 11), k = random_mat(1, hd, 12);
+  auto dot_at = [&](Index p, Index s) {
+    Mat<double> a = q, b = k;
+    ops::rope_forward<double>(a, 1, hd, p, base);
+    ops::rope_forward<double>(b, 1, hd, p + s, base);
+    return a.row(0).dot(b.row(0));
+  };
+  CHECK(std::abs(dot_at(0, 5) - dot_at(100, 5)) < 1e-10);
+}
+
+TEST_CASE("causal depthwise conv equals the direct sum and carries its history") {
+  const Index T = 9, C = 5, K = 4;
+  auto u = random_mat(T, C, 13), w = random_mat(C, K, 14), b = random_mat(1, C, 15);
+  Mat<double> y;
+  ops::causal_conv1d_forward<double>(u, w, b, nullptr, y, nullptr);
+  for (Index t = 0; t < T; ++t)
+    for (Index c = 0; c < C; ++c) {
+      double acc = b(0, c);
+      for (Index k = 0; k < K; ++k) {
+        const Index s = t - (K - 1) + k;  // weight 0 multiplies the oldest sample
+        if (s >= 0) acc += w(c, k) * u(s, c);
+      }
+      CHECK(std::abs(y(t, c) - acc) < 1e-12);
+    }
+  // Split into two calls through the (C, K) history == one call.
+  Mat<double> hist = Mat<double>::Zero(C, K), y1, y2;
+  ops::causal_conv1d_forward<double>(Mat<double>(u.topRows(2)), w, b, &hist, y1, &hist);
+  ops::causal_conv1d_forward<double>(Mat<double>(u.bottomRows(T - 2)), w, b, &hist, y2, &hist);
+  CHECK((y1 - y.topRows(2)).cwiseAbs().maxCoeff() < 1e-12);
+  CHECK((y2 - y.bottomRows(T - 2)).cwiseAbs().maxCoeff() < 1e-12);
+  CHECK((hist.transpose() - u.bottomRows(K)).cwiseAbs().maxCoeff() == 0);
+}
+
+TEST_CASE("norms equal their formulas") {
+  auto x = random_mat(3, 12, 16), w = random_mat(1, 12, 17), b = random_mat(1, 12, 18);
+  auto z = random_mat(3, 12, 19);
+  Mat<double> y;
+  ops::rmsnorm_forward<double>(x, w, 1e-5, y);
+  for (Index r = 0; r < 3; ++r) {
+    const double rms = std::sqrt(x.row(r).squaredNorm() / 12 + 1e-5);
+    CHECK((y.row(r) - (x.row(r).array() / rms * w.row(0).array()).matrix()).norm() < 1e-12);
+  }
+  ops::layernorm_forward<double>(x, w, b, 1e-5, y);
+  for (Index r = 0; r < 3; ++r) {
+    const double mu = x.row(r).mean();
+    const double var = (x.row(r).array() - mu).square().mean();
+    const auto ref = ((x.row(r).array() - mu) / std::sqrt(var + 1e-5) * w.row(0).array() + b.row(0).array()).matrix();
+    CHECK((y.row(r) - ref).norm() < 1e-12);
+  }
+  // Gated: per group of 4 vs whole width; equal when there is one group.
+  Mat<double> g4, g12;
+  ops::gated_rmsnorm_forward<double>(x, z, w, 4, 1e-5, g4);
+  ops::gated_rmsnorm_forward<double>(x, z, w, 12, 1e-5, g12);
+  for (Index r = 0; r < 3; ++r)
+    for (Index c = 0; c < 12; ++c) {
+      auto gate = [&](Index cc) { return x(r, cc) * z(r, cc) / (1 + std::exp(-z(r, cc))); };
+      double ss4 = 0, ss12 = 0;
+      for (Index j = (c / 4) * 4; j < (c / 4) * 4 + 4; ++j) ss4 += gate(j) * gate(j);
+      for (Index j = 0; j < 12; ++j) ss12 += gate(j) * gate(j);
+      CHECK(std::abs(g4(r, c) - w(0, c) * gate(c) / std::sqrt(ss4 / 4 + 1e-5)) < 1e-12);
+      CHECK(std::abs(g12(r, c) - w(0, c) * gate(c) / std::sqrt(ss12 / 12 + 1e-5)) < 1e-12);
+    }
+}
