@@ -56,7 +56,6 @@ class Model : public RuntimeModel<typename Cfg::Scalar> {
   template <class T>
   using rebind = Model<typename Cfg::template rebind<T>, Layout...>;
 
-  static constexpr ModelSpec spec = Cfg::spec;
   static constexpr int n_blocks = traits::n_blocks;
   static constexpr Index n_params = traits::n_params;
   static constexpr std::string_view layout{traits::layout.data(), std::size_t(n_blocks)};

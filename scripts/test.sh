@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test job: install what is missing, build and run every test (Release), then build and
+# run them again under AddressSanitizer + UndefinedBehaviorSanitizer.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/deps.sh
+jobs="$(nproc)"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DHYBRID_BUILD_TESTS=ON -DHYBRID_BUILD_EXAMPLES=ON \
+  -DHYBRID_BUILD_BENCH=ON >/dev/null
+cmake --build build -j"$jobs"
+(cd build && ctest --output-on-failure)
+./build/bench/bench_model --quick
+cmake -S . -B build-san -DCMAKE_BUILD_TYPE=Debug -DHYBRID_BUILD_TESTS=ON -DHYBRID_SANITIZE=ON \
+  -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g" >/dev/null
+cmake --build build-san -j"$jobs" --target hybrid_tests
+(cd build-san && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -R unit)
