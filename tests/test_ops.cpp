@@ -115,7 +115,7 @@ TEST_CASE("RoPE equals the direct rotate_half formula") {
 TEST_CASE("causal depthwise conv equals the direct sum and carries its history") {
   const Index T = 9, C = 5, K = 4;
   auto u = random_mat(T, C, 13), w = random_mat(C, K, 14), b = random_mat(1, C, 15);
-  Mat<double> y;
+  Mat<double> y(T, C);
   ops::causal_conv1d_forward<double>(u, w, b, nullptr, y, nullptr);
   for (Index t = 0; t < T; ++t)
     for (Index c = 0; c < C; ++c) {
@@ -127,7 +127,7 @@ TEST_CASE("causal depthwise conv equals the direct sum and carries its history")
       CHECK(std::abs(y(t, c) - acc) < 1e-12);
     }
   // Split into two calls through the (C, K) history == one call.
-  Mat<double> hist = Mat<double>::Zero(C, K), y1, y2;
+  Mat<double> hist = Mat<double>::Zero(C, K), y1(2, C), y2(T - 2, C);
   ops::causal_conv1d_forward<double>(Mat<double>(u.topRows(2)), w, b, &hist, y1, &hist);
   ops::causal_conv1d_forward<double>(Mat<double>(u.bottomRows(T - 2)), w, b, &hist, y2, &hist);
   CHECK((y1 - y.topRows(2)).cwiseAbs().maxCoeff() < 1e-12);
@@ -138,7 +138,7 @@ TEST_CASE("causal depthwise conv equals the direct sum and carries its history")
 TEST_CASE("norms equal their formulas") {
   auto x = random_mat(3, 12, 16), w = random_mat(1, 12, 17), b = random_mat(1, 12, 18);
   auto z = random_mat(3, 12, 19);
-  Mat<double> y;
+  Mat<double> y(3, 12);
   ops::rmsnorm_forward<double>(x, w, 1e-5, y);
   for (Index r = 0; r < 3; ++r) {
     const double rms = std::sqrt(x.row(r).squaredNorm() / 12 + 1e-5);
@@ -152,7 +152,7 @@ TEST_CASE("norms equal their formulas") {
     CHECK((y.row(r) - ref).norm() < 1e-12);
   }
   // Gated: per group of 4 vs whole width; equal when there is one group.
-  Mat<double> g4, g12;
+  Mat<double> g4(3, 12), g12(3, 12);
   ops::gated_rmsnorm_forward<double>(x, z, w, 4, 1e-5, g4);
   ops::gated_rmsnorm_forward<double>(x, z, w, 12, 1e-5, g12);
   for (Index r = 0; r < 3; ++r)

@@ -28,7 +28,7 @@ using Golf15x3E2 = Model<Config<golf::model>, Repeat<12, golf::M2>, Repeat<3, go
                          Repeat<3, golf::M2>>;
 
 /// Pure-transformer ablation at golf size: the parameter-golf baseline's shape, 9 × (GQA +
-/// ReLU² MLP ×2). 17,048,576 parameters (the baseline's 17.06M adds skip weights).
+/// ReLU² MLP ×2). 17,049,088 parameters (the baseline's 17.06M adds skip weights).
 using GolfTransformer9 = Model<Config<golf::model>, Repeat<9, golf::A>>;
 
 /// Pure Mamba-2 ablation at golf size: 18 Mamba-2 blocks, no channel.

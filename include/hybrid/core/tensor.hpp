@@ -21,6 +21,13 @@ using VecMap = Eigen::Map<Vec<S>>;
 template <class S>
 using CVecMap = Eigen::Map<const Vec<S>>;
 
+// Op arguments: any row-major block with unit inner stride (a Mat, a Map over an arena
+// buffer, a column range of a wider matrix) binds to these without a copy.
+template <class S>
+using CRef = Eigen::Ref<const Mat<S>>;
+template <class S>
+using Ref = Eigen::Ref<Mat<S>>;
+
 using Index = std::int64_t;
 
 }  // namespace hybrid

@@ -46,10 +46,10 @@ class SwiGluLayer {
   // x: (R, D) → y: (R, D)
   void forward(const Mat<S>& x, Mat<S>& y) const {
     Mat<S> a, u;
-    ops::linear_forward<S>(x, w1_, b1_, a);  // (R, hidden)
-    ops::linear_forward<S>(x, w3_, b3_, u);  // (R, hidden)
+    linear_into<S>(x, w1_, b1_, a);  // (R, hidden)
+    linear_into<S>(x, w3_, b3_, u);  // (R, hidden)
     a = a.unaryExpr([](S v) { return ops::silu(v); }).cwiseProduct(u);
-    ops::linear_forward<S>(a, w2_, b2_, y);
+    linear_into<S>(a, w2_, b2_, y);
   }
 
  private:
@@ -89,9 +89,9 @@ class Relu2Layer {
   }
   void forward(const Mat<S>& x, Mat<S>& y) const {
     Mat<S> a;
-    ops::linear_forward<S>(x, fc_, bfc_, a);  // (R, hidden)
+    linear_into<S>(x, fc_, bfc_, a);  // (R, hidden)
     a = a.unaryExpr([](S v) { return ops::relu2(v); });
-    ops::linear_forward<S>(a, proj_, bproj_, y);
+    linear_into<S>(a, proj_, bproj_, y);
   }
 
  private:

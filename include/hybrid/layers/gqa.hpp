@@ -96,9 +96,9 @@ class GqaLayer {
   void forward(const Mat<S>& x, Index B, Index T, Mat<S>& y, State* const* states) const {
     const int Hq = sp_.n_heads, Hkv = sp_.n_kv_heads, hd = sp_.head_dim;
     Mat<S> q, k, v, g;
-    ops::linear_forward<S>(x, wq_, bq_, q);  // (B*T, Hq*hd)
-    ops::linear_forward<S>(x, wk_, bk_, k);  // (B*T, Hkv*hd)
-    ops::linear_forward<S>(x, wv_, bv_, v);  // (B*T, Hkv*hd)
+    linear_into<S>(x, wq_, bq_, q);  // (B*T, Hq*hd)
+    linear_into<S>(x, wk_, bk_, k);  // (B*T, Hkv*hd)
+    linear_into<S>(x, wv_, bv_, v);  // (B*T, Hkv*hd)
     if (sp_.qk_norm) {
       head_rmsnorm(q, qn_);
       head_rmsnorm(k, kn_);
@@ -128,10 +128,10 @@ class GqaLayer {
       o.middleRows(b * T, T) = os;
     }
     if (sp_.output_gate) {
-      ops::linear_forward<S>(x, wg_, bg_, g);
+      linear_into<S>(x, wg_, bg_, g);
       o.array() *= g.unaryExpr([](S t) { return ops::sigmoid(t); }).array();
     }
-    ops::linear_forward<S>(o, wo_, bo_, y);  // (B*T, D)
+    linear_into<S>(o, wo_, bo_, y);  // (B*T, D)
   }
 
  private:
@@ -140,7 +140,7 @@ class GqaLayer {
     const int hd = sp_.head_dim;
     Eigen::Map<Mat<S>> heads(m.data(), m.size() / hd, hd);
     Mat<S> tmp = heads;
-    Mat<S> out;
+    Mat<S> out(tmp.rows(), tmp.cols());
     ops::rmsnorm_forward<S>(tmp, w, S(eps_), out);
     heads = out;
   }

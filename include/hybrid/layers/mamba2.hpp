@@ -96,7 +96,7 @@ class Mamba2Layer {
   void forward(const Mat<S>& x, Index B, Index T, Mat<S>& y, State* const* states) const {
     const int P = sp_.headdim, N = sp_.d_state, G = sp_.ngroups;
     Mat<S> zxbcdt;
-    ops::linear_forward<S>(x, in_proj_, in_bias_, zxbcdt);  // (B*T, 2Di + 2GN + H)
+    linear_into<S>(x, in_proj_, in_bias_, zxbcdt);  // (B*T, 2Di + 2GN + H)
     Mat<S> gated(B * T, Di_);                                // (B*T, Di)
     Mat<S> xbc_raw(T, Cd_), xbc, xs(T, Di_), Bm(T, GN_), Cm(T, GN_), dt(T, H_), ys(T, Di_), z,
         normed;
@@ -108,6 +108,7 @@ class Mamba2Layer {
       const auto rows = zxbcdt.middleRows(b * T, T);
       xbc_raw = rows.middleCols(Di_, Cd_);
       State* st = states ? states[b] : nullptr;
+      xbc.resize(T, Cd_);
       ops::causal_conv1d_forward<S>(xbc_raw, conv_w_, conv_b_, st ? &st->conv : nullptr, xbc,
                                     st ? &st->conv : nullptr);  // (T, Cd)
       xbc = xbc.unaryExpr([](S v) { return ops::silu(v); });
@@ -124,10 +125,11 @@ class Mamba2Layer {
       ops::ssd_forward<S>(dims, sp_.chunk, sp_.scan, a);  // (T, Di)
       z = rows.leftCols(Di_);
       const Index group = sp_.norm_whole_width ? Di_ : Di_ / G;
+      normed.resize(T, Di_);
       ops::gated_rmsnorm_forward<S>(ys, z, norm_w_, group, S(sp_.norm_eps), normed);
       gated.middleRows(b * T, T) = normed;
     }
-    ops::linear_forward<S>(gated, out_proj_, out_bias_, y);  // (B*T, D)
+    linear_into<S>(gated, out_proj_, out_bias_, y);  // (B*T, D)
   }
 
  private:

@@ -27,6 +27,7 @@ class NormLayer {
     b_.setZero();
   }
   void forward(const Mat<S>& x, Mat<S>& y) const {
+    y.resize(x.rows(), x.cols());
     if (kind_ == NormKind::RMS) ops::rmsnorm_forward<S>(x, w_, S(eps_), y);
     else ops::layernorm_forward<S>(x, w_, b_, S(eps_), y);
   }

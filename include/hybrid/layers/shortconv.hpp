@@ -58,16 +58,17 @@ class ShortConvLayer {
   // x: (B*T, D); y: (B*T, D); states: nullptr or B pointers to conv caches to start from and update.
   void forward(const Mat<S>& x, Index B, Index T, Mat<S>& y, State* const* states) const {
     Mat<S> bcx, gated(B * T, D_), bx, cv;
-    ops::linear_forward<S>(x, in_proj_, in_b_, bcx);  // (B*T, 3D): B | C | x
+    linear_into<S>(x, in_proj_, in_b_, bcx);  // (B*T, 3D): B | C | x
     for (Index b = 0; b < B; ++b) {
       const auto rows = bcx.middleRows(b * T, T);
       bx = rows.leftCols(D_).cwiseProduct(rows.rightCols(D_));  // (T, D)
       State* st = states ? states[b] : nullptr;
+      cv.resize(T, D_);
       ops::causal_conv1d_forward<S>(bx, conv_w_, conv_b_, st ? &st->conv : nullptr, cv,
                                     st ? &st->conv : nullptr);
       gated.middleRows(b * T, T) = rows.middleCols(D_, D_).cwiseProduct(cv);
     }
-    ops::linear_forward<S>(gated, out_proj_, out_b_, y);
+    linear_into<S>(gated, out_proj_, out_b_, y);
   }
 
  private:

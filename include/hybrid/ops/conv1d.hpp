@@ -11,13 +11,12 @@
 namespace hybrid::ops {
 
 // u: (T, C) raw input; w: (C, K); bias: (1, C) or empty; hist: (C, K) or nullptr.
-// y: (T, C). If hist_out is given it receives the last K raw inputs (C, K), oldest first,
+// y: (T, C), sized by the caller. If hist_out is given it receives the last K raw inputs (C, K), oldest first,
 // zero-padded on the left when fewer than K were ever seen; it may alias hist.
 template <class S>
-void causal_conv1d_forward(const Mat<S>& u, const Mat<S>& w, const Mat<S>& bias,
-                           const Mat<S>* hist, Mat<S>& y, Mat<S>* hist_out) {
+void causal_conv1d_forward(CRef<S> u, CRef<S> w, CRef<S> bias, const Mat<S>* hist, Ref<S> y,
+                           Mat<S>* hist_out) {
   const Index T = u.rows(), C = u.cols(), K = w.cols();
-  y.resize(T, C);
   // window(t, j) = raw sample at time t - (K-1) + j, j in [0, K)
   auto sample = [&](Index t, Index c) -> S {
     if (t >= 0) return u(t, c);

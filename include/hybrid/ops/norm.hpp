@@ -11,44 +11,48 @@
 
 namespace hybrid::ops {
 
-// x, y: (R, D); w: (1, D). y may alias x.
+// x, y: (R, D), y sized by the caller, may alias x; w: (1, D).
+// rstd: (R) or nullptr — receives 1/sqrt(mean(x^2) + eps) per row for the backward.
 template <class S>
-void rmsnorm_forward(const Mat<S>& x, const Mat<S>& w, S eps, Mat<S>& y) {
+void rmsnorm_forward(CRef<S> x, CRef<S> w, S eps, Ref<S> y, S* rstd = nullptr) {
   const Index R = x.rows(), D = x.cols();
-  y.resize(R, D);
   for (Index r = 0; r < R; ++r) {
     const S ms = x.row(r).squaredNorm() / S(D);
     const S inv = S(1) / std::sqrt(ms + eps);
+    if (rstd) rstd[r] = inv;
     y.row(r) = (x.row(r).array() * inv * w.row(0).array()).matrix();
   }
 }
 
-// x, y: (R, D); w, b: (1, D).
+// x, y: (R, D); w, b: (1, D). mean, rstd: (R) or nullptr, saved for the backward.
 template <class S>
-void layernorm_forward(const Mat<S>& x, const Mat<S>& w, const Mat<S>& b, S eps, Mat<S>& y) {
+void layernorm_forward(CRef<S> x, CRef<S> w, CRef<S> b, S eps, Ref<S> y, S* mean = nullptr,
+                       S* rstd = nullptr) {
   const Index R = x.rows(), D = x.cols();
-  y.resize(R, D);
   for (Index r = 0; r < R; ++r) {
-    const S mean = x.row(r).sum() / S(D);
-    const auto c = (x.row(r).array() - mean);
+    const S mu = x.row(r).sum() / S(D);
+    const auto c = (x.row(r).array() - mu);
     const S var = c.square().sum() / S(D);
     const S inv = S(1) / std::sqrt(var + eps);
+    if (mean) mean[r] = mu;
+    if (rstd) rstd[r] = inv;
     y.row(r) = (c * inv * w.row(0).array() + b.row(0).array()).matrix();
   }
 }
 
-// y, z: (R, W) with W = n_groups * group; w: (1, W). out: (R, W).
+// y, z: (R, W) with W = n_groups * group; w: (1, W). out: (R, W), sized by the caller.
+// rstd: (R, W / group) or nullptr, saved for the backward.
 template <class S>
-void gated_rmsnorm_forward(const Mat<S>& y, const Mat<S>& z, const Mat<S>& w, Index group,
-                           S eps, Mat<S>& out) {
-  const Index R = y.rows(), W = y.cols();
-  out.resize(R, W);
+void gated_rmsnorm_forward(CRef<S> y, CRef<S> z, CRef<S> w, Index group, S eps, Ref<S> out,
+                           S* rstd = nullptr) {
+  const Index R = y.rows(), W = y.cols(), ng = W / group;
   for (Index r = 0; r < R; ++r) {
     for (Index c = 0; c < W; ++c) out(r, c) = y(r, c) * silu(z(r, c));
-    for (Index g0 = 0; g0 < W; g0 += group) {
-      auto seg = out.row(r).segment(g0, group);
+    for (Index g = 0; g < ng; ++g) {
+      auto seg = out.row(r).segment(g * group, group);
       const S inv = S(1) / std::sqrt(seg.squaredNorm() / S(group) + eps);
-      seg = (seg.array() * inv * w.row(0).segment(g0, group).array()).matrix();
+      if (rstd) rstd[r * ng + g] = inv;
+      seg = (seg.array() * inv * w.row(0).segment(g * group, group).array()).matrix();
     }
   }
 }

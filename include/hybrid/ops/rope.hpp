@@ -10,7 +10,7 @@ namespace hybrid::ops {
 
 // x: (T, n_heads * hd), rotated in place; row t has position pos0 + t.
 template <class S>
-void rope_forward(Mat<S>& x, int n_heads, int hd, Index pos0, double base) {
+void rope_forward(Ref<S> x, int n_heads, int hd, Index pos0, double base) {
   const int half = hd / 2;
   Vec<S> inv_freq(half);
   for (int i = 0; i < half; ++i)
@@ -25,7 +25,7 @@ void rope_forward(Mat<S>& x, int n_heads, int hd, Index pos0, double base) {
       s[i] = std::sin(ang);
     }
     for (int h = 0; h < n_heads; ++h) {
-      S* v = x.data() + t * x.cols() + static_cast<Index>(h) * hd;
+      S* v = &x(t, static_cast<Index>(h) * hd);
       for (int i = 0; i < half; ++i) {
         const S a = v[i], b = v[i + half];
         v[i] = a * c[i] - b * s[i];

@@ -1,0 +1,467 @@
+// generate: text from a shipped model alias (random-init weights) or a saved checkpoint,
+// with the byte tokenizer; streams the text, reports prefill / decode speed, and can dump
+// the logits of every position. Every bad input ends with a message and exit code 2.
+//
+//   generate --prompt "ROMEO:" --max-new-tokens 32
+//   generate --model TinyLfm2 --ids 256,72,105 --temperature 0 --dump-logits l.f32
+#include <Eigen/Core>
+#include <bit>
+#include <cerrno>
+#include <charconv>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <cxxopts.hpp>
+#include <iostream>
+#include <optional>
+#include <set>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include <hybrid/infer/generate.hpp>
+#include <hybrid/io/checkpoint.hpp>
+#include <hybrid/model.hpp>
+
+namespace {
+
+using hybrid::fail;
+
+struct Cli {
+  std::string model = "Golf15x3";
+  bool model_given = false;
+  std::uint64_t seed = 0;
+  std::string weights;
+  std::optional<std::string> prompt;
+  std::optional<std::vector<int>> ids;
+  bool bos = false;
+  hybrid::GenerateOptions gen;
+  std::string dump_logits;
+  bool summary = false, quiet = false, raw = false;
+};
+
+// ---- the shipped aliases -----------------------------------------------------------------
+
+struct ModelEntry {
+  const char* name;
+  hybrid::Index params;
+  std::string_view layout;
+  const char* scalar;
+  int (*run)(const Cli&);
+};
+
+template <class S>
+int run_model(const hybrid::RuntimeModel<S>& model, const Cli& cli, const std::string& name,
+              const std::string& origin);
+
+template <class M>
+int run_alias(const Cli& cli) {
+  const M model(cli.seed);
+  return run_model<typename M::Scalar>(
+      model, cli, cli.model,
+      "random-init weights (seed " + std::to_string(cli.seed) + "): the text is noise");
+}
+
+template <class M>
+constexpr ModelEntry entry(const char* name) {
+  return {name, M::n_params, M::layout,
+          std::is_same_v<typename M::Scalar, float> ? "float" : "double", &run_alias<M>};
+}
+
+constexpr ModelEntry kModels[] = {
+    entry<hybrid::Golf15x3>("Golf15x3"),
+    entry<hybrid::Golf15x3E2>("Golf15x3E2"),
+    entry<hybrid::GolfTransformer9>("GolfTransformer9"),
+    entry<hybrid::GolfMamba18>("GolfMamba18"),
+    entry<hybrid::Hybrid18x6>("Hybrid18x6"),
+    entry<hybrid::Lfm2Ssm1B2>("Lfm2Ssm1B2"),
+    entry<hybrid::Lfm2_350M>("Lfm2_350M"),
+    entry<hybrid::Lfm2_700M>("Lfm2_700M"),
+    entry<hybrid::Lfm2_1B2>("Lfm2_1B2"),
+    entry<hybrid::TinyGolf15x3>("TinyGolf15x3"),
+    entry<hybrid::TinyGolf15x3E2>("TinyGolf15x3E2"),
+    entry<hybrid::TinyTransformer>("TinyTransformer"),
+    entry<hybrid::TinyMamba>("TinyMamba"),
+    entry<hybrid::TinyHybrid18x6>("TinyHybrid18x6"),
+    entry<hybrid::TinyLfm2Ssm>("TinyLfm2Ssm"),
+    entry<hybrid::TinyLfm2>("TinyLfm2"),
+    entry<hybrid::TinyScaled>("TinyScaled"),
+};
+
+std::string with_commas(hybrid::Index n) {
+  const std::string digits = std::to_string(n);
+  std::string s;
+  for (std::size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) s += ',';
+    s += digits[i];
+  }
+  return s;
+}
+
+std::string model_table() {
+  std::string out;
+  char buf[256];
+  for (const auto& m : kModels) {
+    std::snprintf(buf, sizeof buf, "  %-17s %15s params  %-6s  %.*s\n", m.name,
+                  with_commas(m.params).c_str(), m.scalar, int(m.layout.size()),
+                  m.layout.data());
+    out += buf;
+  }
+  return out;
+}
+
+const ModelEntry& find_model(const std::string& name) {
+  for (const auto& m : kModels)
+    if (name == m.name) return m;
+  std::string names;
+  for (const auto& m : kModels) names += std::string(names.empty() ? "" : ", ") + m.name;
+  fail("unknown model '", name, "'; choose one of: ", names, " (see --list-models)");
+}
+
+// ---- flag parsing --------------------------------------------------------------------------
+
+// "1, 2,3" → {1, 2, 3}; anything else names the flag, the entry and what was expected.
+std::vector<int> parse_ids(const std::string& flag, const std::string& text) {
+  std::vector<int> out;
+  std::size_t start = 0;
+  for (int k = 0;; ++k) {
+    const std::size_t comma = text.find(',', start);
+    std::string piece = text.substr(start, comma == std::string::npos ? comma : comma - start);
+    piece.erase(0, piece.find_first_not_of(" \t"));
+    piece.erase(piece.find_last_not_of(" \t") + 1);
+    int v = 0;
+    const auto [end, ec] = std::from_chars(piece.data(), piece.data() + piece.size(), v);
+    HYBRID_CHECK(!piece.empty(), flag, ": entry ", k, " is empty in '", text,
+                 "'; expected comma-separated token ids like 1,2,3");
+    HYBRID_CHECK(ec != std::errc::result_out_of_range, flag, ": entry ", k, " ('", piece,
+                 "') is out of range for a token id");
+    HYBRID_CHECK(ec == std::errc() && end == piece.data() + piece.size(), flag, ": entry ", k,
+                 " ('", piece, "') is not an integer; expected comma-separated token ids like 1,2,3");
+    HYBRID_CHECK(v >= 0, flag, ": entry ", k, " is ", v, "; token ids are >= 0");
+    out.push_back(v);
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
+// A whole flag value as a number: "--top-k: '3x' is not an integer" rather than a bare
+// parse failure.
+template <class T>
+T number(const char* flag, const std::string& text) {
+  T v{};
+  const char* b = text.data();
+  const char* e = b + text.size();
+  const auto [end, ec] = std::from_chars(b, e, v);
+  constexpr const char* kind = std::is_floating_point_v<T> ? "a number"
+                               : std::is_signed_v<T>       ? "an integer"
+                                                           : "a non-negative integer";
+  HYBRID_CHECK(ec != std::errc::result_out_of_range, flag, ": '", text, "' is out of range");
+  HYBRID_CHECK(!text.empty() && ec == std::errc() && end == e, flag, ": '", text, "' is not ",
+               kind);
+  return v;
+}
+
+// ---- output ----------------------------------------------------------------------------------
+
+// Writes generated bytes to stdout as they arrive: printable ASCII, \n, \t and complete valid
+// UTF-8 characters verbatim; control bytes, C1 controls and malformed UTF-8 as \xNN, so that
+// a random model cannot send escape sequences to the terminal. --raw writes bytes as they are.
+class TextSink {
+ public:
+  explicit TextSink(bool raw) : raw_(raw) {}
+
+  void put(std::string_view bytes) {
+    for (char c : bytes) put_byte(static_cast<unsigned char>(c));
+    std::fflush(stdout);
+  }
+  void finish() {
+    escape_pending();
+    std::fflush(stdout);
+  }
+
+ private:
+  void put_byte(unsigned char c) {
+    if (raw_) {
+      std::fputc(c, stdout);
+      return;
+    }
+    if (!pending_.empty()) {
+      if ((c & 0xC0) == 0x80) {
+        pending_ += char(c);
+        if (pending_.size() == need_) complete();
+        return;
+      }
+      escape_pending();
+    }
+    if (c < 0x80) {
+      if (c == '\n' || c == '\t' || (c >= 0x20 && c < 0x7f)) std::fputc(c, stdout);
+      else escape(c);
+      return;
+    }
+    need_ = (c >= 0xC2 && c <= 0xDF) ? 2 : (c >= 0xE0 && c <= 0xEF) ? 3 : (c >= 0xF0 && c <= 0xF4) ? 4 : 0;
+    if (need_ == 0) escape(c);
+    else pending_.assign(1, char(c));
+  }
+  void complete() {
+    const auto b = [&](std::size_t i) { return std::uint32_t(static_cast<unsigned char>(pending_[i])); };
+    std::uint32_t cp = need_ == 2 ? b(0) & 0x1F : need_ == 3 ? b(0) & 0x0F : b(0) & 0x07;
+    for (std::size_t i = 1; i < need_; ++i) cp = (cp << 6) | (b(i) & 0x3F);
+    const bool ok = need_ == 2   ? cp >= 0xA0  // U+0080..U+009F are C1 controls
+                    : need_ == 3 ? cp >= 0x800 && (cp < 0xD800 || cp > 0xDFFF)
+                                 : cp >= 0x10000 && cp <= 0x10FFFF;
+    if (ok) std::fwrite(pending_.data(), 1, pending_.size(), stdout), pending_.clear();
+    else escape_pending();
+  }
+  void escape_pending() {
+    for (char c : pending_) escape(static_cast<unsigned char>(c));
+    pending_.clear();
+  }
+  static void escape(unsigned char c) { std::fprintf(stdout, "\\x%02X", unsigned(c)); }
+
+  bool raw_;
+  std::string pending_;  // the start of a multi-byte character
+  std::size_t need_ = 0;
+};
+
+// Raw little-endian float32 [T, V], written to FILE.tmp and renamed so that a reader never
+// sees a partial file. The temp file is opened before generating, so a bad path fails early.
+class LogitsFile {
+ public:
+  explicit LogitsFile(std::string path) : path_(std::move(path)), tmp_(path_ + ".tmp") {
+    f_ = std::fopen(tmp_.c_str(), "wb");
+    HYBRID_CHECK(f_, "--dump-logits: cannot open '", tmp_, "' for writing: ", std::strerror(errno));
+  }
+  LogitsFile(const LogitsFile&) = delete;
+  LogitsFile& operator=(const LogitsFile&) = delete;
+  ~LogitsFile() {
+    if (f_) std::fclose(f_), std::remove(tmp_.c_str());  // not committed: leave nothing behind
+  }
+
+  void commit(const hybrid::Mat<float>& logits) {  // (T, V)
+    std::vector<std::uint32_t> buf(std::size_t(logits.cols()));
+    bool ok = true;
+    for (hybrid::Index t = 0; t < logits.rows() && ok; ++t) {
+      for (hybrid::Index v = 0; v < logits.cols(); ++v) {
+        std::uint32_t u = std::bit_cast<std::uint32_t>(logits(t, v));
+        if constexpr (std::endian::native == std::endian::big)
+          u = (u >> 24) | ((u >> 8) & 0xFF00u) | ((u << 8) & 0xFF0000u) | (u << 24);
+        buf[std::size_t(v)] = u;
+      }
+      ok = std::fwrite(buf.data(), sizeof(std::uint32_t), buf.size(), f_) == buf.size();
+    }
+    ok = (std::fclose(f_) == 0) && ok;
+    f_ = nullptr;
+    if (!ok) {
+      const std::string why = std::strerror(errno);
+      std::remove(tmp_.c_str());
+      fail("--dump-logits: writing '", tmp_, "' failed: ", why);
+    }
+    if (std::rename(tmp_.c_str(), path_.c_str()) != 0) {
+      const std::string why = std::strerror(errno);
+      std::remove(tmp_.c_str());
+      fail("--dump-logits: cannot rename '", tmp_, "' to '", path_, "': ", why);
+    }
+  }
+
+ private:
+  std::string path_, tmp_;
+  std::FILE* f_ = nullptr;
+};
+
+template <class S>
+int run_model(const hybrid::RuntimeModel<S>& model, const Cli& cli, const std::string& name,
+              const std::string& origin) {
+  const hybrid::ByteTokenizer tok;
+  const int V = model.vocab();
+  std::vector<int> prompt;
+  if (cli.bos) prompt.push_back(hybrid::ByteTokenizer::kBos);
+  if (cli.ids) prompt.insert(prompt.end(), cli.ids->begin(), cli.ids->end());
+  if (cli.prompt) {
+    const auto enc = tok.encode(*cli.prompt);
+    prompt.insert(prompt.end(), enc.begin(), enc.end());
+  }
+  if (!cli.ids && !cli.prompt) prompt.assign(1, hybrid::ByteTokenizer::kBos);
+  HYBRID_CHECK(!prompt.empty(), "the prompt is empty; give --prompt TEXT, --ids or --bos");
+  for (std::size_t k = 0; k < prompt.size(); ++k)
+    HYBRID_CHECK(prompt[k] < V, cli.ids ? "--ids" : "--prompt", ": token id ", prompt[k],
+                 " (prompt position ", k, ") is outside model ", name, "'s vocabulary [0, ", V, ")");
+
+  hybrid::GenerateOptions opt = cli.gen;
+  if (!opt.stop_tokens && *tok.eos() >= V) opt.stop_tokens = std::set<int>{};  // no EOS id
+  opt.return_logits = !cli.dump_logits.empty();
+
+  if (cli.summary) std::cout << model.summary(name) << std::flush;
+  if (!cli.quiet)
+    std::fprintf(stderr, "model %s: %s parameters, layout %s, vocab %d (byte tokenizer: %d ids%s)\n  %s\n",
+                 name.c_str(), with_commas(model.param_count()).c_str(),
+                 model.layout_string().c_str(), V, tok.vocab_size(),
+                 V > tok.vocab_size() ? ", only those are sampled" : "", origin.c_str());
+
+  std::optional<LogitsFile> dump;
+  if (!cli.dump_logits.empty()) dump.emplace(cli.dump_logits);
+  TextSink sink(cli.raw);
+  const auto text = [&](int id) {
+    if (tok.can_decode(id)) return tok.decode_token(id);
+    char buf[24];
+    std::snprintf(buf, sizeof buf, "[%d]", id);  // an id the tokenizer has no text for
+    return std::string(buf);
+  };
+  if (!cli.quiet)
+    for (int id : prompt) sink.put(text(id));
+  hybrid::GenerationResult r;
+  try {
+    r = hybrid::generate(model, tok, prompt, opt, [&](int id) { sink.put(text(id)); });
+  } catch (...) {
+    sink.finish();
+    std::fputc('\n', stdout);
+    std::fflush(stdout);
+    throw;
+  }
+  sink.finish();
+  std::fputc('\n', stdout);
+  std::fflush(stdout);
+
+  if (!cli.quiet) {
+    const auto& tm = r.timing;
+    std::fprintf(stderr,
+                 "prefill: %lld tokens, %.1f tokens/s | decode: %lld tokens, %.1f tokens/s | "
+                 "%zu new tokens, stopped by %s\n",
+                 (long long)tm.prefill_tokens, tm.prefill_tokens_per_s(),
+                 (long long)tm.decode_tokens, tm.decode_tokens_per_s(), r.tokens.size(),
+                 hybrid::to_string(r.stop));
+  }
+  if (dump) {
+    dump->commit(r.logits);
+    std::fprintf(stderr, "logits: T=%lld V=%lld float32 little-endian, row-major -> %s\n",
+                 (long long)r.logits.rows(), (long long)r.logits.cols(), cli.dump_logits.c_str());
+  }
+  return 0;
+}
+
+int run(int argc, char** argv) {
+  cxxopts::Options options(
+      "generate",
+      "Generate text with a hybrid Mamba-2 / attention model and the byte tokenizer (ids 0-255\n"
+      "bytes, 256 BOS, 257 EOS). The text streams to stdout (control bytes and malformed\n"
+      "UTF-8 shown as \\xNN unless --raw); model info and the prefill / decode tokens/s line\n"
+      "go to stderr. Errors exit with code 2.\n");
+  options.add_options("Model")
+      ("model", "Shipped alias to build (see --list-models; random-init weights)",
+       cxxopts::value<std::string>()->default_value("Golf15x3"))
+      ("list-models", "Print every alias with its parameter count, scalar type and layout")
+      ("seed", "Weight-init seed for --model", cxxopts::value<std::string>()->default_value("0"))
+      ("weights", "Load a checkpoint saved by hybrid::save_model (safetensors; its layout is "
+                  "in the file, so not with --model)", cxxopts::value<std::string>())
+      ("summary", "Print the model summary (blocks, parameters, state sizes) to stdout")
+      ("threads", "Threads for OpenMP and Eigen (default: all cores)", cxxopts::value<std::string>());
+  options.add_options("Prompt")
+      ("prompt", "Prompt text, encoded as bytes", cxxopts::value<std::string>())
+      ("ids", "Prompt as raw token ids instead of text, e.g. 256,72,105 (ids may exceed the "
+              "tokenizer's 258 up to the model's vocab)", cxxopts::value<std::string>())
+      ("bos", "Prepend the BOS id (256). With neither --prompt nor --ids the prompt is BOS alone");
+  options.add_options("Generation")
+      ("max-new-tokens", "Tokens to generate at most",
+       cxxopts::value<std::string>()->default_value("64"))
+      ("temperature", "Softmax temperature; 0 = greedy (argmax)",
+       cxxopts::value<std::string>()->default_value("1"))
+      ("top-k", "Sample among the k most likely ids; 0 = all", cxxopts::value<std::string>()->default_value("0"))
+      ("top-p", "Nucleus: the smallest most-likely set with mass >= p, in (0, 1]; 1 = off",
+       cxxopts::value<std::string>()->default_value("1"))
+      ("repetition-penalty", "Divide positive / multiply negative logits of ids already in "
+                             "the context by this (> 0; 1 = off)",
+       cxxopts::value<std::string>()->default_value("1"))
+      ("sample-seed", "Seed of the sampler (same seed, same text on every platform)",
+       cxxopts::value<std::string>()->default_value("0"))
+      ("stop", "Stop token ids, e.g. 10,257 (replaces the default, EOS = 257); 'none' = no stop",
+       cxxopts::value<std::string>());
+  options.add_options("Output")
+      ("dump-logits", "Write the logits of every position (prompt, then generated) as raw "
+                      "little-endian float32 [T, V] to FILE", cxxopts::value<std::string>())
+      ("quiet", "Print only the generated text (no prompt echo, info or speed line)")
+      ("raw", "Write generated bytes to stdout unescaped")
+      ("h,help", "Show this help");
+  options.custom_help("[options]");
+
+  const auto res = options.parse(argc, argv);
+  if (res.count("help")) {
+    std::cout << options.help({"Model", "Prompt", "Generation", "Output"})
+              << "\nModels (--model NAME):\n" << model_table();
+    return 0;
+  }
+  if (res.count("list-models")) {
+    std::cout << model_table();
+    return 0;
+  }
+  HYBRID_CHECK(res.unmatched().empty(), "unexpected argument '", res.unmatched().front(),
+               "'; every value needs its flag (see --help)");
+
+  Cli cli;
+  cli.model = res["model"].as<std::string>();
+  cli.model_given = res.count("model") > 0;
+  const auto str = [&](const char* name) { return res[name].as<std::string>(); };
+  cli.seed = number<std::uint64_t>("--seed", str("seed"));
+  if (res.count("weights")) cli.weights = res["weights"].as<std::string>();
+  if (res.count("prompt")) cli.prompt = res["prompt"].as<std::string>();
+  if (res.count("ids")) cli.ids = parse_ids("--ids", res["ids"].as<std::string>());
+  HYBRID_CHECK(!(cli.prompt && cli.ids), "give either --prompt or --ids, not both");
+  cli.bos = res.count("bos") > 0;
+  cli.gen.max_new_tokens = number<int>("--max-new-tokens", str("max-new-tokens"));
+  cli.gen.sampling = {.temperature = number<float>("--temperature", str("temperature")),
+                      .top_k = number<int>("--top-k", str("top-k")),
+                      .top_p = number<float>("--top-p", str("top-p")),
+                      .repetition_penalty =
+                          number<float>("--repetition-penalty", str("repetition-penalty")),
+                      .seed = number<std::uint64_t>("--sample-seed", str("sample-seed"))};
+  cli.gen.sampling.validate();
+  HYBRID_CHECK(cli.gen.max_new_tokens >= 0, "--max-new-tokens must be >= 0, got ",
+               cli.gen.max_new_tokens);
+  if (res.count("stop")) {
+    const auto s = res["stop"].as<std::string>();
+    cli.gen.stop_tokens.emplace();
+    if (s != "none")
+      for (int id : parse_ids("--stop", s)) cli.gen.stop_tokens->insert(id);
+  }
+  if (res.count("dump-logits")) {
+    cli.dump_logits = res["dump-logits"].as<std::string>();
+    HYBRID_CHECK(!cli.dump_logits.empty(), "--dump-logits needs a file name");
+  }
+  cli.summary = res.count("summary") > 0;
+  cli.quiet = res.count("quiet") > 0;
+  cli.raw = res.count("raw") > 0;
+  if (res.count("threads")) {
+    const int n = number<int>("--threads", str("threads"));
+    HYBRID_CHECK(n >= 1, "--threads must be >= 1, got ", n);
+#ifdef _OPENMP
+    omp_set_num_threads(n);
+#endif
+    Eigen::setNbThreads(n);
+  }
+
+  if (!cli.weights.empty()) {
+    HYBRID_CHECK(!cli.model_given, "give either --model or --weights, not both: a checkpoint ",
+                 "holds its own layout");
+    const auto model = hybrid::load_model<float>(cli.weights);
+    return run_model<float>(model, cli, cli.weights, "weights from " + cli.weights);
+  }
+  return find_model(cli.model).run(cli);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "error: %s\n", e.what());
+  } catch (...) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "error: unknown exception\n");
+  }
+  return 2;
+}
