@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <map>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -94,41 +95,52 @@ class RuntimeModel {
 
   // tokens: B*T ids (sequence-major). states: nullptr (fresh sequences, nothing kept) or B
   // states to continue from; they are advanced by T. Returns logits (B*T, V), or (B, V)
-  // for the last position of each sequence when all_logits is false.
+  // for the last position of each sequence when all_logits is false. Runs on an internal
+  // non-recording tape (so one model serves one thread at a time).
   Mat<S> forward(std::span<const int> tokens, Index B, Index T,
                  SequenceState<S>* const* states = nullptr, bool all_logits = true) const {
-    HYBRID_CHECK(B > 0 && T > 0, "forward: need at least one sequence of at least one token, got B=",
-                 B, " T=", T);
-    HYBRID_CHECK(Index(tokens.size()) == B * T, "forward: got ", tokens.size(),
-                 " token ids, expected B*T = ", B * T);
+    if (!infer_) infer_ = std::make_unique<Tape<S>>(false);
+    infer_->rewind();
+    const Var<S> l = logits(*infer_, tokens, B, T, states, all_logits);
+    Mat<S> out = l.val();
+    infer_->rewind();
+    return out;
+  }
+
+  // The same forward on a caller's tape; when it records, backward() reaches every
+  // parameter gradient in its GradStore. Returns logits (B*T, V) (or (B, V), see forward).
+  Var<S> logits(Tape<S>& t, std::span<const int> tokens, Index B, Index T,
+                SequenceState<S>* const* states = nullptr, bool all_logits = true) const {
+    check_tokens(tokens, B, T, states);
     const auto& m = desc_.model;
-    for (Index i = 0; i < B * T; ++i)
-      HYBRID_CHECK(tokens[i] >= 0 && tokens[i] < m.vocab, "token id ", tokens[i],
-                   " at position ", i % T, " of sequence ", i / T,
-                   " is outside the vocabulary [0, ", m.vocab, ")");
-    if (m.max_context > 0)
-      for (Index b = 0; b < B; ++b) {
-        const Index pos = states ? states[b]->pos : 0;
-        HYBRID_CHECK(pos + T <= m.max_context, "context of ", pos + T,
-                     " tokens exceeds the model's maximum of ", m.max_context);
-      }
-    Mat<S> x(B * T, m.d_model);  // (B*T, D)
-    for (Index i = 0; i < B * T; ++i) x.row(i) = embed_.row(tokens[i]);
-    if (m.embedding_multiplier != 1) x *= S(m.embedding_multiplier);
+    Var<S> x = ag::embedding(t, embed_, tokens.data(), B * T, S(m.embedding_multiplier));  // (B*T, D)
     std::vector<LayerState<S>*> ls(states ? B : 0);
     for (int l = 0; l < n_blocks(); ++l) {
       if (states)
         for (Index b = 0; b < B; ++b) ls[b] = &states[b]->layers[l];
-      blocks_[l].forward(x, B, T, states ? ls.data() : nullptr);
+      x = blocks_[l].forward(t, x, B, T, states ? ls.data() : nullptr);
     }
     if (states)
       for (Index b = 0; b < B; ++b) states[b]->pos += T;
     if (!all_logits && T > 1) {
-      Mat<S> last(B, m.d_model);
-      for (Index b = 0; b < B; ++b) last.row(b) = x.row(b * T + T - 1);
-      x = std::move(last);
+      std::vector<Index> last(B);
+      for (Index b = 0; b < B; ++b) last[b] = b * T + T - 1;
+      x = ag::gather_rows(t, x, last.data(), B);
     }
-    return head(x);
+    return head(t, x);
+  }
+
+  // Mean next-token cross-entropy (nats) of B sequences of T tokens against targets (B*T
+  // ids, -1 = not scored), plus z_loss * mean(logsumexp^2), as a 1x1 Var.
+  Var<S> loss(Tape<S>& t, std::span<const int> tokens, std::span<const int> targets, Index B,
+              Index T, double z_loss = 0) const {
+    HYBRID_CHECK(Index(targets.size()) == B * T, "loss: got ", targets.size(),
+                 " targets, expected B*T = ", B * T);
+    for (Index i = 0; i < B * T; ++i)
+      HYBRID_CHECK(targets[i] >= -1 && targets[i] < vocab(), "target id ", targets[i],
+                   " at position ", i % T, " of sequence ", i / T, " is outside [0, ", vocab(),
+                   ") (or -1 to skip)");
+    return ag::cross_entropy(t, logits(t, tokens, B, T), targets.data(), z_loss);
   }
 
   // Prompts of different lengths (each non-empty). Returns per prompt the logits (T_b, V)
@@ -210,24 +222,39 @@ class RuntimeModel {
     return "ShortConv(L=" + std::to_string(std::get<ShortConvSpec>(m).L) + ")";
   }
 
-  // x: (R, D) → logits (R, V) after the final norm, LM head, divisor and soft-cap.
-  Mat<S> head(const Mat<S>& x) const {
+  void check_tokens(std::span<const int> tokens, Index B, Index T,
+                    SequenceState<S>* const* states) const {
+    HYBRID_CHECK(B > 0 && T > 0, "forward: need at least one sequence of at least one token, got B=",
+                 B, " T=", T);
+    HYBRID_CHECK(Index(tokens.size()) == B * T, "forward: got ", tokens.size(),
+                 " token ids, expected B*T = ", B * T);
     const auto& m = desc_.model;
-    Mat<S> h, logits;
-    final_norm_.forward(x, h);
-    logits.noalias() = h * (m.tied ? embed_ : head_).transpose();
-    if (m.logits_divisor != 1) logits /= S(m.logits_divisor);
-    if (m.logit_softcap > 0) {
-      const S c = S(m.logit_softcap);
-      logits = logits.unaryExpr([c](S v) { return c * std::tanh(v / c); });
-    }
-    return logits;
+    for (Index i = 0; i < B * T; ++i)
+      HYBRID_CHECK(tokens[i] >= 0 && tokens[i] < m.vocab, "token id ", tokens[i],
+                   " at position ", i % T, " of sequence ", i / T,
+                   " is outside the vocabulary [0, ", m.vocab, ")");
+    if (m.max_context > 0)
+      for (Index b = 0; b < B; ++b) {
+        const Index pos = states ? states[b]->pos : 0;
+        HYBRID_CHECK(pos + T <= m.max_context, "context of ", pos + T,
+                     " tokens exceeds the model's maximum of ", m.max_context);
+      }
+  }
+
+  // x: (R, D) → logits (R, V) after the final norm, LM head, divisor and soft-cap.
+  Var<S> head(Tape<S>& t, Var<S> x) const {
+    const auto& m = desc_.model;
+    Var<S> l = ag::linear(t, final_norm_.forward(t, x), m.tied ? embed_ : head_, Mat<S>());
+    if (m.logits_divisor != 1) l = ag::scale(t, l, S(1 / m.logits_divisor));
+    if (m.logit_softcap > 0) l = ag::softcap(t, l, S(m.logit_softcap));
+    return l;
   }
 
   ModelDesc desc_;
   Mat<S> embed_, head_;
   std::vector<BlockLayer<S>> blocks_;
   NormLayer<S> final_norm_;
+  mutable std::unique_ptr<Tape<S>> infer_;  // reused by forward(): no allocation per call
 };
 
 }  // namespace hybrid

@@ -55,31 +55,26 @@ class BlockLayer {
     return std::visit([](const auto& m) { return LayerState<S>(m.make_state()); }, mixer_);
   }
 
-  // x: (B*T, D) updated in place. states: nullptr or B pointers to this block's state.
-  void forward(Mat<S>& x, Index B, Index T, LayerState<S>* const* states) const {
-    Mat<S> h, y, c;
-    norm1_.forward(x, h);
-    std::visit(
+  // x: (B*T, D) → (B*T, D). states: nullptr or B pointers to this block's state.
+  Var<S> forward(Tape<S>& t, Var<S> x, Index B, Index T, LayerState<S>* const* states) const {
+    const Var<S> h = norm1_.forward(t, x);
+    Var<S> y = std::visit(
         [&](const auto& m) {
           using State = typename std::decay_t<decltype(m)>::State;
           std::vector<State*> st;
-          if (states) {
-            st.resize(B);
-            for (Index b = 0; b < B; ++b) st[b] = &std::get<State>(*states[b]);
-          }
-          m.forward(h, B, T, y, states ? st.data() : nullptr);
+          if (states)
+            for (Index b = 0; b < B; ++b) st.push_back(&std::get<State>(*states[b]));
+          return m.forward(t, h, B, T, states ? st.data() : nullptr);
         },
         mixer_);
-    if (parallel_ && channel_) {
-      std::visit([&](const auto& ch) { ch.forward(h, c); }, *channel_);
-      y += c;
-    }
-    add_residual(x, y);
+    if (parallel_ && channel_)
+      y = ag::add(t, y, std::visit([&](const auto& ch) { return ch.forward(t, h); }, *channel_));
+    x = ag::add(t, x, y, S(resid_));
     if (channel_ && !parallel_) {
-      norm2_->forward(x, h);
-      std::visit([&](const auto& ch) { ch.forward(h, c); }, *channel_);
-      add_residual(x, c);
+      const Var<S> h2 = norm2_->forward(t, x);
+      x = ag::add(t, x, std::visit([&](const auto& ch) { return ch.forward(t, h2); }, *channel_), S(resid_));
     }
+    return x;
   }
 
  private:
@@ -87,10 +82,6 @@ class BlockLayer {
     if (const auto* s = std::get_if<Mamba2Spec>(&d.mixer)) return Mamba2Layer<S>(m.d_model, *s);
     if (const auto* s = std::get_if<GqaSpec>(&d.mixer)) return GqaLayer<S>(m.d_model, *s, m.norm_eps);
     return ShortConvLayer<S>(m.d_model, std::get<ShortConvSpec>(d.mixer));
-  }
-  void add_residual(Mat<S>& x, const Mat<S>& y) const {
-    if (resid_ == 1) x += y;
-    else x += S(resid_) * y;
   }
 
   BlockDesc desc_;

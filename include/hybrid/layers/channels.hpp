@@ -4,8 +4,7 @@
 #include <string>
 
 #include "../config.hpp"
-#include "../ops/activation.hpp"
-#include "../ops/linear.hpp"
+#include "../autograd/functions.hpp"
 #include "param.hpp"
 
 namespace hybrid {
@@ -43,13 +42,10 @@ class SwiGluLayer {
     init::uniform_fan_in(w2_, sp_.hidden, derive_seed(seed, "w2"), out_div);
     for (Mat<S>* b : {&b1_, &b2_, &b3_}) b->setZero();
   }
-  // x: (R, D) → y: (R, D)
-  void forward(const Mat<S>& x, Mat<S>& y) const {
-    Mat<S> a, u;
-    linear_into<S>(x, w1_, b1_, a);  // (R, hidden)
-    linear_into<S>(x, w3_, b3_, u);  // (R, hidden)
-    a = a.unaryExpr([](S v) { return ops::silu(v); }).cwiseProduct(u);
-    linear_into<S>(a, w2_, b2_, y);
+  // x: (R, D) → (R, D)
+  Var<S> forward(Tape<S>& t, Var<S> x) const {
+    const Var<S> h = ag::swiglu(t, ag::linear(t, x, w1_, b1_), ag::linear(t, x, w3_, b3_));
+    return ag::linear(t, h, w2_, b2_);
   }
 
  private:
@@ -87,11 +83,9 @@ class Relu2Layer {
     bfc_.setZero();
     bproj_.setZero();
   }
-  void forward(const Mat<S>& x, Mat<S>& y) const {
-    Mat<S> a;
-    linear_into<S>(x, fc_, bfc_, a);  // (R, hidden)
-    a = a.unaryExpr([](S v) { return ops::relu2(v); });
-    linear_into<S>(a, proj_, bproj_, y);
+  // x: (R, D) → (R, D)
+  Var<S> forward(Tape<S>& t, Var<S> x) const {
+    return ag::linear(t, ag::relu2(t, ag::linear(t, x, fc_, bfc_)), proj_, bproj_);
   }
 
  private:

@@ -4,14 +4,12 @@
 #pragma once
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "../config.hpp"
 #include "../infer/state.hpp"
-#include "../ops/activation.hpp"
-#include "../ops/attention.hpp"
-#include "../ops/linear.hpp"
-#include "../ops/norm.hpp"
-#include "../ops/rope.hpp"
+#include "../autograd/functions.hpp"
+#include "../autograd/seq_functions.hpp"
 #include "param.hpp"
 
 namespace hybrid {
@@ -91,60 +89,45 @@ class GqaLayer {
     return Index(sizeof(S)) * 2 * sp_.n_kv_heads * sp_.head_dim;
   }
 
-  // x: (B*T, D); y: (B*T, D). states: nullptr (each sequence starts at position 0 and
+  // x: (B*T, D) → (B*T, D). states: nullptr (each sequence starts at position 0 and
   // nothing is kept) or B pointers to KV caches that the call attends to and extends.
-  void forward(const Mat<S>& x, Index B, Index T, Mat<S>& y, State* const* states) const {
+  Var<S> forward(Tape<S>& t, Var<S> x, Index B, Index T, State* const* states) const {
     const int Hq = sp_.n_heads, Hkv = sp_.n_kv_heads, hd = sp_.head_dim;
-    Mat<S> q, k, v, g;
-    linear_into<S>(x, wq_, bq_, q);  // (B*T, Hq*hd)
-    linear_into<S>(x, wk_, bk_, k);  // (B*T, Hkv*hd)
-    linear_into<S>(x, wv_, bv_, v);  // (B*T, Hkv*hd)
-    if (sp_.qk_norm) {
-      head_rmsnorm(q, qn_);
-      head_rmsnorm(k, kn_);
+    Var<S> q = ag::linear(t, x, wq_, bq_);  // (B*T, Hq*hd)
+    Var<S> k = ag::linear(t, x, wk_, bk_);  // (B*T, Hkv*hd)
+    const Var<S> v = ag::linear(t, x, wv_, bv_);
+    if (sp_.qk_norm) {  // per-head RMSNorm: view (B*T*H, hd)
+      q = ag::rmsnorm(t, q.reshape(q.size() / hd, hd), qn_, S(eps_)).reshape(B * T, Index(Hq) * hd);
+      k = ag::rmsnorm(t, k.reshape(k.size() / hd, hd), kn_, S(eps_)).reshape(B * T, Index(Hkv) * hd);
     }
-    Mat<S> o(B * T, Index(Hq) * hd), qs, ks, vs, os(T, Index(Hq) * hd);
-    for (Index b = 0; b < B; ++b) {
-      State* st = states ? states[b] : nullptr;
-      const Index pos0 = st ? st->next_pos() : 0;
-      qs = q.middleRows(b * T, T);
-      ks = k.middleRows(b * T, T);
-      vs = v.middleRows(b * T, T);
-      if (sp_.rope) {
-        ops::rope_forward<S>(qs, Hq, hd, pos0, sp_.rope_theta);
-        ops::rope_forward<S>(ks, Hkv, hd, pos0, sp_.rope_theta);
+    std::vector<Index> pos0(B, 0);
+    if (states)
+      for (Index b = 0; b < B; ++b) pos0[b] = states[b]->next_pos();
+    if (sp_.rope) {
+      q = ag::rope(t, q, Hq, hd, B, T, pos0.data(), sp_.rope_theta);
+      k = ag::rope(t, k, Hkv, hd, B, T, pos0.data(), sp_.rope_theta);
+    }
+    Var<S> o;
+    if (states) {
+      HYBRID_CHECK(!t.recording(), "GQA: decode state cannot be used while recording");
+      o = t.var(B * T, Index(Hq) * hd);
+      const Index ldq = Index(Hq) * hd;
+      for (Index b = 0; b < B; ++b) {
+        State& st = *states[b];
+        st.append(k.val().middleRows(b * T, T), v.val().middleRows(b * T, T));
+        const ops::AttnDims d{T, st.len, Hq, Hkv, hd};
+        ops::attention_forward<S>(q.v + b * T * ldq, st.k.data(), st.v.data(), o.v + b * T * ldq,
+                                  d, scale(), pos0[b], st.start_pos, sp_.window);
+        st.trim();
       }
-      if (st) {
-        st->append(ks, vs);
-        ops::AttnDims d{T, st->len, Hq, Hkv, hd};
-        ops::attention_forward<S>(qs.data(), st->k.data(), st->v.data(), os.data(), d, scale(),
-                                  pos0, st->start_pos, sp_.window);
-        st->trim();
-      } else {
-        ops::AttnDims d{T, T, Hq, Hkv, hd};
-        ops::attention_forward<S>(qs.data(), ks.data(), vs.data(), os.data(), d, scale(), 0, 0,
-                                  sp_.window);
-      }
-      o.middleRows(b * T, T) = os;
+    } else {
+      o = ag::attention(t, q, k, v, Hq, Hkv, hd, B, T, scale(), sp_.window);
     }
-    if (sp_.output_gate) {
-      linear_into<S>(x, wg_, bg_, g);
-      o.array() *= g.unaryExpr([](S t) { return ops::sigmoid(t); }).array();
-    }
-    linear_into<S>(o, wo_, bo_, y);  // (B*T, D)
+    if (sp_.output_gate) o = ag::sigmoid_gate(t, o, ag::linear(t, x, wg_, bg_));
+    return ag::linear(t, o, wo_, bo_);  // (B*T, D)
   }
 
  private:
-  // RMSNorm of every head_dim slice of every row, weight w: (1, hd).
-  void head_rmsnorm(Mat<S>& m, const Mat<S>& w) const {
-    const int hd = sp_.head_dim;
-    Eigen::Map<Mat<S>> heads(m.data(), m.size() / hd, hd);
-    Mat<S> tmp = heads;
-    Mat<S> out(tmp.rows(), tmp.cols());
-    ops::rmsnorm_forward<S>(tmp, w, S(eps_), out);
-    heads = out;
-  }
-
   int D_;
   GqaSpec sp_;
   double eps_;

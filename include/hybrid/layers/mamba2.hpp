@@ -5,14 +5,12 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "../config.hpp"
 #include "../infer/state.hpp"
-#include "../ops/activation.hpp"
-#include "../ops/conv1d.hpp"
-#include "../ops/linear.hpp"
-#include "../ops/norm.hpp"
-#include "../ops/ssd.hpp"
+#include "../autograd/functions.hpp"
+#include "../autograd/seq_functions.hpp"
 #include "param.hpp"
 
 namespace hybrid {
@@ -91,45 +89,32 @@ class Mamba2Layer {
     return Index(sizeof(S)) * (Index(Cd_) * sp_.d_conv + Index(H_) * sp_.headdim * sp_.d_state);
   }
 
-  // x: (B*T, D) — B sequences of T tokens; y: (B*T, D). states: nullptr (fresh start, no
-  // state kept) or B state pointers that the call starts from and updates.
-  void forward(const Mat<S>& x, Index B, Index T, Mat<S>& y, State* const* states) const {
-    const int P = sp_.headdim, N = sp_.d_state, G = sp_.ngroups;
-    Mat<S> zxbcdt;
-    linear_into<S>(x, in_proj_, in_bias_, zxbcdt);  // (B*T, 2Di + 2GN + H)
-    Mat<S> gated(B * T, Di_);                                // (B*T, Di)
-    Mat<S> xbc_raw(T, Cd_), xbc, xs(T, Di_), Bm(T, GN_), Cm(T, GN_), dt(T, H_), ys(T, Di_), z,
-        normed;
-    Vec<S> A(H_);
-    for (int h = 0; h < H_; ++h) A[h] = -std::exp(A_log_(0, h));
-    const S lo = S(sp_.dt_limit_lo), hi = S(sp_.dt_limit_hi);
-    const ops::SsdDims dims{T, H_, P, N, G};
-    for (Index b = 0; b < B; ++b) {
-      const auto rows = zxbcdt.middleRows(b * T, T);
-      xbc_raw = rows.middleCols(Di_, Cd_);
-      State* st = states ? states[b] : nullptr;
-      xbc.resize(T, Cd_);
-      ops::causal_conv1d_forward<S>(xbc_raw, conv_w_, conv_b_, st ? &st->conv : nullptr, xbc,
-                                    st ? &st->conv : nullptr);  // (T, Cd)
-      xbc = xbc.unaryExpr([](S v) { return ops::silu(v); });
-      xs = xbc.leftCols(Di_);
-      Bm = xbc.middleCols(Di_, GN_);
-      Cm = xbc.rightCols(GN_);
-      for (Index t = 0; t < T; ++t)
-        for (int h = 0; h < H_; ++h) {
-          const S v = ops::softplus(rows(t, Di_ + Cd_ + h) + dt_bias_(0, h));
-          dt(t, h) = std::clamp(v, lo, hi);
-        }
-      ops::SsdArgs<S> a{xs.data(), dt.data(), A.data(), Bm.data(), Cm.data(), D_skip_.data(),
-                        st ? st->ssm.data() : nullptr, ys.data(), st ? st->ssm.data() : nullptr};
-      ops::ssd_forward<S>(dims, sp_.chunk, sp_.scan, a);  // (T, Di)
-      z = rows.leftCols(Di_);
-      const Index group = sp_.norm_whole_width ? Di_ : Di_ / G;
-      normed.resize(T, Di_);
-      ops::gated_rmsnorm_forward<S>(ys, z, norm_w_, group, S(sp_.norm_eps), normed);
-      gated.middleRows(b * T, T) = normed;
-    }
-    linear_into<S>(gated, out_proj_, out_bias_, y);  // (B*T, D)
+  // x: (B*T, D) — B sequences of T tokens → (B*T, D). states: nullptr (fresh sequences,
+  // nothing kept; the only mode a recording tape accepts) or B pointers to states that
+  // the call starts from and updates.
+  Var<S> forward(Tape<S>& t, Var<S> x, Index B, Index T, State* const* states) const {
+    const Var<S> zxbcdt = ag::linear(t, x, in_proj_, in_bias_);  // (B*T, 2Di + 2GN + H)
+    const Var<S> z = ag::cols(t, zxbcdt, 0, Di_);                // (B*T, Di)
+    std::vector<Mat<S>*> conv_st;
+    std::vector<S*> ssm_st;
+    if (states)
+      for (Index b = 0; b < B; ++b) {
+        conv_st.push_back(&states[b]->conv);
+        ssm_st.push_back(states[b]->ssm.data());
+      }
+    Var<S> xbc = ag::cols(t, zxbcdt, Di_, Cd_);  // (B*T, Cd) raw x | B | C
+    xbc = ag::silu(t, ag::causal_conv1d(t, xbc, conv_w_, conv_b_, B, T, states ? conv_st.data() : nullptr));
+    const Var<S> dt = ag::dt_softplus(t, ag::cols(t, zxbcdt, Di_ + Cd_, H_), dt_bias_,
+                                      S(sp_.dt_limit_lo), S(sp_.dt_limit_hi));  // (B*T, H)
+    const Var<S> xs = ag::cols(t, xbc, 0, Di_);          // (B*T, H*P)
+    const Var<S> Bm = ag::cols(t, xbc, Di_, GN_);        // (B*T, G*N)
+    const Var<S> Cm = ag::cols(t, xbc, Di_ + GN_, GN_);  // (B*T, G*N)
+    const ag::SsdConfig c{H_, sp_.headdim, sp_.d_state, sp_.ngroups, sp_.chunk, sp_.scan};
+    const Var<S> y = ag::ssd(t, xs, dt, A_log_, Bm, Cm, D_skip_, c, B, T,
+                             states ? ssm_st.data() : nullptr);  // (B*T, Di)
+    const Index group = sp_.norm_whole_width ? Di_ : Di_ / sp_.ngroups;
+    const Var<S> g = ag::gated_rmsnorm(t, y, z, norm_w_, group, S(sp_.norm_eps));
+    return ag::linear(t, g, out_proj_, out_bias_);  // (B*T, D)
   }
 
  private:

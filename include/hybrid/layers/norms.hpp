@@ -3,7 +3,7 @@
 #include <string>
 
 #include "../config.hpp"
-#include "../ops/norm.hpp"
+#include "../autograd/functions.hpp"
 #include "param.hpp"
 
 namespace hybrid {
@@ -26,10 +26,9 @@ class NormLayer {
     w_.setOnes();
     b_.setZero();
   }
-  void forward(const Mat<S>& x, Mat<S>& y) const {
-    y.resize(x.rows(), x.cols());
-    if (kind_ == NormKind::RMS) ops::rmsnorm_forward<S>(x, w_, S(eps_), y);
-    else ops::layernorm_forward<S>(x, w_, b_, S(eps_), y);
+  Var<S> forward(Tape<S>& t, Var<S> x) const {
+    if (kind_ == NormKind::RMS) return ag::rmsnorm(t, x, w_, S(eps_));
+    return ag::layernorm(t, x, w_, b_, S(eps_));
   }
 
  private:

@@ -8,7 +8,6 @@
 
 #include "../core/rng.hpp"
 #include "../core/tensor.hpp"
-#include "../ops/linear.hpp"
 
 namespace hybrid {
 
@@ -47,13 +46,6 @@ void normal(Mat<S>& w, double std, std::uint64_t seed) {
 }
 
 }  // namespace init
-
-// y = x W^T + b into a Mat sized here (the ops write into caller-sized outputs).
-template <class S>
-void linear_into(const Mat<S>& x, const Mat<S>& W, const Mat<S>& b, Mat<S>& y) {
-  y.resize(x.rows(), W.rows());
-  ops::linear_forward<S>(x, W, b, y);
-}
 
 // The string "prefix.name" for parameter names.
 inline std::string join_name(const std::string& prefix, const char* name) {

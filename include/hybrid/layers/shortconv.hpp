@@ -3,11 +3,12 @@
 // L values of B*x.
 #pragma once
 #include <string>
+#include <vector>
 
 #include "../config.hpp"
 #include "../infer/state.hpp"
-#include "../ops/conv1d.hpp"
-#include "../ops/linear.hpp"
+#include "../autograd/functions.hpp"
+#include "../autograd/seq_functions.hpp"
 #include "param.hpp"
 
 namespace hybrid {
@@ -55,20 +56,17 @@ class ShortConvLayer {
   }
   Index state_bytes() const { return Index(sizeof(S)) * D_ * sp_.L; }
 
-  // x: (B*T, D); y: (B*T, D); states: nullptr or B pointers to conv caches to start from and update.
-  void forward(const Mat<S>& x, Index B, Index T, Mat<S>& y, State* const* states) const {
-    Mat<S> bcx, gated(B * T, D_), bx, cv;
-    linear_into<S>(x, in_proj_, in_b_, bcx);  // (B*T, 3D): B | C | x
-    for (Index b = 0; b < B; ++b) {
-      const auto rows = bcx.middleRows(b * T, T);
-      bx = rows.leftCols(D_).cwiseProduct(rows.rightCols(D_));  // (T, D)
-      State* st = states ? states[b] : nullptr;
-      cv.resize(T, D_);
-      ops::causal_conv1d_forward<S>(bx, conv_w_, conv_b_, st ? &st->conv : nullptr, cv,
-                                    st ? &st->conv : nullptr);
-      gated.middleRows(b * T, T) = rows.middleCols(D_, D_).cwiseProduct(cv);
-    }
-    linear_into<S>(gated, out_proj_, out_b_, y);
+  // x: (B*T, D) → (B*T, D). states: nullptr or B pointers to conv caches to start from
+  // and update.
+  Var<S> forward(Tape<S>& t, Var<S> x, Index B, Index T, State* const* states) const {
+    const Var<S> bcx = ag::linear(t, x, in_proj_, in_b_);  // (B*T, 3D): B | C | x
+    const Var<S> bx = ag::mul(t, ag::cols(t, bcx, 0, D_), ag::cols(t, bcx, 2 * Index(D_), D_));
+    std::vector<Mat<S>*> hist;
+    if (states)
+      for (Index b = 0; b < B; ++b) hist.push_back(&states[b]->conv);
+    const Var<S> cv = ag::causal_conv1d(t, bx, conv_w_, conv_b_, B, T, states ? hist.data() : nullptr);
+    const Var<S> y = ag::mul(t, ag::cols(t, bcx, D_, D_), cv);
+    return ag::linear(t, y, out_proj_, out_b_);
   }
 
  private:

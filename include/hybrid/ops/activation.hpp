@@ -1,9 +1,13 @@
-// Scalar activations shared by the layers: SiLU, softplus (PyTorch's threshold at 20),
-// sigmoid, ReLU².
+// Activations shared by the layers: scalar SiLU, softplus (PyTorch's threshold at 20),
+// sigmoid, ReLU² and their derivatives; row-wise SwiGLU, ReLU² and the Mamba-2 dt map as
+// forward/backward pairs. Backward accumulates (+=) into every gradient it is given;
+// nullptr skips one. Gradient buffers are contiguous row-major, shaped as documented.
 #pragma once
+#include <algorithm>
 #include <cmath>
 
 #include "../core/device.hpp"
+#include "../core/tensor.hpp"
 
 namespace hybrid::ops {
 
@@ -23,6 +27,76 @@ HYBRID_HOST_DEVICE inline S softplus(S v) {
 template <class S>
 HYBRID_HOST_DEVICE inline S relu2(S v) {
   return v > S(0) ? v * v : S(0);
+}
+
+// Derivatives, each the exact derivative of the function above (thresholds included).
+template <class S>
+HYBRID_HOST_DEVICE inline S silu_grad(S v) {
+  const S s = sigmoid(v);
+  return s * (S(1) + v * (S(1) - s));
+}
+template <class S>
+HYBRID_HOST_DEVICE inline S softplus_grad(S v) {
+  return v > S(20) ? S(1) : sigmoid(v);
+}
+template <class S>
+HYBRID_HOST_DEVICE inline S relu2_grad(S v) {
+  return v > S(0) ? S(2) * v : S(0);
+}
+
+// a, u, h: (R, F). h = silu(a) * u (the SwiGLU gate; a = gate branch, u = up branch).
+template <class S>
+void swiglu_forward(CRef<S> a, CRef<S> u, Ref<S> h) {
+  h = a.binaryExpr(u, [](S x, S y) { return silu(x) * y; });
+}
+
+// dh: (R, F). da (R, F) += dh * u * silu'(a); du (R, F) += dh * silu(a).
+template <class S>
+void swiglu_backward(CRef<S> a, CRef<S> u, CRef<S> dh, S* da, S* du) {
+  const Index R = a.rows(), F = a.cols();
+  if (da)
+    MatMap<S>(da, R, F).array() +=
+        dh.array() * u.array() * a.unaryExpr([](S v) { return silu_grad(v); }).array();
+  if (du) MatMap<S>(du, R, F).array() += dh.array() * a.unaryExpr([](S v) { return silu(v); }).array();
+}
+
+// x, y: (R, F), y may alias x. y = relu(x)^2.
+template <class S>
+void relu2_forward(CRef<S> x, Ref<S> y) {
+  y = x.unaryExpr([](S v) { return relu2(v); });
+}
+
+// dy: (R, F). dx (R, F) += dy * 2 relu(x).
+template <class S>
+void relu2_backward(CRef<S> x, CRef<S> dy, S* dx) {
+  if (dx)
+    MatMap<S>(dx, x.rows(), x.cols()).array() +=
+        dy.array() * x.unaryExpr([](S v) { return relu2_grad(v); }).array();
+}
+
+// Mamba-2 step size. raw: (R, H) from the input projection; bias: (1, H); dt: (R, H).
+// dt = clamp(softplus(raw + bias), lo, hi); hi may be +infinity (upstream's default limit).
+template <class S>
+void dt_softplus_forward(CRef<S> raw, CRef<S> bias, S lo, S hi, Ref<S> dt) {
+  for (Index r = 0; r < raw.rows(); ++r)
+    for (Index h = 0; h < raw.cols(); ++h)
+      dt(r, h) = std::clamp(softplus(raw(r, h) + bias(0, h)), lo, hi);
+}
+
+// ddt: (R, H). draw (R, H) += ddt * softplus'(raw + bias); dbias (H) += its column sums.
+// Where the clamp is active the gradient is zero; on the limit itself it passes (as
+// torch.clamp's backward, so the two agree when dt lands exactly on a limit).
+template <class S>
+void dt_softplus_backward(CRef<S> raw, CRef<S> bias, S lo, S hi, CRef<S> ddt, S* draw,
+                          S* dbias) {
+  const Index R = raw.rows(), H = raw.cols();
+  for (Index r = 0; r < R; ++r)
+    for (Index h = 0; h < H; ++h) {
+      const S v = raw(r, h) + bias(0, h), sp = softplus(v);
+      const S g = (sp >= lo && sp <= hi) ? ddt(r, h) * softplus_grad(v) : S(0);
+      if (draw) draw[r * H + h] += g;
+      if (dbias) dbias[h] += g;
+    }
 }
 
 }  // namespace hybrid::ops

@@ -1,11 +1,14 @@
 // Causal grouped-query attention with an optional sliding window, one sequence.
 // Query head h reads key/value head h / (Hq / Hkv). Softmax in the scalar type (fp32 for
 // float). Queries are processed in blocks of rows so that the score matrix stays small:
-// memory O(block * Tk) instead of O(Tq * Tk).
+// memory O(block * Tk) instead of O(Tq * Tk). The backward recomputes the scores block by
+// block from q, k and the forward's log-sum-exp (flash-attention style) and ACCUMULATES
+// (+=) into every gradient it is given; nullptr skips one.
 #pragma once
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "../core/error.hpp"
 #include "../core/tensor.hpp"
@@ -17,50 +20,78 @@ struct AttnDims {
   int Hq, Hkv, hd;   // query heads, key/value heads, head dim
 };
 
-// q: (Tq, Hq*hd); k, v: (Tk, Hkv*hd); o: (Tq, Hq*hd) overwritten.
+namespace detail {
+// Rows of queries per score block.
+inline constexpr Index kAttnBlock = 64;
+// Below this many multiply-adds (Tq*Tk*Hq*hd) starting a thread team costs more than the
+// work itself, badly so on a small, busy machine: run single-threaded.
+inline constexpr double kAttnParallelWork = 1e5;
+
+inline bool attn_parallel(const AttnDims& d) {
+  return double(d.Tq) * double(d.Tk) * d.Hq * d.hd >= kAttnParallelWork;
+}
+// The mask, shared by forward and backward so that they can never disagree.
+inline bool attn_visible(Index qp, Index kp, int window) {
+  return kp <= qp && (window <= 0 || qp - kp < window);
+}
+// Keys [j0, j1) visible to some query of rows [i0, i1); empty (j1 <= j0) if none.
+inline void attn_key_range(const AttnDims& d, Index i0, Index i1, Index qpos0, Index kpos0,
+                           int window, Index& j0, Index& j1) {
+  j1 = std::min(d.Tk, qpos0 + i1 - 1 - kpos0 + 1);
+  j0 = window > 0 ? std::max<Index>(0, qpos0 + i0 - window + 1 - kpos0) : 0;
+}
+// Head `head`'s (rows, hd) slice starting at row r0 of a (*, ld) row-major buffer.
+template <class P>
+auto attn_head_block(P* p, Index r0, Index rows, int head, int hd, Index ld) {
+  using M = std::conditional_t<std::is_const_v<P>, const Mat<std::remove_const_t<P>>,
+                               Mat<P>>;
+  return Eigen::Map<M, 0, Eigen::OuterStride<>>(p + r0 * ld + Index(head) * hd, rows, hd,
+                                                Eigen::OuterStride<>(ld));
+}
+}  // namespace detail
+
+// q: (Tq, Hq*hd); k, v: (Tk, Hkv*hd); o: (Tq, Hq*hd) overwritten; lse: (Tq, Hq) overwritten
+// with log sum_j exp(scale q_i.k_j) over visible keys (-inf where none), or nullptr.
 // Query i sits at position qpos0 + i, key j at kpos0 + j. Key j is visible from query i
 // iff kpos <= qpos and (window == 0 or qpos - kpos < window).
 template <class S>
 void attention_forward(const S* q, const S* k, const S* v, S* o, const AttnDims& d, S scale,
-                       Index qpos0, Index kpos0, int window) {
+                       Index qpos0, Index kpos0, int window, S* lse = nullptr) {
   HYBRID_CHECK(d.Hq % d.Hkv == 0, "attention: Hkv ", d.Hkv, " does not divide Hq ", d.Hq);
-  using Strided = Eigen::OuterStride<>;
-  using CMap = Eigen::Map<const Mat<S>, 0, Strided>;
-  using OMap = Eigen::Map<Mat<S>, 0, Strided>;
+  constexpr S kInf = std::numeric_limits<S>::infinity();
   const Index ldq = Index(d.Hq) * d.hd, ldk = Index(d.Hkv) * d.hd;
   const int rep = d.Hq / d.Hkv;
-  constexpr Index kBlock = 64;
-  const Index nblk = (d.Tq + kBlock - 1) / kBlock;
-#pragma omp parallel for collapse(2) schedule(dynamic)
+  const Index nblk = (d.Tq + detail::kAttnBlock - 1) / detail::kAttnBlock;
+#pragma omp parallel for collapse(2) schedule(dynamic) if (detail::attn_parallel(d))
   for (int h = 0; h < d.Hq; ++h) {
     for (Index b = 0; b < nblk; ++b) {
       const int g = h / rep;
-      const Index i0 = b * kBlock, i1 = std::min(d.Tq, i0 + kBlock), bq = i1 - i0;
-      // keys visible to some query of the block: [j0, j1)
-      const Index qlo = qpos0 + i0, qhi = qpos0 + i1 - 1;
-      Index j1 = std::min(d.Tk, qhi - kpos0 + 1);
-      Index j0 = window > 0 ? std::max<Index>(0, qlo - window + 1 - kpos0) : 0;
-      OMap ob(o + i0 * ldq + Index(h) * d.hd, bq, d.hd, Strided(ldq));
+      const Index i0 = b * detail::kAttnBlock, i1 = std::min(d.Tq, i0 + detail::kAttnBlock);
+      const Index bq = i1 - i0;
+      Index j0, j1;
+      detail::attn_key_range(d, i0, i1, qpos0, kpos0, window, j0, j1);
+      auto ob = detail::attn_head_block(o, i0, bq, h, d.hd, ldq);
       if (j1 <= j0) {  // nothing visible (cannot happen for a well-formed causal call)
         ob.setZero();
+        if (lse)
+          for (Index i = i0; i < i1; ++i) lse[i * d.Hq + h] = -kInf;
         continue;
       }
       const Index nk = j1 - j0;
-      CMap qb(q + i0 * ldq + Index(h) * d.hd, bq, d.hd, Strided(ldq));
-      CMap kb(k + j0 * ldk + Index(g) * d.hd, nk, d.hd, Strided(ldk));
-      CMap vb(v + j0 * ldk + Index(g) * d.hd, nk, d.hd, Strided(ldk));
+      auto qb = detail::attn_head_block(q, i0, bq, h, d.hd, ldq);
+      auto kb = detail::attn_head_block(k, j0, nk, g, d.hd, ldk);
+      auto vb = detail::attn_head_block(v, j0, nk, g, d.hd, ldk);
       Mat<S> s = (qb * kb.transpose()) * scale;  // (bq, nk)
       for (Index i = 0; i < bq; ++i) {
         const Index qp = qpos0 + i0 + i;
-        S mx = -std::numeric_limits<S>::infinity();
+        S mx = -kInf;
         for (Index j = 0; j < nk; ++j) {
-          const Index kp = kpos0 + j0 + j;
-          const bool vis = kp <= qp && (window <= 0 || qp - kp < window);
-          if (!vis) s(i, j) = -std::numeric_limits<S>::infinity();
+          if (!detail::attn_visible(qp, kpos0 + j0 + j, window)) s(i, j) = -kInf;
           else mx = std::max(mx, s(i, j));
         }
-        if (mx == -std::numeric_limits<S>::infinity()) {
+        if (mx == -kInf) {
           s.row(i).setZero();
+          if (lse) lse[(i0 + i) * d.Hq + h] = -kInf;
           continue;
         }
         S sum = 0;
@@ -70,8 +101,65 @@ void attention_forward(const S* q, const S* k, const S* v, S* o, const AttnDims&
           sum += e;
         }
         s.row(i) /= sum;
+        if (lse) lse[(i0 + i) * d.Hq + h] = mx + std::log(sum);
       }
       ob.noalias() = s * vb;
+    }
+  }
+}
+
+// Same inputs as the forward plus its outputs o: (Tq, Hq*hd) and lse: (Tq, Hq), and
+// dout = dL/do: (Tq, Hq*hd). dq (Tq, Hq*hd), dk and dv (Tk, Hkv*hd) are accumulated (+=);
+// nullptr skips one. Per block: P = exp(scale s - lse), D_i = rowsum(dO ⊙ O)_i,
+// dS = P ⊙ (dO V^T - D); dq += scale dS K, dk += scale dS^T Q, dv += P^T dO.
+template <class S>
+void attention_backward(const S* q, const S* k, const S* v, const S* o, const S* lse,
+                        const S* dout, S* dq, S* dk, S* dv, const AttnDims& d, S scale,
+                        Index qpos0, Index kpos0, int window) {
+  HYBRID_CHECK(d.Hq % d.Hkv == 0, "attention: Hkv ", d.Hkv, " does not divide Hq ", d.Hq);
+  if (!dq && !dk && !dv) return;
+  HYBRID_CHECK(lse && dout, "attention_backward: lse and dout are required (lse: the one ",
+               "attention_forward wrote for these inputs)");
+  constexpr S kInf = std::numeric_limits<S>::infinity();
+  const Index ldq = Index(d.Hq) * d.hd, ldk = Index(d.Hkv) * d.hd;
+  const int rep = d.Hq / d.Hkv;
+  const Index nblk = (d.Tq + detail::kAttnBlock - 1) / detail::kAttnBlock;
+  // One kv head per thread: the rep query heads of a group all add into the same dk/dv
+  // rows, so a group is never split between threads (no races, deterministic sums).
+#pragma omp parallel for schedule(static) if (detail::attn_parallel(d))
+  for (int g = 0; g < d.Hkv; ++g) {
+    Mat<S> p, ds;  // (bq, nk), reused across blocks
+    Vec<S> D;      // (bq)
+    for (int h = g * rep; h < (g + 1) * rep; ++h) {
+      for (Index b = 0; b < nblk; ++b) {
+        const Index i0 = b * detail::kAttnBlock, i1 = std::min(d.Tq, i0 + detail::kAttnBlock);
+        const Index bq = i1 - i0;
+        Index j0, j1;
+        detail::attn_key_range(d, i0, i1, qpos0, kpos0, window, j0, j1);
+        if (j1 <= j0) continue;  // output was 0 whatever the inputs: no gradient
+        const Index nk = j1 - j0;
+        auto qb = detail::attn_head_block(q, i0, bq, h, d.hd, ldq);
+        auto kb = detail::attn_head_block(k, j0, nk, g, d.hd, ldk);
+        auto vb = detail::attn_head_block(v, j0, nk, g, d.hd, ldk);
+        auto dob = detail::attn_head_block(dout, i0, bq, h, d.hd, ldq);
+        p.noalias() = (qb * kb.transpose()) * scale;
+        for (Index i = 0; i < bq; ++i) {
+          const Index qp = qpos0 + i0 + i;
+          const S l = lse[(i0 + i) * d.Hq + h];
+          for (Index j = 0; j < nk; ++j)  // l = -inf: the row saw no key, P row is 0
+            p(i, j) = l != -kInf && detail::attn_visible(qp, kpos0 + j0 + j, window)
+                          ? std::exp(p(i, j) - l)
+                          : S(0);
+        }
+        if (dv) detail::attn_head_block(dv, j0, nk, g, d.hd, ldk).noalias() += p.transpose() * dob;
+        if (!dq && !dk) continue;
+        auto ob = detail::attn_head_block(o, i0, bq, h, d.hd, ldq);
+        D = dob.cwiseProduct(ob).rowwise().sum();
+        ds.noalias() = dob * vb.transpose();  // dP
+        ds = (p.array() * (ds.array().colwise() - D.array())).matrix() * scale;  // scale dS
+        if (dq) detail::attn_head_block(dq, i0, bq, h, d.hd, ldq).noalias() += ds * kb;
+        if (dk) detail::attn_head_block(dk, j0, nk, g, d.hd, ldk).noalias() += ds.transpose() * qb;
+      }
     }
   }
 }

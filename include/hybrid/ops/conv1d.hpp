@@ -3,6 +3,7 @@
 //   y_t[c] = b[c] + sum_k w[c, k] * u_{t-K+1+k}[c]
 // Samples before t = 0 come from `hist` (the previous call's last K raw inputs, oldest
 // first — the decode cache) or are zero.
+// Backward accumulates (+=) into every gradient it is given; nullptr skips one.
 #pragma once
 #include <algorithm>
 
@@ -41,6 +42,24 @@ void causal_conv1d_forward(CRef<S> u, CRef<S> w, CRef<S> bias, const Mat<S>* his
       for (Index c = 0; c < C; ++c) h(c, j) = sample(t, c);
     }
     *hist_out = std::move(h);
+  }
+}
+
+// Backward of a call that started from zero history (training): the taps that read
+// before t = 0 read zeros, so they carry no gradient. Tap k pairs output t with input
+// s = t - o, o = K-1-k, so for each tap the whole sum is one shifted block of rows.
+// dy: (T, C). du: (T, C) += sum_k w[:, k] * dy_{s+o}; dw: (C, K); db: (C).
+template <class S>
+void causal_conv1d_backward(CRef<S> u, CRef<S> w, CRef<S> dy, S* du, S* dw, S* db) {
+  const Index T = u.rows(), C = u.cols(), K = w.cols();
+  if (db) VecMap<S>(db, C) += dy.colwise().sum().transpose();
+  const Mat<S> wt = du ? Mat<S>(w.transpose()) : Mat<S>();  // (K, C): taps contiguous over channels
+  for (Index k = 0; k < K; ++k) {
+    const Index o = K - 1 - k, n = T - o;  // n: output rows whose tap k lands inside u
+    if (n <= 0) continue;
+    const auto dyk = dy.middleRows(o, n).array();
+    if (du) MatMap<S>(du, T, C).topRows(n).array() += dyk.rowwise() * wt.row(k).array();
+    if (dw) MatMap<S>(dw, C, K).col(k) += (dyk * u.topRows(n).array()).colwise().sum().transpose().matrix();
   }
 }
 

@@ -57,4 +57,67 @@ void gated_rmsnorm_forward(CRef<S> y, CRef<S> z, CRef<S> w, Index group, S eps, 
   }
 }
 
+// With g = dy * w and xh = x * rstd (the normalised row):
+//   dx = rstd * (g - xh * mean(g * xh)),  dw = sum over rows of dy * xh.
+// rstd: (R) from rmsnorm_forward. dy: (R, D). dx: (R, D); dw: (D).
+template <class S>
+void rmsnorm_backward(CRef<S> x, CRef<S> w, const S* rstd, CRef<S> dy, S* dx, S* dw) {
+  const Index R = x.rows(), D = x.cols();
+  for (Index r = 0; r < R; ++r) {
+    const auto xh = x.row(r).array() * rstd[r];
+    if (dw) VecMap<S>(dw, D).array() += (dy.row(r).array() * xh).transpose();
+    if (dx) {
+      const auto g = dy.row(r).array() * w.row(0).array();
+      const S m = (g * xh).sum() / S(D);
+      MatMap<S>(dx, R, D).row(r).array() += rstd[r] * (g - xh * m);
+    }
+  }
+}
+
+// As RMSNorm with xh = (x - mean) * rstd, plus the centring term:
+//   dx = rstd * (g - mean(g) - xh * mean(g * xh)),  db = sum over rows of dy.
+// mean, rstd: (R) from layernorm_forward. dx: (R, D); dw, db: (D).
+template <class S>
+void layernorm_backward(CRef<S> x, CRef<S> w, const S* mean, const S* rstd, CRef<S> dy, S* dx,
+                        S* dw, S* db) {
+  const Index R = x.rows(), D = x.cols();
+  if (db) VecMap<S>(db, D) += dy.colwise().sum().transpose();
+  for (Index r = 0; r < R; ++r) {
+    const auto xh = (x.row(r).array() - mean[r]) * rstd[r];
+    if (dw) VecMap<S>(dw, D).array() += (dy.row(r).array() * xh).transpose();
+    if (dx) {
+      const auto g = dy.row(r).array() * w.row(0).array();
+      const S mg = g.sum() / S(D), mgx = (g * xh).sum() / S(D);
+      MatMap<S>(dx, R, D).row(r).array() += rstd[r] * (g - mg - xh * mgx);
+    }
+  }
+}
+
+// The RMSNorm backward per group on v = y * silu(z), then through the gate:
+//   dy += dv * silu(z),  dz += dv * y * silu'(z).
+// rstd: (R, W / group) from gated_rmsnorm_forward. dout: (R, W). dy, dz: (R, W); dw: (W).
+template <class S>
+void gated_rmsnorm_backward(CRef<S> y, CRef<S> z, CRef<S> w, Index group, const S* rstd,
+                            CRef<S> dout, S* dy, S* dz, S* dw) {
+  const Index R = y.rows(), W = y.cols(), ng = W / group;
+  RowVec<S> sz(W), vh(W), dv(W);  // silu(z), normalised v, dL/dv of one row
+  for (Index r = 0; r < R; ++r) {
+    sz = z.row(r).unaryExpr([](S v) { return silu(v); });
+    for (Index g = 0; g < ng; ++g) {
+      const Index c0 = g * group;
+      const S inv = rstd[r * ng + g];
+      auto vhs = vh.segment(c0, group);
+      vhs.array() = y.row(r).segment(c0, group).array() * sz.segment(c0, group).array() * inv;
+      const auto gs = dout.row(r).segment(c0, group).array() * w.row(0).segment(c0, group).array();
+      const S m = (gs * vhs.array()).sum() / S(group);
+      dv.segment(c0, group).array() = inv * (gs - vhs.array() * m);
+    }
+    if (dw) VecMap<S>(dw, W).array() += (dout.row(r).array() * vh.array()).transpose();
+    if (dy) MatMap<S>(dy, R, W).row(r).array() += dv.array() * sz.array();
+    if (dz)
+      MatMap<S>(dz, R, W).row(r).array() +=
+          dv.array() * y.row(r).array() * z.row(r).unaryExpr([](S v) { return silu_grad(v); }).array();
+  }
+}
+
 }  // namespace hybrid::ops

@@ -1,16 +1,25 @@
 // Rotary position embedding, NeoX / rotate_half pairing: dims (i, i + hd/2) rotate by
 // pos * theta_i with theta_i = base^(-2i/hd). Angles are computed in the scalar type S
-// (fp32 for float models, as the peers do).
+// (fp32 for float models, as the peers do). The rotation is orthogonal, so the backward is
+// the inverse rotation, done in place: unlike the other backwards it does not accumulate,
+// it turns dL/d(output) into dL/d(input) where it lies.
 #pragma once
 #include <cmath>
 
+#include "../core/error.hpp"
 #include "../core/tensor.hpp"
 
 namespace hybrid::ops {
 
-// x: (T, n_heads * hd), rotated in place; row t has position pos0 + t.
+namespace detail {
+// The one place the angles are computed, shared by forward and backward so that the
+// backward's rotation is exactly the transpose of the forward's. sign = +1 rotates by
+// +angle, -1 by -angle (the inverse).
 template <class S>
-void rope_forward(Ref<S> x, int n_heads, int hd, Index pos0, double base) {
+void rope_rotate(Ref<S> x, int n_heads, int hd, Index pos0, double base, S sign) {
+  HYBRID_CHECK(hd % 2 == 0, "rope: head dim ", hd, " must be even");
+  HYBRID_CHECK(x.cols() == Index(n_heads) * hd, "rope: x has ", x.cols(),
+               " columns, expected n_heads * hd = ", Index(n_heads) * hd);
   const int half = hd / 2;
   Vec<S> inv_freq(half);
   for (int i = 0; i < half; ++i)
@@ -22,7 +31,7 @@ void rope_forward(Ref<S> x, int n_heads, int hd, Index pos0, double base) {
     for (int i = 0; i < half; ++i) {
       const S ang = pos * inv_freq[i];
       c[i] = std::cos(ang);
-      s[i] = std::sin(ang);
+      s[i] = sign * std::sin(ang);
     }
     for (int h = 0; h < n_heads; ++h) {
       S* v = &x(t, static_cast<Index>(h) * hd);
@@ -33,6 +42,20 @@ void rope_forward(Ref<S> x, int n_heads, int hd, Index pos0, double base) {
       }
     }
   }
+}
+}  // namespace detail
+
+// x: (T, n_heads * hd), rotated in place; row t has position pos0 + t.
+template <class S>
+void rope_forward(Ref<S> x, int n_heads, int hd, Index pos0, double base) {
+  detail::rope_rotate<S>(x, n_heads, hd, pos0, base, S(1));
+}
+
+// dx: (T, n_heads * hd), on entry dL/d(rotated x), on return dL/dx (same arguments as the
+// forward). Rotating back by -angle is R^T, the exact adjoint of the forward.
+template <class S>
+void rope_backward(Ref<S> dx, int n_heads, int hd, Index pos0, double base) {
+  detail::rope_rotate<S>(dx, n_heads, hd, pos0, base, S(-1));
 }
 
 }  // namespace hybrid::ops

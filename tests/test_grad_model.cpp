@@ -1,0 +1,106 @@
+// Whole-model gradients, every Tiny alias, double precision: the tape's gradient of the
+// mean cross-entropy against central finite differences — at sampled coordinates of every
+// parameter tensor, and along a random direction of each whole tensor.
+#include <doctest/doctest.h>
+
+#include <hybrid/model.hpp>
+
+#include "grad_check.hpp"
+
+using namespace hybrid;
+
+namespace {
+
+template <class M>
+void check_model_gradients(const char* name) {
+  CAPTURE(name);
+  M model(5);
+  const Index B = 2, T = 19;  // T > 2 chunks of 8 and not a multiple of 8; > window 6
+  Rng rng(3);
+  std::vector<int> toks(B * T), targets(B * T);
+  for (auto& x : toks) x = int(rng.below(model.vocab()));
+  for (Index i = 0; i < B * T; ++i) targets[i] = i % 7 == 3 ? -1 : int(rng.below(model.vocab()));
+
+  GradStore<double> grads(model);
+  Tape<double> tape(true, &grads);
+  const Var<double> loss = model.loss(tape, toks, targets, B, T);
+  tape.backward(loss);
+
+  Tape<double> eval(false);
+  auto L = [&] {
+    eval.rewind();
+    return model.loss(eval, toks, targets, B, T).v[0];
+  };
+  CHECK(std::abs(L() - loss.v[0]) < 1e-12);
+
+  Index n_tensors = 0;
+  for (const auto& e : grads.entries()) {
+    CAPTURE(e.name);
+    Mat<double>& w = *e.value;
+    const double* g = e.grad;
+    // Sampled coordinates.
+    const auto r = testing::fd_check(w.data(), g, w.size(), L, 3, 1e-6, 1e-4, derive_seed(9, e.name));
+    CHECK(r.max_abs_err < 1e-7);
+    CHECK(r.max_rel_err < 1e-4);
+    // A random direction through the whole tensor: dL/de = g · dir.
+    Mat<double> dir = testing::random_weights(w.rows(), w.cols(), derive_seed(11, e.name));
+    dir /= dir.norm();
+    const double h = 1e-6;
+    w += h * dir;
+    const double lp = L();
+    w -= 2 * h * dir;
+    const double lm = L();
+    w += h * dir;
+    const double numeric = (lp - lm) / (2 * h);
+    const double analytic = Eigen::Map<const Eigen::VectorXd>(g, w.size()).dot(
+        Eigen::Map<const Eigen::VectorXd>(dir.data(), w.size()));
+    CHECK(std::abs(numeric - analytic) < 1e-7 + 1e-5 * std::abs(numeric));
+    ++n_tensors;
+  }
+  CHECK(n_tensors == Index(grads.entries().size()));
+  // The gradient must not be trivially zero.
+  CHECK(Eigen::Map<const Eigen::VectorXd>(grads.data(), grads.size()).norm() > 1e-3);
+}
+
+}  // namespace
+
+TEST_CASE("grad: model TinyGolf15x3") { check_model_gradients<TinyGolf15x3>("TinyGolf15x3"); }
+TEST_CASE("grad: model TinyGolf15x3E2") { check_model_gradients<TinyGolf15x3E2>("TinyGolf15x3E2"); }
+TEST_CASE("grad: model TinyTransformer") { check_model_gradients<TinyTransformer>("TinyTransformer"); }
+TEST_CASE("grad: model TinyMamba") { check_model_gradients<TinyMamba>("TinyMamba"); }
+TEST_CASE("grad: model TinyHybrid18x6") { check_model_gradients<TinyHybrid18x6>("TinyHybrid18x6"); }
+TEST_CASE("grad: model TinyLfm2Ssm") { check_model_gradients<TinyLfm2Ssm>("TinyLfm2Ssm"); }
+TEST_CASE("grad: model TinyLfm2") { check_model_gradients<TinyLfm2>("TinyLfm2"); }
+TEST_CASE("grad: model TinyScaled") { check_model_gradients<TinyScaled>("TinyScaled"); }
+
+TEST_CASE("grad: gradients accumulate across backward passes until zeroed") {
+  TinyHybrid18x6 model(2);
+  std::vector<int> toks(12), targets(12);
+  for (int i = 0; i < 12; ++i) toks[i] = i * 7 % 258, targets[i] = (i * 11 + 1) % 258;
+  GradStore<double> grads(model);
+  Tape<double> tape(true, &grads);
+  tape.backward(model.loss(tape, toks, targets, 1, 12));
+  const Eigen::VectorXd once = Eigen::Map<const Eigen::VectorXd>(grads.data(), grads.size());
+  tape.rewind();
+  tape.backward(model.loss(tape, toks, targets, 1, 12));
+  const Eigen::VectorXd twice = Eigen::Map<const Eigen::VectorXd>(grads.data(), grads.size());
+  CHECK((twice - 2 * once).cwiseAbs().maxCoeff() < 1e-12);
+  grads.zero();
+  CHECK(Eigen::Map<const Eigen::VectorXd>(grads.data(), grads.size()).cwiseAbs().maxCoeff() == 0);
+}
+
+TEST_CASE("grad: no allocation inside a step after the first") {
+  TinyGolf15x3 model(2);
+  std::vector<int> toks(24), targets(24);
+  for (int i = 0; i < 24; ++i) toks[i] = i * 5 % 258, targets[i] = (i * 3 + 2) % 258;
+  GradStore<double> grads(model);
+  Tape<double> tape(true, &grads);
+  tape.backward(model.loss(tape, toks, targets, 2, 12));
+  tape.rewind();
+  const auto allocs = tape.arena().allocations();
+  for (int step = 0; step < 3; ++step) {
+    tape.backward(model.loss(tape, toks, targets, 2, 12));
+    tape.rewind();
+  }
+  CHECK(tape.arena().allocations() == allocs);
+}
