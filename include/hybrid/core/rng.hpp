@@ -4,6 +4,10 @@
 #include <cmath>
 #include <cstdint>
 #include <random>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <cstdlib>
 #include <string_view>
 
 namespace hybrid {
@@ -34,6 +38,22 @@ class Rng {
   std::uint64_t below(std::uint64_t n) { return n ? gen_() % n : 0; }
 
   std::mt19937_64& engine() { return gen_; }
+
+  // The full generator state as text (for checkpoints), and back: a resumed run draws
+  // exactly the numbers the uninterrupted run would have.
+  std::string state() const {
+    std::ostringstream os;
+    os << gen_ << ' ' << has_spare_ << ' ' << std::hexfloat << spare_;
+    return os.str();
+  }
+  void set_state(const std::string& s) {
+    std::istringstream is(s);
+    is >> gen_ >> has_spare_;
+    std::string sp;
+    is >> sp;
+    if (is.fail()) throw std::runtime_error("Rng::set_state: malformed generator state");
+    spare_ = std::strtod(sp.c_str(), nullptr);
+  }
 
  private:
   std::mt19937_64 gen_;
