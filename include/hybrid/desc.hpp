@@ -2,10 +2,12 @@
 // compile-time Model<> produces one of these; a program that reads a config builds one
 // directly. Parameter counts are constexpr functions of the descriptions.
 #pragma once
+#include <string>
 #include <variant>
 #include <vector>
 
 #include "config.hpp"
+#include "core/error.hpp"
 #include "core/tensor.hpp"
 
 namespace hybrid {
@@ -88,6 +90,29 @@ constexpr Index param_count(const ModelDesc& d) {
   Index n = embedding_params(d.model) + norm_params(d.model.norm, d.model.d_model);
   for (const auto& b : d.blocks) n += param_count(b, d.model);
   return n;
+}
+
+// A run-time layout from a string of block letters: 'M' Mamba-2, 'A' attention,
+// 'C' ShortConv, each with the given spec and channel, e.g.
+//   desc_from_layout("MMMA MMMA", model, mamba, attn, shortconv, NoChannelSpec{}, SwiGluSpec{{512}})
+// (spaces and '-' are ignored). Mamba-2 blocks take mamba_channel, the others channel.
+inline ModelDesc desc_from_layout(const std::string& layout, const ModelSpec& model,
+                                  const Mamba2Spec& mamba, const GqaSpec& attn,
+                                  const ShortConvSpec& conv, const ChannelDesc& mamba_channel,
+                                  const ChannelDesc& channel, NormKind norm = NormKind::RMS) {
+  ModelDesc d{model, {}};
+  for (std::size_t i = 0; i < layout.size(); ++i) {
+    const char c = layout[i];
+    if (c == ' ' || c == '-') continue;
+    if (c == 'M') d.blocks.push_back({mamba, mamba_channel, norm});
+    else if (c == 'A') d.blocks.push_back({attn, channel, norm});
+    else if (c == 'C') d.blocks.push_back({conv, channel, norm});
+    else
+      fail("layout \"", layout, "\": character '", c, "' at index ", i,
+           " is not a block kind (expected M = Mamba-2, A = attention, C = ShortConv)");
+  }
+  HYBRID_CHECK(!d.blocks.empty(), "layout \"", layout, "\" has no blocks");
+  return d;
 }
 
 inline void validate(const ModelDesc& d) {

@@ -107,6 +107,22 @@ class RuntimeModel {
     return out;
   }
 
+  // Options of recorded (training) forwards. recompute: keep only each block's input on the
+  // tape and recompute the block's activations during backward (gradient checkpointing:
+  // activation memory of one block instead of all). drop_path: each residual branch of each
+  // sequence is dropped with this probability (kept ones scaled by 1/(1-p)), with masks
+  // drawn from drop_seed (set it per step for reproducible runs).
+  struct TrainingOptions {
+    bool recompute = false;
+    double drop_path = 0;
+    std::uint64_t drop_seed = 0;
+  };
+  void set_training_options(const TrainingOptions& o) {
+    HYBRID_CHECK(o.drop_path >= 0 && o.drop_path < 1, "drop_path must be in [0, 1), got ", o.drop_path);
+    train_opts_ = o;
+  }
+  const TrainingOptions& training_options() const { return train_opts_; }
+
   // The same forward on a caller's tape; when it records, backward() reaches every
   // parameter gradient in its GradStore. Returns logits (B*T, V) (or (B, V), see forward).
   Var<S> logits(Tape<S>& t, std::span<const int> tokens, Index B, Index T,
@@ -115,10 +131,13 @@ class RuntimeModel {
     const auto& m = desc_.model;
     Var<S> x = ag::embedding(t, embed_, tokens.data(), B * T, S(m.embedding_multiplier));  // (B*T, D)
     std::vector<LayerState<S>*> ls(states ? B : 0);
+    const bool train = t.recording();
     for (int l = 0; l < n_blocks(); ++l) {
       if (states)
         for (Index b = 0; b < B; ++b) ls[b] = &states[b]->layers[l];
-      x = blocks_[l].forward(t, x, B, T, states ? ls.data() : nullptr);
+      const S* keep = train && train_opts_.drop_path > 0 ? drop_mask(t, l, B, T) : nullptr;
+      if (train && train_opts_.recompute && !states) x = checkpointed_block(t, l, x, B, T, keep);
+      else x = blocks_[l].forward(t, x, B, T, states ? ls.data() : nullptr, keep);
     }
     if (states)
       for (Index b = 0; b < B; ++b) states[b]->pos += T;
@@ -222,6 +241,44 @@ class RuntimeModel {
     return "ShortConv(L=" + std::to_string(std::get<ShortConvSpec>(m).L) + ")";
   }
 
+  // Row factors for drop-path of block l: one draw per sequence, seeded by (drop_seed, l).
+  const S* drop_mask(Tape<S>& t, int l, Index B, Index T) const {
+    S* keep = t.scratch(B * T);
+    Rng rng(derive_seed(train_opts_.drop_seed, "drop" + std::to_string(l)));
+    const double p = train_opts_.drop_path;
+    for (Index b = 0; b < B; ++b) {
+      const S f = rng.uniform() < p ? S(0) : S(1 / (1 - p));
+      std::fill(keep + b * T, keep + (b + 1) * T, f);
+    }
+    return keep;
+  }
+
+  // Block l with only its input and output on the caller's tape; its backward re-runs the
+  // block on a private recording tape (same GradStore) and pushes the gradient through.
+  Var<S> checkpointed_block(Tape<S>& t, int l, Var<S> x, Index B, Index T, const S* keep) const {
+    if (!recompute_) recompute_ = std::make_unique<Tape<S>>(true);
+    recompute_->set_grads(t.grads());
+    Var<S> y = t.var(x.rows, x.cols);
+    recompute_->set_recording(false);
+    recompute_->rewind();
+    y.val() = blocks_[l].forward(*recompute_, x, B, T, nullptr, keep).val();
+    recompute_->rewind();
+    recompute_->set_recording(true);
+    Tape<S>* rt = recompute_.get();
+    const BlockLayer<S>* blk = &blocks_[l];
+    t.push([rt, blk, x, y, B, T, keep] {
+      rt->rewind();
+      Var<S> xi = rt->var(x.rows, x.cols);
+      xi.val() = x.val();
+      const Var<S> yo = blk->forward(*rt, xi, B, T, nullptr, keep);
+      yo.grad() += y.grad();
+      rt->sweep();
+      if (x.g) x.grad() += xi.grad();
+      rt->rewind();
+    });
+    return y;
+  }
+
   void check_tokens(std::span<const int> tokens, Index B, Index T,
                     SequenceState<S>* const* states) const {
     HYBRID_CHECK(B > 0 && T > 0, "forward: need at least one sequence of at least one token, got B=",
@@ -254,7 +311,9 @@ class RuntimeModel {
   Mat<S> embed_, head_;
   std::vector<BlockLayer<S>> blocks_;
   NormLayer<S> final_norm_;
-  mutable std::unique_ptr<Tape<S>> infer_;  // reused by forward(): no allocation per call
+  mutable std::unique_ptr<Tape<S>> infer_;      // reused by forward(): no allocation per call
+  mutable std::unique_ptr<Tape<S>> recompute_;  // gradient checkpointing's per-block tape
+  TrainingOptions train_opts_;
 };
 
 }  // namespace hybrid

@@ -120,6 +120,20 @@ Var<S> scale(Tape<S>& t, Var<S> x, S alpha) {
   return z;
 }
 
+// Row r of x multiplied by s[r] (drop-path masks). s: x.rows values, copied to the tape.
+template <class S>
+Var<S> scale_rows(Tape<S>& t, Var<S> x, const S* s) {
+  Var<S> y = t.var(x.rows, x.cols);
+  S* saved = t.scratch(x.rows);
+  std::copy(s, s + x.rows, saved);
+  for (Index r = 0; r < x.rows; ++r) y.val().row(r) = saved[r] * x.val().row(r);
+  t.push([x, y, saved] {
+    if (x.g)
+      for (Index r = 0; r < x.rows; ++r) x.grad().row(r) += saved[r] * y.grad().row(r);
+  });
+  return y;
+}
+
 // Element-wise product.
 template <class S>
 Var<S> mul(Tape<S>& t, Var<S> a, Var<S> b) {

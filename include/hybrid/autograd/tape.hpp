@@ -124,13 +124,19 @@ class Tape {
     nodes_.push_back(Node{[](void* p) { (*static_cast<Fn*>(p))(); }, obj});
   }
 
-  // Seeds d(loss)/d(loss) = 1 and runs every node in reverse order.
-  void backward(const Var<S>& loss) {
+  // Seeds d(total)/d(loss) = seed (1, or 1/n for one of n accumulated micro-batches) and
+  // runs every node in reverse order.
+  void backward(const Var<S>& loss, S seed = S(1)) {
     HYBRID_CHECK(recording_, "backward: the tape did not record (construct it with recording = true)");
     HYBRID_CHECK(loss.size() == 1 && loss.g, "backward: the loss must be a recorded 1x1 Var");
-    loss.g[0] += S(1);
+    loss.g[0] += seed;
+    sweep();
+  }
+  // Runs every node in reverse order; the caller has seeded the output gradients.
+  void sweep() {
     for (auto it = nodes_.rbegin(); it != nodes_.rend(); ++it) it->call(it->obj);
   }
+  GradStore<S>* grads() const { return grads_; }
 
   // Drops every node and activation; memory is kept for the next step.
   void rewind() {

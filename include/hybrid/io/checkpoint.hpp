@@ -7,6 +7,8 @@
 //   metadata       "hybrid.format" = "hybrid-1"
 //                  "hybrid.desc"   = to_json(desc).dump()   (see desc_json.hpp)
 //                  plus any caller-supplied keys
+//   "state.*"      tensors that are not parameters (optimiser moments, EMA weights) written
+//                  by training checkpoints; load_weights ignores them
 //
 //   save_model(model, "m.safetensors", {{"step", "1000"}});
 //   auto m = load_model<float>("m.safetensors");        // F16/BF16/F32/F64 → float
@@ -75,11 +77,15 @@ inline void check_format(const SafetensorsReader& r) {
 
 }  // namespace ckpt_detail
 
+inline constexpr const char* state_prefix = "state.";
+
 // Writes every parameter plus the desc atomically (see write_safetensors). Keys of
-// extra_metadata must not start with "hybrid.".
+// extra_metadata must not start with "hybrid."; names of extra_tensors must start with
+// "state." (training state that travels with the weights).
 template <class S>
 void save_model(const RuntimeModel<S>& model, const std::string& path,
-                std::map<std::string, std::string> extra_metadata = {}) {
+                std::map<std::string, std::string> extra_metadata = {},
+                const std::vector<TensorRef>& extra_tensors = {}) {
   for (const auto& [k, v] : extra_metadata)
     HYBRID_CHECK(k.rfind("hybrid.", 0) != 0, "save_model: metadata key '", k,
                  "' is reserved (keys starting with \"hybrid.\" are written by save_model)");
@@ -89,6 +95,11 @@ void save_model(const RuntimeModel<S>& model, const std::string& path,
   model.visit([&](const std::string& n, const Mat<S>& t, ParamRole) {
     refs.push_back({n, dtype_of<S>(), ckpt_detail::file_shape(t), t.data()});
   });
+  for (const auto& t : extra_tensors) {
+    HYBRID_CHECK(t.name.rfind(state_prefix, 0) == 0, "save_model: extra tensor '", t.name,
+                 "' must be named \"", state_prefix, "...\"");
+    refs.push_back(t);
+  }
   write_safetensors(path, refs, extra_metadata);
 }
 
@@ -107,7 +118,8 @@ void load_weights(RuntimeModel<S>& model, const SafetensorsReader& r) {
                  "\" but the model's layout is \"", model.layout_string(), "\"");
   }
   std::unordered_map<std::string, const TensorInfo*> in_file;
-  for (const auto& t : r.tensors()) in_file.emplace(t.name, &t);
+  for (const auto& t : r.tensors())
+    if (t.name.rfind(state_prefix, 0) != 0) in_file.emplace(t.name, &t);
   std::unordered_map<std::string, const TensorInfo*> used;
   std::size_t n_model = 0;
   model.visit([&](const std::string& n, const Mat<S>& t, ParamRole) {
@@ -123,7 +135,7 @@ void load_weights(RuntimeModel<S>& model, const SafetensorsReader& r) {
     used.emplace(n, it->second);
   });
   for (const auto& t : r.tensors())
-    HYBRID_CHECK(used.count(t.name), "checkpoint '", path, "': tensor '", t.name,
+    HYBRID_CHECK(used.count(t.name) || t.name.rfind(state_prefix, 0) == 0, "checkpoint '", path, "': tensor '", t.name,
                  "' in the file is not a parameter of the model (the file has ",
                  r.tensors().size(), " tensors, the model ", n_model, ")");
   model.visit([&](const std::string& n, Mat<S>& t, ParamRole) { r.read(*used.at(n), t.data()); });

@@ -56,7 +56,10 @@ class BlockLayer {
   }
 
   // x: (B*T, D) → (B*T, D). states: nullptr or B pointers to this block's state.
-  Var<S> forward(Tape<S>& t, Var<S> x, Index B, Index T, LayerState<S>* const* states) const {
+  // keep: nullptr, or B*T row factors applied to each residual branch (drop-path: 0 for a
+  // dropped sequence, 1/(1-p) for a kept one).
+  Var<S> forward(Tape<S>& t, Var<S> x, Index B, Index T, LayerState<S>* const* states,
+                 const S* keep = nullptr) const {
     const Var<S> h = norm1_.forward(t, x);
     Var<S> y = std::visit(
         [&](const auto& m) {
@@ -69,10 +72,13 @@ class BlockLayer {
         mixer_);
     if (parallel_ && channel_)
       y = ag::add(t, y, std::visit([&](const auto& ch) { return ch.forward(t, h); }, *channel_));
+    if (keep) y = ag::scale_rows(t, y, keep);
     x = ag::add(t, x, y, S(resid_));
     if (channel_ && !parallel_) {
       const Var<S> h2 = norm2_->forward(t, x);
-      x = ag::add(t, x, std::visit([&](const auto& ch) { return ch.forward(t, h2); }, *channel_), S(resid_));
+      Var<S> c = std::visit([&](const auto& ch) { return ch.forward(t, h2); }, *channel_);
+      if (keep) c = ag::scale_rows(t, c, keep);
+      x = ag::add(t, x, c, S(resid_));
     }
     return x;
   }

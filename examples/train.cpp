@@ -1,0 +1,343 @@
+// train: trains a shipped alias or a run-time layout on a synthetic task (default: multi-query
+// associative recall, nothing to download), a text file (byte level) or parameter-golf
+// shards, with Muon + AdamW, schedules, EMA, z-loss, periodic evaluation, a CSV log,
+// checkpoints that resume bit for bit, and --dump-grads for comparing with other engines.
+#include <cxxopts.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <sstream>
+
+#include <hybrid/alias_registry.hpp>
+#include <hybrid/io/desc_json.hpp>
+#include <hybrid/train/checkpoint.hpp>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+using namespace hybrid;
+
+namespace {
+
+struct Options {
+  cxxopts::ParseResult r;
+  template <class T>
+  T get(const char* k) const { return r[k].as<T>(); }
+  bool has(const char* k) const { return r.count(k) > 0; }
+};
+
+// The model: --model ALIAS, --config FILE (desc JSON), or --layout with dimension flags.
+ModelDesc model_desc(const Options& o, int data_vocab) {
+  if (o.has("config")) {
+    std::ifstream f(o.get<std::string>("config"));
+    HYBRID_CHECK(f.good(), "--config: cannot open '", o.get<std::string>("config"), "'");
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(f);
+    } catch (const nlohmann::json::exception& e) {
+      fail("--config '", o.get<std::string>("config"), "': not valid JSON: ", e.what());
+    }
+    return desc_from_json(j);
+  }
+  if (o.has("model")) return find_alias(o.get<std::string>("model")).desc();
+  const int d = o.get<int>("d-model");
+  ModelSpec m{.vocab = o.has("vocab") ? o.get<int>("vocab") : data_vocab, .d_model = d, .tied = !o.has("untied")};
+  Mamba2Spec mb{.d_state = o.get<int>("d-state"), .expand = o.get<double>("expand"),
+                .headdim = o.get<int>("headdim"), .ngroups = o.get<int>("groups"),
+                .chunk = o.get<int>("chunk")};
+  GqaSpec at{.n_heads = o.get<int>("heads"), .n_kv_heads = o.get<int>("kv-heads"),
+             .head_dim = o.get<int>("head-dim"), .window = o.get<int>("window"),
+             .output_gate = o.has("gated-attention")};
+  const int hidden = o.get<int>("mlp-hidden") > 0 ? o.get<int>("mlp-hidden") : 4 * d;
+  auto channel = [&](const std::string& kind) -> ChannelDesc {
+    if (kind == "none") return NoChannelSpec{};
+    if (kind == "swiglu") return SwiGluSpec{{hidden}};
+    if (kind == "relu2") return Relu2Spec{{hidden}};
+    fail("--mlp / --mamba-mlp: '", kind, "' is not one of none, swiglu, relu2");
+  };
+  return desc_from_layout(o.get<std::string>("layout"), m, mb, at, ShortConvSpec{},
+                          channel(o.get<std::string>("mamba-mlp")), channel(o.get<std::string>("mlp")));
+}
+
+std::unique_ptr<data::Source> make_source(const Options& o) {
+  const auto seed = o.get<std::uint64_t>("data-seed");
+  if (o.has("data")) return std::make_unique<data::TextSource>(o.get<std::string>("data"), seed);
+  if (o.has("shards-train")) {
+    HYBRID_CHECK(o.has("shards-val"), "--shards-train needs --shards-val");
+    auto split = [](const std::string& s) {
+      std::vector<std::string> out;
+      std::size_t a = 0;
+      while (a <= s.size()) {
+        const std::size_t b = std::min(s.find(',', a), s.size());
+        if (b > a) out.push_back(s.substr(a, b - a));
+        a = b + 1;
+      }
+      return out;
+    };
+    return std::make_unique<data::ShardSource>(split(o.get<std::string>("shards-train")),
+                                               split(o.get<std::string>("shards-val")), seed);
+  }
+  const std::string task = o.get<std::string>("task");
+  const int vocab = o.get<int>("task-vocab");
+  if (task == "mqar") return data::make_mqar({.vocab = vocab}, seed);
+  if (task == "copy") return data::make_selective_copy({.vocab = vocab}, seed);
+  if (task == "induction") return data::make_induction({.vocab = vocab}, seed);
+  fail("--task: '", task, "' is not mqar, copy or induction");
+}
+
+train::OptimConfig optim_config(const Options& o) {
+  train::OptimConfig c;
+  const std::string kind = o.get<std::string>("optimizer");
+  HYBRID_CHECK(kind == "muon" || kind == "adamw", "--optimizer: '", kind, "' is not muon or adamw");
+  c.matrix_optimizer = kind == "muon" ? train::MatrixOptimizer::Muon : train::MatrixOptimizer::AdamW;
+  if (o.has("lr-matrix")) c.matrix.lr = o.get<double>("lr-matrix");
+  else if (kind == "adamw") c.matrix.lr = o.get<double>("lr");
+  c.embedding.lr = o.has("lr-embedding") ? o.get<double>("lr-embedding") : o.get<double>("lr");
+  c.scalar.lr = o.has("lr-scalar") ? o.get<double>("lr-scalar") : o.get<double>("lr");
+  c.dynamics.lr = o.has("lr-dynamics") ? o.get<double>("lr-dynamics") : o.get<double>("lr");
+  c.matrix.weight_decay = o.get<double>("weight-decay");
+  c.beta1 = o.get<double>("beta1");
+  c.beta2 = o.get<double>("beta2");
+  c.eps = o.get<double>("eps");
+  c.muon_momentum = o.get<double>("momentum");
+  c.max_grad_norm = o.get<double>("clip");
+  return c;
+}
+
+train::Schedule schedule(const Options& o, std::int64_t steps) {
+  train::Schedule s;
+  const std::string k = o.get<std::string>("schedule");
+  if (k == "constant") s.kind = train::Schedule::Constant;
+  else if (k == "cosine") s.kind = train::Schedule::WarmupCosine;
+  else if (k == "warmdown") s.kind = train::Schedule::WarmupLinearWarmdown;
+  else fail("--schedule: '", k, "' is not constant, cosine or warmdown");
+  s.warmup = o.get<std::int64_t>("warmup");
+  s.total = steps;
+  s.warmdown = o.has("warmdown") ? o.get<std::int64_t>("warmdown") : steps / 5;
+  s.min_factor = o.get<double>("min-lr-factor");
+  return s;
+}
+
+template <class S>
+int dump_grads(RuntimeModel<S>& model, data::Source& src, const Options& o) {
+  const data::Batch b = src.train_batch(o.get<Index>("batch"), o.get<Index>("seq-len"));
+  GradStore<S> grads(model);
+  Tape<S> tape(true, &grads);
+  const Var<S> loss = model.loss(tape, b.tokens, b.targets, b.B, b.T, o.get<double>("z-loss"));
+  tape.backward(loss);
+  std::vector<TensorRef> refs;
+  std::vector<std::vector<std::int64_t>> shapes;
+  for (const auto& e : grads.entries()) {
+    std::vector<std::int64_t> shape{e.value->rows(), e.value->cols()};
+    if (e.value->rows() == 1) shape = {e.value->cols()};
+    refs.push_back({e.name, dtype_of<S>(), shape, e.grad});
+  }
+  auto join = [](const std::vector<int>& v) {
+    std::ostringstream os;
+    for (std::size_t i = 0; i < v.size(); ++i) os << (i ? "," : "") << v[i];
+    return os.str();
+  };
+  const std::string ids = join(b.tokens), tg = join(b.targets);
+  write_safetensors(o.get<std::string>("dump-grads"), refs,
+                    {{"loss", std::to_string(double(loss.v[0]))}, {"B", std::to_string(b.B)},
+                     {"T", std::to_string(b.T)}, {"tokens", ids}, {"targets", tg},
+                     {"hybrid.desc", to_json(model.desc()).dump()}});
+  std::printf("wrote gradients of %zu tensors for one batch (B=%lld, T=%lld, loss %.6f) to %s\n",
+              refs.size(), (long long)b.B, (long long)b.T, double(loss.v[0]),
+              o.get<std::string>("dump-grads").c_str());
+  return 0;
+}
+
+std::string hms(double s) {
+  char buf[32];
+  const long t = long(s + 0.5);
+  std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+  return buf;
+}
+
+template <class S>
+int run(const Options& o) {
+  auto src = make_source(o);
+  ModelDesc desc = model_desc(o, std::max(src->vocab_needed(), 258));
+  RuntimeModel<S> model(desc, o.get<std::uint64_t>("seed"));
+  if (o.has("weights")) load_weights(model, o.get<std::string>("weights"));
+  std::cout << model.summary(o.has("model") ? o.get<std::string>("model") : "model");
+  std::cout << "data: " << src->describe() << "\n";
+  if (o.has("dump-grads")) return dump_grads(model, *src, o);
+
+  train::TrainConfig cfg;
+  cfg.batch = o.get<Index>("batch");
+  cfg.seq_len = o.get<Index>("seq-len");
+  cfg.grad_accum = o.get<Index>("grad-accum");
+  cfg.steps = o.get<std::int64_t>("steps");
+  cfg.optim = optim_config(o);
+  cfg.schedule = schedule(o, cfg.steps);
+  cfg.z_loss = o.get<double>("z-loss");
+  cfg.ema_decay = o.get<double>("ema");
+  cfg.eval_batches = o.get<Index>("eval-batches");
+  cfg.skip_nonfinite = o.has("skip-nonfinite");
+  cfg.recompute = o.has("recompute");
+  cfg.drop_path = o.get<double>("drop-path");
+  cfg.seed = o.get<std::uint64_t>("seed");
+  train::Trainer<S> tr(model, *src, cfg);
+  if (o.has("resume")) {
+    const std::string path = train::resolve_checkpoint(o.get<std::string>("resume"));
+    train::load_training(tr, path);
+    std::cout << "resumed from " << path << " at step " << tr.optimizer().steps() << "\n";
+  }
+  std::unique_ptr<std::ofstream> csv;
+  if (o.has("csv")) {
+    const bool append = o.has("resume") && std::ifstream(o.get<std::string>("csv")).good();
+    csv = std::make_unique<std::ofstream>(o.get<std::string>("csv"), append ? std::ios::app : std::ios::trunc);
+    HYBRID_CHECK(csv->good(), "--csv: cannot write '", o.get<std::string>("csv"), "'");
+    if (!append) *csv << "step,tokens,loss,grad_norm,lr_factor,val_loss,val_bpb,val_accuracy,tokens_per_s,elapsed_s\n";
+  }
+  const Index eval_every = o.get<Index>("eval-every"), log_every = o.get<Index>("log-every");
+  const Index ckpt_every = o.get<Index>("ckpt-every");
+  const std::string ckpt_dir = o.has("ckpt-dir") ? o.get<std::string>("ckpt-dir") : "";
+  const int keep = o.get<int>("keep");
+  double elapsed = 0, tok_s = 0;
+  Index tokens = 0;
+  const std::int64_t start = tr.optimizer().steps();
+  while (tr.optimizer().steps() < cfg.steps) {
+    const train::StepResult r = tr.step();
+    elapsed += r.seconds;
+    tokens += r.tokens;
+    tok_s = double(tokens) / std::max(elapsed, 1e-9);
+    const bool last = r.step == cfg.steps;
+    std::string val = ",,";
+    if ((eval_every > 0 && r.step % eval_every == 0) || last) {
+      const train::EvalResult e = tr.evaluate();
+      char b[160];
+      std::snprintf(b, sizeof b, "%.5f,%.5f,%.5f", e.loss, e.bits_per_byte, e.accuracy);
+      val = b;
+      std::printf("step %6lld | val loss %.4f | bpb %.4f | acc %.4f\n", (long long)r.step, e.loss,
+                  e.bits_per_byte, e.accuracy);
+    }
+    if ((log_every > 0 && r.step % log_every == 0) || last || r.skipped) {
+      const double eta = double(cfg.steps - r.step) * elapsed / double(r.step - start);
+      std::printf("step %6lld/%lld | loss %.4f | gnorm %.3f | lr x%.3f | %.0f tok/s | elapsed %s | eta %s%s\n",
+                  (long long)r.step, (long long)cfg.steps, r.loss, r.grad_norm, r.lr_factor, tok_s,
+                  hms(elapsed).c_str(), hms(eta).c_str(), r.skipped ? " | SKIPPED (non-finite)" : "");
+      std::fflush(stdout);
+    }
+    if (csv)
+      *csv << r.step << ',' << tokens << ',' << r.loss << ',' << r.grad_norm << ',' << r.lr_factor
+           << ',' << val << ',' << tok_s << ',' << elapsed << '\n' << std::flush;
+    if (!ckpt_dir.empty() && ((ckpt_every > 0 && r.step % ckpt_every == 0) || last))
+      std::cout << "saved " << train::save_training_in(tr, ckpt_dir, keep) << "\n";
+  }
+  if (o.has("save")) {
+    if (tr.ema()) tr.ema()->swap(model);
+    save_model(model, o.get<std::string>("save"));
+    std::cout << "saved weights" << (tr.ema() ? " (EMA)" : "") << " to " << o.get<std::string>("save") << "\n";
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  cxxopts::Options opts("train", "Train a hybrid SSM / attention model on the CPU.\n"
+                                 "With no data flag it trains on multi-query associative recall.");
+  std::string aliases;
+  for (const auto& a : shipped_aliases()) aliases += std::string(aliases.empty() ? "" : ", ") + a.name;
+  opts.add_options("model")
+      ("model", "a shipped alias: " + aliases, cxxopts::value<std::string>())
+      ("config", "model description JSON (as written into checkpoints' hybrid.desc)", cxxopts::value<std::string>())
+      ("layout", "run-time layout: M = Mamba-2, A = attention, C = ShortConv, e.g. MMMAMMMA", cxxopts::value<std::string>()->default_value("MMMA"))
+      ("d-model", "model width (with --layout)", cxxopts::value<int>()->default_value("128"))
+      ("vocab", "vocabulary size (with --layout; default: what the data needs, at least 258)", cxxopts::value<int>())
+      ("untied", "untied LM head (with --layout)")
+      ("d-state", "Mamba-2 state size N", cxxopts::value<int>()->default_value("32"))
+      ("expand", "Mamba-2 expansion (d_inner = expand * d_model)", cxxopts::value<double>()->default_value("2"))
+      ("headdim", "Mamba-2 head dim P", cxxopts::value<int>()->default_value("32"))
+      ("groups", "Mamba-2 groups G", cxxopts::value<int>()->default_value("1"))
+      ("chunk", "Mamba-2 chunk length Q", cxxopts::value<int>()->default_value("64"))
+      ("heads", "attention heads", cxxopts::value<int>()->default_value("4"))
+      ("kv-heads", "attention key/value heads", cxxopts::value<int>()->default_value("2"))
+      ("head-dim", "attention head dim", cxxopts::value<int>()->default_value("32"))
+      ("window", "attention sliding window (0 = full)", cxxopts::value<int>()->default_value("0"))
+      ("gated-attention", "sigmoid output gate on attention")
+      ("mlp", "channel of attention / ShortConv blocks: swiglu, relu2, none", cxxopts::value<std::string>()->default_value("swiglu"))
+      ("mamba-mlp", "channel of Mamba-2 blocks: none, swiglu, relu2", cxxopts::value<std::string>()->default_value("none"))
+      ("mlp-hidden", "MLP hidden width (0 = 4 * d_model)", cxxopts::value<int>()->default_value("0"))
+      ("seed", "weight initialisation seed", cxxopts::value<std::uint64_t>()->default_value("0"))
+      ("weights", "start from these weights (a checkpoint or save_model file)", cxxopts::value<std::string>())
+      ("precision", "f32 or f64", cxxopts::value<std::string>()->default_value("f32"));
+  opts.add_options("data")
+      ("task", "synthetic task when no data file is given: mqar, copy, induction", cxxopts::value<std::string>()->default_value("mqar"))
+      ("task-vocab", "vocabulary of the synthetic task", cxxopts::value<int>()->default_value("258"))
+      ("data", "a text file, trained at byte level (first 90% train, last 10% val)", cxxopts::value<std::string>())
+      ("shards-train", "parameter-golf train shards (comma-separated paths or globs)", cxxopts::value<std::string>())
+      ("shards-val", "parameter-golf val shards (comma-separated paths or globs)", cxxopts::value<std::string>())
+      ("text-to-shards", "convert this text file to byte-level shards and exit", cxxopts::value<std::string>())
+      ("shard-prefix", "output prefix for --text-to-shards", cxxopts::value<std::string>()->default_value("shards/data"))
+      ("data-seed", "seed of the batch sampler", cxxopts::value<std::uint64_t>()->default_value("1"));
+  opts.add_options("training")
+      ("batch", "sequences per micro-batch", cxxopts::value<Index>()->default_value("16"))
+      ("seq-len", "tokens per sequence", cxxopts::value<Index>()->default_value("128"))
+      ("grad-accum", "micro-batches per optimiser step", cxxopts::value<Index>()->default_value("1"))
+      ("steps", "optimiser steps", cxxopts::value<std::int64_t>()->default_value("200"))
+      ("optimizer", "matrix optimiser: muon (AdamW for the rest) or adamw", cxxopts::value<std::string>()->default_value("muon"))
+      ("lr", "AdamW learning rate (embedding, scalars, dynamics; matrices with --optimizer adamw)", cxxopts::value<double>()->default_value("0.003"))
+      ("lr-matrix", "learning rate of 2-D matrices (Muon default 0.02)", cxxopts::value<double>())
+      ("lr-embedding", "learning rate of the embedding / head", cxxopts::value<double>())
+      ("lr-scalar", "learning rate of norms, biases, conv", cxxopts::value<double>())
+      ("lr-dynamics", "learning rate of A_log, dt_bias, D", cxxopts::value<double>())
+      ("weight-decay", "decoupled weight decay of matrices", cxxopts::value<double>()->default_value("0.1"))
+      ("beta1", "AdamW beta1", cxxopts::value<double>()->default_value("0.9"))
+      ("beta2", "AdamW beta2", cxxopts::value<double>()->default_value("0.95"))
+      ("eps", "AdamW epsilon", cxxopts::value<double>()->default_value("1e-8"))
+      ("momentum", "Muon Nesterov momentum", cxxopts::value<double>()->default_value("0.95"))
+      ("clip", "global gradient-norm clip (0 = off)", cxxopts::value<double>()->default_value("1.0"))
+      ("schedule", "constant, cosine (warmup + cosine) or warmdown (warmup + linear warmdown)", cxxopts::value<std::string>()->default_value("cosine"))
+      ("warmup", "warmup steps", cxxopts::value<std::int64_t>()->default_value("20"))
+      ("warmdown", "warmdown steps (default steps / 5)", cxxopts::value<std::int64_t>())
+      ("min-lr-factor", "final learning-rate factor", cxxopts::value<double>()->default_value("0.1"))
+      ("ema", "weight EMA decay (0 = off; evaluation and --save use the EMA)", cxxopts::value<double>()->default_value("0"))
+      ("z-loss", "z-loss coefficient", cxxopts::value<double>()->default_value("0"))
+      ("skip-nonfinite", "skip steps with a non-finite loss or gradient instead of stopping")
+      ("recompute", "gradient checkpointing: recompute each block's activations in backward")
+      ("drop-path", "drop-path (stochastic depth) rate of every residual branch", cxxopts::value<double>()->default_value("0"));
+  opts.add_options("output")
+      ("eval-every", "evaluate every N steps (and at the end)", cxxopts::value<Index>()->default_value("50"))
+      ("eval-batches", "validation batches per evaluation", cxxopts::value<Index>()->default_value("8"))
+      ("log-every", "print a progress line every N steps", cxxopts::value<Index>()->default_value("10"))
+      ("csv", "append per-step figures to this CSV file", cxxopts::value<std::string>())
+      ("ckpt-dir", "write checkpoints here (step_NNNNNNNN.safetensors)", cxxopts::value<std::string>())
+      ("ckpt-every", "checkpoint every N steps (and at the end)", cxxopts::value<Index>()->default_value("0"))
+      ("keep", "keep the newest N checkpoints", cxxopts::value<int>()->default_value("3"))
+      ("resume", "resume from a checkpoint file or the newest one in a directory", cxxopts::value<std::string>())
+      ("save", "write the final weights here (loadable by generate --weights)", cxxopts::value<std::string>())
+      ("dump-grads", "write the gradients of one batch as safetensors and exit", cxxopts::value<std::string>())
+      ("threads", "OpenMP threads", cxxopts::value<int>())
+      ("h,help", "print this help");
+  try {
+    Options o{opts.parse(argc, argv)};
+    if (o.has("help")) {
+      std::cout << opts.help({"model", "data", "training", "output"});
+      return 0;
+    }
+    if (!o.r.unmatched().empty()) fail("unexpected argument '", o.r.unmatched()[0], "'");
+#ifdef _OPENMP
+    if (o.has("threads")) omp_set_num_threads(o.get<int>("threads"));
+#endif
+    if (o.has("text-to-shards")) {
+      const auto files = data::text_to_shards(o.get<std::string>("text-to-shards"),
+                                              o.get<std::string>("shard-prefix"), 1 << 24, 0.1);
+      for (const auto& f : files) std::cout << f << "\n";
+      return 0;
+    }
+    const std::string p = o.get<std::string>("precision");
+    if (p == "f32") return run<float>(o);
+    if (p == "f64") return run<double>(o);
+    fail("--precision: '", p, "' is not f32 or f64");
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 2;
+  }
+}

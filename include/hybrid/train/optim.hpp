@@ -1,0 +1,429 @@
+// Optimisers for training: Muon (Newton–Schulz orthogonalised momentum) on the 2-D
+// projection matrices and AdamW on everything else, one group per ParamRole; global
+// gradient-norm clipping; learning-rate schedules; an exponential moving average of weights.
+//
+//   GradStore<double> grads(model);
+//   Optimizer<double> opt(grads, OptimConfig{});          // Muon + AdamW defaults
+//   Schedule sched = Schedule::warmup_cosine(100, 5000, 0.1);
+//   for (step ...) { grads.zero(); <backward passes>; opt.step(sched.factor(opt.steps())); }
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "../autograd/tape.hpp"
+#include "../core/error.hpp"
+#include "../core/tensor.hpp"
+#include "../layers/param.hpp"
+
+namespace hybrid::train {
+
+// ---- configuration -------------------------------------------------------------------
+
+enum class MatrixOptimizer { Muon, AdamW };
+
+struct GroupConfig {
+  double lr;
+  double weight_decay;  // decoupled: p *= 1 - lr * weight_decay, before the update
+};
+
+struct OptimConfig {
+  MatrixOptimizer matrix_optimizer = MatrixOptimizer::Muon;
+  // One group per ParamRole. Only matrices decay by default: decaying norm gains, biases,
+  // A_log / D / dt_bias or embeddings pulls them toward 0, which is not a "simpler" model
+  // for them; set a group's weight_decay > 0 to ask for it anyway.
+  GroupConfig matrix{0.02, 0.1};       // Muon lr (REFERENCE §6: 0.02–0.04)
+  GroupConfig embedding{3e-4, 0.0};    // AdamW
+  GroupConfig scalar{3e-4, 0.0};       // AdamW: norm weights, biases, conv taps
+  GroupConfig dynamics{3e-4, 0.0};     // AdamW: Mamba-2 A_log, dt_bias, D
+  // AdamW
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+  // Muon
+  double muon_momentum = 0.95;
+  bool nesterov = true;
+  int ns_steps = 5;
+  // Global gradient-norm clipping over every gradient; 0 = off.
+  double max_grad_norm = 0.0;
+
+  // AdamW everywhere, matrices included (they then use matrix.lr as an AdamW rate).
+  static OptimConfig adamw(double lr = 3e-4, double matrix_weight_decay = 0.1) {
+    OptimConfig c;
+    c.matrix_optimizer = MatrixOptimizer::AdamW;
+    c.matrix = {lr, matrix_weight_decay};
+    c.embedding.lr = c.scalar.lr = c.dynamics.lr = lr;
+    return c;
+  }
+
+  const GroupConfig& group(ParamRole r) const {
+    switch (r) {
+      case ParamRole::Matrix: return matrix;
+      case ParamRole::Embedding: return embedding;
+      case ParamRole::Scalar: return scalar;
+      case ParamRole::Dynamics: return dynamics;
+    }
+    fail("OptimConfig: unknown parameter role ", int(r));
+  }
+
+  void validate() const {
+    for (ParamRole r : {ParamRole::Matrix, ParamRole::Embedding, ParamRole::Scalar,
+                        ParamRole::Dynamics}) {
+      const GroupConfig& g = group(r);
+      HYBRID_CHECK(std::isfinite(g.lr) && g.lr >= 0, "OptimConfig: ", role_name(r),
+                   ".lr is ", g.lr, "; expected a finite value >= 0");
+      HYBRID_CHECK(std::isfinite(g.weight_decay) && g.weight_decay >= 0, "OptimConfig: ",
+                   role_name(r), ".weight_decay is ", g.weight_decay,
+                   "; expected a finite value >= 0");
+    }
+    HYBRID_CHECK(beta1 >= 0 && beta1 < 1, "OptimConfig: beta1 is ", beta1, "; expected [0, 1)");
+    HYBRID_CHECK(beta2 >= 0 && beta2 < 1, "OptimConfig: beta2 is ", beta2, "; expected [0, 1)");
+    HYBRID_CHECK(eps > 0, "OptimConfig: eps is ", eps, "; expected > 0");
+    HYBRID_CHECK(muon_momentum >= 0 && muon_momentum < 1, "OptimConfig: muon_momentum is ",
+                 muon_momentum, "; expected [0, 1)");
+    HYBRID_CHECK(ns_steps >= 1, "OptimConfig: ns_steps is ", ns_steps, "; expected >= 1");
+    HYBRID_CHECK(max_grad_norm >= 0 && std::isfinite(max_grad_norm),
+                 "OptimConfig: max_grad_norm is ", max_grad_norm, "; expected >= 0 (0 = off)");
+  }
+};
+
+// ---- Newton–Schulz orthogonalisation (REFERENCE §6) ----------------------------------
+
+// Work buffers for one shape, (m, n) with m = min(rows, cols) <= n = max(rows, cols):
+// iterating on the wide orientation keeps A = X Xᵀ at the small side (m, m).
+template <class S>
+struct NsWork {
+  Mat<S> X, Xn;  // (m, n)
+  Mat<S> A, B;   // (m, m)
+  bool transposed = false;
+
+  NsWork() = default;
+  NsWork(Index rows, Index cols) {
+    const Index m = std::min(rows, cols), n = std::max(rows, cols);
+    X.setZero(m, n);
+    Xn.setZero(m, n);
+    A.setZero(m, m);
+    B.setZero(m, m);
+  }
+};
+
+inline constexpr double kNsA = 3.4445, kNsB = -4.7750, kNsC = 2.0315;
+
+// G (rows, cols), any Eigen expression → w.X = the quintic iterate, (m, n); w.transposed
+// says that w.X holds the transpose (rows > cols). Singular values end in roughly
+// [0.7, 1.2] rather than exactly 1: the coefficients trade exactness for a fast rise
+// from small singular values in 5 steps. No allocation when w was built for this shape.
+template <class S, class Expr>
+void newton_schulz(const Eigen::MatrixBase<Expr>& G, NsWork<S>& w, int steps) {
+  const bool tr = G.rows() > G.cols();
+  HYBRID_CHECK(w.X.rows() == std::min(G.rows(), G.cols()) &&
+                   w.X.cols() == std::max(G.rows(), G.cols()),
+               "newton_schulz: work buffers are (", w.X.rows(), ", ", w.X.cols(),
+               ") but the matrix is (", G.rows(), ", ", G.cols(), ")");
+  w.transposed = tr;
+  if (tr) w.X.noalias() = G.transpose();
+  else w.X.noalias() = G;
+  // 1e-7 keeps an all-zero gradient at zero instead of 0/0.
+  w.X /= S(w.X.norm() + 1e-7);
+  for (int k = 0; k < steps; ++k) {
+    w.A.noalias() = w.X * w.X.transpose();        // (m, m)
+    w.B.noalias() = S(kNsC) * w.A * w.A;           // c A²
+    w.B += S(kNsB) * w.A;                          // + b A
+    w.Xn.noalias() = w.B * w.X;                    // (m, n)
+    w.Xn += S(kNsA) * w.X;
+    w.X.swap(w.Xn);  // buffer exchange (pointers), not a copy
+  }
+}
+
+// Convenience (allocates): the orthogonalised (rows, cols) matrix.
+template <class S>
+Mat<S> newton_schulz(const Mat<S>& G, int steps = 5) {
+  NsWork<S> w(G.rows(), G.cols());
+  newton_schulz(G, w, steps);
+  return w.transposed ? Mat<S>(w.X.transpose()) : w.X;
+}
+
+// Muon's per-shape gain: tall matrices (rows > cols) get sqrt(rows / cols) so that the
+// update's RMS per entry does not shrink with the output width.
+inline double muon_scale(Index rows, Index cols) {
+  return std::sqrt(std::max(1.0, double(rows) / double(cols)));
+}
+
+// ---- the optimiser -------------------------------------------------------------------
+
+// Updates the parameters behind a GradStore. The gradients are read (and, when clipping,
+// scaled in place, as torch.nn.utils.clip_grad_norm_ does) but never zeroed: the caller
+// zeroes them before the next accumulation. The model and the GradStore must outlive it.
+template <class S>
+class Optimizer {
+ public:
+  struct StepInfo {
+    double grad_norm = 0;  // global L2 norm before clipping; NaN/Inf → the step was skipped
+    bool clipped = false;
+    bool skipped = false;  // non-finite gradient norm: no parameter or state was touched
+  };
+
+  Optimizer(GradStore<S>& grads, const OptimConfig& cfg) : grads_(grads), cfg_(cfg) {
+    cfg_.validate();
+    std::map<std::pair<Index, Index>, int> work_of_shape;
+    for (const auto& e : grads_.entries()) {
+      HYBRID_CHECK(e.role >= 0 && e.role <= int(ParamRole::Dynamics), "Optimizer: parameter '",
+                   e.name, "' has unknown role ", e.role);
+      Slot s;
+      s.role = ParamRole(e.role);
+      s.muon = s.role == ParamRole::Matrix && cfg_.matrix_optimizer == MatrixOptimizer::Muon;
+      const Index r = e.value->rows(), c = e.value->cols();
+      if (s.muon) {
+        s.a.setZero(r, c);  // momentum
+        const auto key = std::make_pair(std::min(r, c), std::max(r, c));
+        auto it = work_of_shape.find(key);
+        if (it == work_of_shape.end()) {
+          it = work_of_shape.emplace(key, int(work_.size())).first;
+          work_.emplace_back(r, c);
+        }
+        s.work = it->second;
+      } else {
+        s.a.setZero(r, c);  // first moment
+        s.b.setZero(r, c);  // second moment
+      }
+      slots_.push_back(std::move(s));
+    }
+  }
+  // Not copyable: two optimisers stepping the same parameters would both apply updates.
+  Optimizer(const Optimizer&) = delete;
+  Optimizer& operator=(const Optimizer&) = delete;
+  Optimizer(Optimizer&&) = default;
+
+  const OptimConfig& config() const { return cfg_; }
+  // Completed (not skipped) steps; AdamW's bias correction uses steps() + 1.
+  std::int64_t steps() const { return steps_; }
+  void set_steps(std::int64_t n) {
+    HYBRID_CHECK(n >= 0, "Optimizer::set_steps: ", n, " is negative");
+    steps_ = n;
+  }
+
+  // One update with every group's lr multiplied by lr_factor (the schedule's value).
+  StepInfo step(double lr_factor = 1.0) {
+    HYBRID_CHECK(std::isfinite(lr_factor) && lr_factor >= 0, "Optimizer::step: lr_factor is ",
+                 lr_factor, "; expected a finite value >= 0");
+    StepInfo info;
+    VecMap<S> all(grads_.data(), grads_.size());
+    // In double so that float gradients of a large model do not lose the small terms.
+    info.grad_norm = std::sqrt(all.template cast<double>().squaredNorm());
+    if (!std::isfinite(info.grad_norm)) {
+      info.skipped = true;
+      return info;
+    }
+    if (cfg_.max_grad_norm > 0 && info.grad_norm > cfg_.max_grad_norm) {
+      all *= S(cfg_.max_grad_norm / info.grad_norm);
+      info.clipped = true;
+    }
+    const std::int64_t t = steps_ + 1;
+    const double bc1 = 1 - std::pow(cfg_.beta1, double(t));
+    const double bc2 = 1 - std::pow(cfg_.beta2, double(t));
+    const auto& entries = grads_.entries();
+    for (std::size_t i = 0; i < slots_.size(); ++i) {
+      Slot& s = slots_[i];
+      Mat<S>& p = *entries[i].value;
+      const MatMap<S> g(entries[i].grad, p.rows(), p.cols());
+      const GroupConfig& gc = cfg_.group(s.role);
+      const double lr = gc.lr * lr_factor;
+      if (gc.weight_decay > 0) p *= S(1 - lr * gc.weight_decay);
+      if (s.muon) muon_update(s, p, g, lr);
+      else adamw_update(s, p, g, lr, bc1, bc2);
+    }
+    ++steps_;
+    return info;
+  }
+
+  // f(name, Mat<S>&) for every state tensor, in parameter order: "adam_m.<param>",
+  // "adam_v.<param>" (AdamW) or "muon_mom.<param>" (Muon). Shapes equal the parameter's.
+  template <class F>
+  void visit_state(F&& f) {
+    const auto& entries = grads_.entries();
+    for (std::size_t i = 0; i < slots_.size(); ++i) {
+      if (slots_[i].muon) {
+        f("muon_mom." + entries[i].name, slots_[i].a);
+      } else {
+        f("adam_m." + entries[i].name, slots_[i].a);
+        f("adam_v." + entries[i].name, slots_[i].b);
+      }
+    }
+  }
+
+ private:
+  struct Slot {
+    ParamRole role = ParamRole::Scalar;
+    bool muon = false;
+    Mat<S> a, b;  // Muon: a = momentum; AdamW: a = m, b = v
+    int work = -1;
+  };
+
+  void muon_update(Slot& s, Mat<S>& p, const MatMap<S>& g, double lr) {
+    const S mu = S(cfg_.muon_momentum);
+    s.a = mu * s.a + g;
+    NsWork<S>& w = work_[std::size_t(s.work)];
+    // Nesterov: orthogonalise the look-ahead g + mu * buf rather than buf itself.
+    if (cfg_.nesterov) newton_schulz(g + mu * s.a, w, cfg_.ns_steps);
+    else newton_schulz(s.a, w, cfg_.ns_steps);
+    const S step = S(lr * muon_scale(p.rows(), p.cols()));
+    if (w.transposed) p.noalias() -= step * w.X.transpose();
+    else p.noalias() -= step * w.X;
+  }
+
+  void adamw_update(Slot& s, Mat<S>& p, const MatMap<S>& g, double lr, double bc1, double bc2) {
+    const S b1 = S(cfg_.beta1), b2 = S(cfg_.beta2);
+    s.a.array() = b1 * s.a.array() + (S(1) - b1) * g.array();
+    s.b.array() = b2 * s.b.array() + (S(1) - b2) * g.array().square();
+    // p -= lr * m̂ / (sqrt(v̂) + eps), m̂ = m / bc1, v̂ = v / bc2 (PyTorch's placement of eps).
+    p.array() -= S(lr / bc1) * s.a.array() / ((s.b.array() / S(bc2)).sqrt() + S(cfg_.eps));
+  }
+
+  GradStore<S>& grads_;
+  OptimConfig cfg_;
+  std::vector<Slot> slots_;     // one per GradStore entry, same order
+  std::vector<NsWork<S>> work_;  // one per distinct (min, max) shape among Muon tensors
+  std::int64_t steps_ = 0;
+};
+
+// ---- learning-rate schedules ---------------------------------------------------------
+
+// factor(step) multiplies every group's lr. Warmup is (step + 1) / (warmup + 1): it starts
+// just above 0 (a zero-lr step would be wasted) and reaches 1 at step == warmup.
+//   Constant             warmup, then 1 forever (total, warmdown, min_factor unused)
+//   WarmupCosine         warmup, then cosine from 1 at `warmup` to min_factor at `total`
+//   WarmupLinearWarmdown warmup, 1, then linear from 1 at total - warmdown to min_factor at
+//                        total (parameter-golf's "warmdown")
+// Steps at or past `total` stay at min_factor.
+struct Schedule {
+  enum Kind { Constant, WarmupCosine, WarmupLinearWarmdown };
+  Kind kind = Constant;
+  std::int64_t warmup = 0, total = 0, warmdown = 0;
+  double min_factor = 0.0;
+
+  static Schedule constant(std::int64_t warmup = 0) {
+    Schedule s{Constant, warmup, 0, 0, 1.0};
+    s.validate();
+    return s;
+  }
+  static Schedule warmup_cosine(std::int64_t warmup, std::int64_t total, double min_factor = 0.0) {
+    Schedule s{WarmupCosine, warmup, total, 0, min_factor};
+    s.validate();
+    return s;
+  }
+  static Schedule warmup_linear_warmdown(std::int64_t warmup, std::int64_t total,
+                                         std::int64_t warmdown, double min_factor = 0.0) {
+    Schedule s{WarmupLinearWarmdown, warmup, total, warmdown, min_factor};
+    s.validate();
+    return s;
+  }
+
+  void validate() const {
+    HYBRID_CHECK(kind == Constant || kind == WarmupCosine || kind == WarmupLinearWarmdown,
+                 "Schedule: unknown kind ", int(kind));
+    HYBRID_CHECK(warmup >= 0, "Schedule: warmup is ", warmup, "; expected >= 0");
+    if (kind == Constant) return;
+    HYBRID_CHECK(total > 0, "Schedule: total is ", total, "; expected > 0 steps");
+    HYBRID_CHECK(min_factor >= 0 && min_factor <= 1, "Schedule: min_factor is ", min_factor,
+                 "; expected [0, 1]");
+    if (kind == WarmupCosine)
+      HYBRID_CHECK(warmup < total, "Schedule: warmup (", warmup, ") must be < total (", total,
+                   ") for a cosine decay");
+    if (kind == WarmupLinearWarmdown) {
+      HYBRID_CHECK(warmdown >= 0, "Schedule: warmdown is ", warmdown, "; expected >= 0");
+      HYBRID_CHECK(warmup + warmdown <= total, "Schedule: warmup (", warmup, ") + warmdown (",
+                   warmdown, ") exceed total (", total, ")");
+    }
+  }
+
+  double factor(std::int64_t step) const {
+    validate();
+    HYBRID_CHECK(step >= 0, "Schedule::factor: step ", step, " is negative");
+    if (step < warmup) return double(step + 1) / double(warmup + 1);
+    switch (kind) {
+      case Constant: return 1.0;
+      case WarmupCosine: {
+        if (step >= total) return min_factor;
+        const double p = double(step - warmup) / double(total - warmup);
+        return min_factor + (1 - min_factor) * 0.5 * (1 + std::cos(3.14159265358979323846 * p));
+      }
+      case WarmupLinearWarmdown: {
+        if (step >= total) return min_factor;
+        const std::int64_t start = total - warmdown;
+        if (step < start) return 1.0;
+        return min_factor + (1 - min_factor) * double(total - step) / double(warmdown);
+      }
+    }
+    return 1.0;
+  }
+};
+
+// ---- exponential moving average of the weights ---------------------------------------
+
+// ema ← decay · ema + (1 − decay) · w for every parameter (model.visit order). swap()
+// exchanges the values in place, so evaluation runs on the averaged weights through the
+// same tensors (the GradStore and tapes find parameters by address; addresses never move).
+template <class S>
+class Ema {
+ public:
+  template <class M>
+  Ema(M& model, double decay) : decay_(decay) {
+    HYBRID_CHECK(decay >= 0 && decay <= 1, "Ema: decay is ", decay, "; expected [0, 1]");
+    model.visit([&](const std::string& name, const Mat<S>& t, auto) {
+      names_.push_back(name);
+      copy_.push_back(t);
+    });
+  }
+
+  double decay() const { return decay_; }
+
+  template <class M>
+  void update(M& model) {
+    const S d = S(decay_), e = S(1 - decay_);
+    std::size_t i = 0;
+    model.visit([&](const std::string& name, const Mat<S>& t, auto) {
+      Mat<S>& c = check(i++, name, t);
+      c = d * c + e * t;
+    });
+    HYBRID_CHECK(i == copy_.size(), "Ema: the model has ", i, " tensors, the EMA ", copy_.size());
+  }
+
+  // Exchanges EMA and live values; call again to swap back.
+  template <class M>
+  void swap(M& model) {
+    std::size_t i = 0;
+    model.visit([&](const std::string& name, Mat<S>& t, auto) {
+      Mat<S>& c = check(i++, name, t);
+      // Element-wise: Eigen's Matrix::swap would exchange the buffers and move the model's
+      // parameter addresses.
+      S* a = t.data();
+      S* b = c.data();
+      for (Index k = 0; k < t.size(); ++k) std::swap(a[k], b[k]);
+    });
+    HYBRID_CHECK(i == copy_.size(), "Ema: the model has ", i, " tensors, the EMA ", copy_.size());
+  }
+
+  // f(name, Mat<S>&) with names "ema.<param>".
+  template <class F>
+  void visit_state(F&& f) {
+    for (std::size_t i = 0; i < copy_.size(); ++i) f("ema." + names_[i], copy_[i]);
+  }
+
+ private:
+  Mat<S>& check(std::size_t i, const std::string& name, const Mat<S>& t) {
+    HYBRID_CHECK(i < copy_.size() && names_[i] == name && copy_[i].rows() == t.rows() &&
+                     copy_[i].cols() == t.cols(),
+                 "Ema: model tensor ", i, " '", name, "' (", t.rows(), ", ", t.cols(),
+                 ") does not match the EMA's ",
+                 i < copy_.size() ? "'" + names_[i] + "'" : std::string("(none)"));
+    return copy_[i];
+  }
+
+  double decay_;
+  std::vector<std::string> names_;
+  std::vector<Mat<S>> copy_;
+};
+
+}  // namespace hybrid::train
