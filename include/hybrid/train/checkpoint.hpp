@@ -43,7 +43,7 @@ void save_training(Trainer<S>& tr, const std::string& path) {
                      {std::int64_t(t.rows()), std::int64_t(t.cols())}, t.data()});
   };
   tr.optimizer().visit_state([&](const std::string& n, Mat<S>& t) { add("optim." + n, t); });
-  if (tr.ema()) tr.ema()->visit_state([&](const std::string& n, Mat<S>& t) { add("ema." + n, t); });
+  if (tr.ema()) tr.ema()->visit_state([&](const std::string& n, Mat<S>& t) { add(n, t); });  // "ema.<param>"
   save_model(tr.model(), path,
              {{"train.step", std::to_string(tr.optimizer().steps())},
               {"train.data_state", tr.data().state()},
@@ -93,7 +93,7 @@ void load_training(Trainer<S>& tr, const std::string& path) {
     r.read(*info, t.data());
   };
   tr.optimizer().visit_state([&](const std::string& n, Mat<S>& t) { restore("optim." + n, t); });
-  if (tr.ema()) tr.ema()->visit_state([&](const std::string& n, Mat<S>& t) { restore("ema." + n, t); });
+  if (tr.ema()) tr.ema()->visit_state([&](const std::string& n, Mat<S>& t) { restore(n, t); });
   const auto& md = r.metadata();
   auto step = md.find("train.step");
   auto data = md.find("train.data_state");
