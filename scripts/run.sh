@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The main job: install what is missing, build the examples, then generate text from the
+# The main job: install what is missing, build the examples, generate text from the
 # shipped Golf15x3 alias and from a Tiny alias (random-initialised weights: the text is
-# noise until a trained checkpoint is loaded with --weights).
+# noise until a trained checkpoint is loaded with --weights), then train pure Mamba-2,
+# hybrid and attention layouts at matched size on associative recall and print the table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DHYBRID_BUILD_EXAMPLES=ON >/dev/null
-cmake --build build -j"$(nproc)" --target generate
-./build/examples/generate --model Golf15x3 --summary --prompt "ROMEO:" --max-new-tokens 48 "$@"
-./build/examples/generate --model TinyHybrid18x6 --prompt "ROMEO:" --max-new-tokens 48 "$@"
+cmake --build build -j"$(nproc)" --target generate ablate
+./build/examples/generate --model Golf15x3 --summary --prompt "ROMEO:" --max-new-tokens 48
+./build/examples/generate --model TinyHybrid18x6 --prompt "ROMEO:" --max-new-tokens 48
+./build/examples/ablate --out ablate_out
