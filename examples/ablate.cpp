@@ -28,6 +28,9 @@
 #include <sstream>
 
 #include <hybrid/train/trainer.hpp>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -141,8 +144,12 @@ long long peak_rss_bytes() {
     if (line.rfind("VmHWM:", 0) == 0) return std::atoll(line.c_str() + 6) * 1024;
   return -1;
 }
-// Resets VmHWM to the current RSS so that each layout's peak is its own.
+// Resets VmHWM to the current RSS so that each layout's peak is its own (after handing
+// the previous layouts' freed memory back to the system where the allocator can).
 bool reset_peak_rss() {
+#ifdef __GLIBC__
+  malloc_trim(0);
+#endif
   std::ofstream f("/proc/self/clear_refs");
   f << "5";
   f.flush();
@@ -199,6 +206,7 @@ train::TrainConfig train_config(const Options& o) {
   c.schedule.kind = train::Schedule::WarmupCosine;
   c.schedule.total = c.steps;
   c.schedule.warmup = std::min<std::int64_t>(o.get<std::int64_t>("warmup"), c.steps / 2);
+  c.optim.max_grad_norm = o.get<double>("clip");
   c.eval_batches = o.get<Index>("eval-batches");
   c.seed = o.get<std::uint64_t>("seed");
   return c;
@@ -329,8 +337,11 @@ std::string curves_csv(const std::vector<Result>& rs, bool synthetic) {
 }
 
 // Three panels against training tokens: the train loss averaged per bin of `bin` tokens
-// (gnuplot's `smooth unique` averages points of equal x), the val loss, and the val accuracy
-// or bits per byte. Rows of other layouts and empty val cells become NaN and are skipped.
+// (`smooth unique` averages the points of equal x; rows of other layouts are NaN, and as
+// each layout's rows are contiguous they break no line), the val loss, and the val
+// accuracy or bits per byte. Val cells are sparse, so pick() repeats the layout's last
+// val point on every other row instead of a NaN that would cut the line between two
+// evaluations (a repeated point changes neither the line nor the averages).
 std::string gnuplot_script(const std::vector<Result>& rs, const std::string& title,
                            Index bin, bool synthetic) {
   std::string names;
@@ -339,23 +350,25 @@ std::string gnuplot_script(const std::vector<Result>& rs, const std::string& tit
   os << "# Written by ablate. Rerun in this folder: gnuplot curves.gnuplot\n"
      << "if (!exists(\"outfile\")) outfile = \"curves.png\"\n"
      << "if (strstrt(GPVAL_TERMINALS, \"pngcairo\") > 0) {\n"
-     << "  set terminal pngcairo size 1800,600 font \",11\"\n} else {\n"
-     << "  set terminal png size 1800,600\n}\n"
+     << "  set terminal pngcairo size 1800,600 font \",11\" noenhanced\n} else {\n"
+     << "  set terminal png size 1800,600 noenhanced\n}\n"
      << "set output outfile\nset datafile separator \",\"\n"
      << "names = \"" << names << "\"\nbin = " << bin << ".0\n"
-     << "sel(c) = (strcol(1) eq word(names, i) && strcol(c) ne \"\") ? column(c) : NaN\n"
-     << "set grid\nset key top right\nset xlabel \"training tokens\"\n"
+     << "mine(c) = strcol(1) eq word(names, i) && strcol(c) ne \"\"\n"
+     << "sel(c) = mine(c) ? column(c) : NaN\n"
+     << "pick(c) = ($0 == 0 ? (lx = NaN, ly = NaN) : 0, mine(c) ? (lx = $3, ly = column(c)) : 0, lx)\n"
+     << "set grid\nset key top right\nset xlabel \"training tokens\"\nset xrange [0:*]\nset format x \"%.0s%c\"\n"
      << "set multiplot layout 1,3 title \"" << title << "\"\n"
      << "set title \"train loss (mean per " << bin << " tokens)\"\nset ylabel \"loss (nats/token)\"\n"
      << "plot for [i=1:words(names)] 'curves.csv' skip 1 using ((floor(($3-1)/bin)+0.5)*bin):(sel(4)) "
         "smooth unique with lines lw 2 title word(names, i)\n"
      << "set title \"validation loss\"\n"
-     << "plot for [i=1:words(names)] 'curves.csv' skip 1 using 3:(sel(5)) smooth unique "
+     << "plot for [i=1:words(names)] 'curves.csv' skip 1 using (pick(5)):(ly) smooth unique "
         "with linespoints lw 2 pt 7 ps 0.6 title word(names, i)\n"
      << "set title \"" << (synthetic ? "validation accuracy" : "validation bits per byte") << "\"\n"
      << "set ylabel \"" << (synthetic ? "accuracy (scored positions)" : "bits per byte") << "\"\n"
      << (synthetic ? "set yrange [0:1]\nset key top left\n" : "")
-     << "plot for [i=1:words(names)] 'curves.csv' skip 1 using 3:(sel(6)) smooth unique "
+     << "plot for [i=1:words(names)] 'curves.csv' skip 1 using (pick(6)):(ly) smooth unique "
         "with linespoints lw 2 pt 7 ps 0.6 title word(names, i)\n"
      << "unset multiplot\n";
   return os.str();
@@ -391,6 +404,7 @@ int run(const Options& o) {
     HYBRID_CHECK(o.get<int>(k) > 0, "--", k, " must be positive, got ", o.get<int>(k));
   HYBRID_CHECK(o.get<Index>("eval-every") >= 0, "--eval-every must be >= 0");
   HYBRID_CHECK(o.get<double>("lr") > 0, "--lr must be positive");
+  HYBRID_CHECK(o.get<double>("clip") >= 0, "--clip must be >= 0");
   HYBRID_CHECK(o.get<double>("mlp-ratio") > 0, "--mlp-ratio must be positive");
   const std::string mm = o.get<std::string>("mamba-mlp");
   HYBRID_CHECK(mm == "none" || mm == "swiglu", "--mamba-mlp: '", mm, "' is not none or swiglu");
@@ -440,7 +454,7 @@ int run(const Options& o) {
   write_atomic(dir / "curves.csv", curves_csv(rs, synthetic));
   const Index bin = std::max<Index>(1, o.get<Index>("eval-every")) * per_step;
   char title[256];
-  std::snprintf(title, sizeof title, "%s, ~%lld parameters, %lld tokens per layout", data_text.c_str(),
+  std::snprintf(title, sizeof title, "%s, target %lld parameters, %lld tokens per layout", data_text.c_str(),
                 (long long)o.get<Index>("target-params"), (long long)(cfg.steps * per_step));
   write_atomic(dir / "curves.gnuplot", gnuplot_script(rs, title, bin, synthetic));
   plot(dir);
@@ -481,8 +495,11 @@ int main(int argc, char** argv) {
       ("lr", "AdamW learning rate (embedding, scalars, dynamics; matrices with --optimizer adamw)", cxxopts::value<double>()->default_value("0.003"))
       ("lr-matrix", "learning rate of 2-D matrices (default: Muon's 0.02, or --lr with adamw)", cxxopts::value<double>())
       ("warmup", "warmup steps of the warmup + cosine schedule", cxxopts::value<std::int64_t>()->default_value("50"))
+      ("clip", "global gradient-norm clip (0 = off)", cxxopts::value<double>()->default_value("1.0"))
       ("seed", "weight initialisation seed", cxxopts::value<std::uint64_t>()->default_value("0"))
-      ("threads", "OpenMP threads (default: OpenMP's choice)", cxxopts::value<int>());
+      ("threads", "OpenMP threads; 0 = OpenMP's choice. Default 1: these widths gain little from a "
+                  "second thread, and on a busy machine OpenMP's barriers can slow a step many times over",
+       cxxopts::value<int>()->default_value("1"));
   opts.add_options("output")
       ("eval-every", "evaluate every N steps (and at the end; 0 = only at the end)", cxxopts::value<Index>()->default_value("50"))
       ("eval-batches", "validation batches per evaluation", cxxopts::value<Index>()->default_value("8"))
@@ -497,12 +514,10 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (!o.r.unmatched().empty()) fail("unexpected argument '", o.r.unmatched()[0], "'");
-    if (o.has("threads")) {
-      HYBRID_CHECK(o.get<int>("threads") > 0, "--threads must be positive");
+    HYBRID_CHECK(o.get<int>("threads") >= 0, "--threads must be >= 0, got ", o.get<int>("threads"));
 #ifdef _OPENMP
-      omp_set_num_threads(o.get<int>("threads"));
+    if (o.get<int>("threads") > 0) omp_set_num_threads(o.get<int>("threads"));
 #endif
-    }
     return run(o);
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << "\n";
