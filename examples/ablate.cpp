@@ -16,6 +16,8 @@
 #include <cxxopts.hpp>
 
 #include <algorithm>
+#include <atomic>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -26,6 +28,7 @@
 #include <limits>
 #include <memory>
 #include <sstream>
+#include <thread>
 
 #include <hybrid/train/trainer.hpp>
 #ifdef __GLIBC__
@@ -58,7 +61,7 @@ struct Layout {
   std::string name, blocks;
 };
 
-// "a=MMA,AAA" → {a, MMA}, {AAA, AAA}. Names go into CSV and gnuplot strings, so they are
+// "a=MMA,AAA,MMMA MMMA" → {a, MMA}, {AAA, AAA}, {MMMAMMMA, MMMA MMMA}. Names go into CSV and gnuplot strings, so they are
 // restricted to a safe alphabet.
 std::vector<Layout> parse_layouts(const std::string& text) {
   std::vector<Layout> out;
@@ -69,6 +72,7 @@ std::vector<Layout> parse_layouts(const std::string& text) {
     const auto eq = item.find('=');
     Layout l{eq == std::string::npos ? item : item.substr(0, eq),
              eq == std::string::npos ? item : item.substr(eq + 1)};
+    if (eq == std::string::npos) std::erase_if(l.name, [](char c) { return c == ' ' || c == '-'; });
     HYBRID_CHECK(!l.name.empty() && !l.blocks.empty(), "--layouts: '", item,
                  "' needs the form NAME=LAYOUT or LAYOUT");
     for (char c : l.name)
@@ -102,7 +106,8 @@ ModelDesc make_desc(const std::string& layout, int D, int vocab, const Options& 
   const ModelSpec m{.vocab = vocab, .d_model = D};
   const Mamba2Spec mb{.d_state = o.get<int>("d-state"), .expand = o.get<double>("expand"),
                       .headdim = o.get<int>("headdim"), .chunk = 64};
-  const GqaSpec at{.n_heads = D / hd, .n_kv_heads = D / hd, .head_dim = hd};
+  const GqaSpec at{.n_heads = D / hd, .n_kv_heads = D / hd, .head_dim = hd,
+                   .qk_norm = o.has("qk-norm")};
   const int hidden = int(std::lround(o.get<double>("mlp-ratio") * D));
   const ChannelDesc mlp = SwiGluSpec{{hidden}};
   const ChannelDesc mamba_mlp = o.get<std::string>("mamba-mlp") == "swiglu" ? mlp : NoChannelSpec{};
@@ -203,8 +208,11 @@ train::TrainConfig train_config(const Options& o) {
   c.optim.embedding.lr = c.optim.scalar.lr = c.optim.dynamics.lr = lr;
   if (o.has("lr-matrix")) c.optim.matrix.lr = o.get<double>("lr-matrix");
   else if (kind == "adamw") c.optim.matrix.lr = lr;
-  c.schedule.kind = train::Schedule::WarmupCosine;
+  const std::string sched = o.get<std::string>("schedule");
+  HYBRID_CHECK(sched == "cosine" || sched == "constant", "--schedule: '", sched, "' is not cosine or constant");
+  c.schedule.kind = sched == "cosine" ? train::Schedule::WarmupCosine : train::Schedule::Constant;
   c.schedule.total = c.steps;
+  c.schedule.min_factor = 0.1;
   c.schedule.warmup = std::min<std::int64_t>(o.get<std::int64_t>("warmup"), c.steps / 2);
   c.optim.max_grad_norm = o.get<double>("clip");
   c.eval_batches = o.get<Index>("eval-batches");
@@ -212,7 +220,8 @@ train::TrainConfig train_config(const Options& o) {
   return c;
 }
 
-Result run_layout(const Layout& l, const Options& o, bool synthetic) {
+// measure_rss: only when this is the one layout in flight (VmHWM is per process).
+Result run_layout(const Layout& l, const Options& o, bool synthetic, bool measure_rss) {
   auto src = make_source(o);  // a fresh source per layout: every layout sees the same batches
   const int vocab = src->vocab_needed();
   Result r;
@@ -221,12 +230,12 @@ Result run_layout(const Layout& l, const Options& o, bool synthetic) {
   RuntimeModel<S> model(make_desc(l.blocks, r.d_model, vocab, o), o.get<std::uint64_t>("seed"));
   r.params = model.param_count();
   const train::TrainConfig cfg = train_config(o);
-  std::printf("\n== %s (%s): d_model %d, %lld parameters, %lld steps of %lld tokens\n",
+  std::printf("== %s (%s): d_model %d, %lld parameters, %lld steps of %lld tokens\n",
               l.name.c_str(), model.layout_string().c_str(), r.d_model, (long long)r.params,
               (long long)cfg.steps, (long long)(cfg.batch * cfg.seq_len));
   std::fflush(stdout);
 
-  const bool rss_ok = reset_peak_rss();
+  const bool rss_ok = measure_rss && reset_peak_rss();
   train::Trainer<S> tr(model, *src, cfg);
   const Index eval_every = o.get<Index>("eval-every");
   for (std::int64_t s = 0; s < cfg.steps; ++s) {
@@ -238,8 +247,8 @@ Result run_layout(const Layout& l, const Options& o, bool synthetic) {
       r.val = tr.evaluate();
       p.val_loss = r.val.loss;
       p.val_metric = synthetic ? r.val.accuracy : r.val.bits_per_byte;
-      std::printf("  step %5lld/%lld | train loss %.4f | val loss %.4f | %s %.4f | %.0f tok/s\n",
-                  (long long)st.step, (long long)cfg.steps, st.loss, r.val.loss,
+      std::printf("  %s step %5lld/%lld | train loss %.4f | val loss %.4f | %s %.4f | %.0f tok/s\n",
+                  l.name.c_str(), (long long)st.step, (long long)cfg.steps, st.loss, r.val.loss,
                   synthetic ? "acc" : "bpb", p.val_metric, double(r.tokens) / r.train_seconds);
       std::fflush(stdout);
     }
@@ -266,6 +275,33 @@ Result run_layout(const Layout& l, const Options& o, bool synthetic) {
   r.decode_tok_s = decode_tokens_per_s(
       model, std::vector<int>(vb.tokens.begin(), vb.tokens.begin() + plen), o.get<int>("decode-tokens"));
   return r;
+}
+
+// Layouts on `--jobs` worker threads, each single-threaded inside (OpenMP's thread count is
+// per thread, so each worker sets its own). Results keep the order of `layouts`.
+std::vector<Result> run_all(const std::vector<Layout>& layouts, const Options& o, bool synthetic) {
+  const int jobs = std::min<int>(o.get<int>("jobs"), int(layouts.size()));
+  std::vector<Result> rs(layouts.size());
+  std::vector<std::exception_ptr> errors(layouts.size());
+  std::atomic<std::size_t> next{0};
+  auto worker = [&] {
+#ifdef _OPENMP
+    if (o.get<int>("threads") > 0) omp_set_num_threads(o.get<int>("threads"));
+#endif
+    for (std::size_t i; (i = next++) < layouts.size();) {
+      try {
+        rs[i] = run_layout(layouts[i], o, synthetic, jobs == 1);
+      } catch (...) {
+        errors[i] = std::current_exception();
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int j = 0; j < jobs; ++j) pool.emplace_back(worker);
+  for (auto& t : pool) t.join();
+  for (const auto& e : errors)
+    if (e) std::rethrow_exception(e);
+  return rs;
 }
 
 // ---- outputs -----------------------------------------------------------------------
@@ -305,7 +341,7 @@ std::string markdown(const std::vector<Result>& rs, const std::string& setup, bo
        << r.kv_bytes_per_token << " | " << r.state_bytes << " |\n";
   os << "\ntrain MiB = weights + gradients + optimiser state + the tape's arena after training "
         "(fp32); peak RSS = the process's VmHWM, reset before each layout (includes the data "
-        "and allocator slack). Decode: batch 1, greedy, after a short prefill. KV B/token: "
+        "and allocator slack; only with --jobs 1). Decode: batch 1, greedy, after a short prefill. KV B/token: "
         "attention cache bytes per token of context, summed over attention blocks; state "
         "B/seq: Mamba-2 / ShortConv state per sequence, constant in context length.\n";
   return os.str();
@@ -367,7 +403,7 @@ std::string gnuplot_script(const std::vector<Result>& rs, const std::string& tit
         "with linespoints lw 2 pt 7 ps 0.6 title word(names, i)\n"
      << "set title \"" << (synthetic ? "validation accuracy" : "validation bits per byte") << "\"\n"
      << "set ylabel \"" << (synthetic ? "accuracy (scored positions)" : "bits per byte") << "\"\n"
-     << (synthetic ? "set yrange [0:1]\nset key top left\n" : "")
+     << (synthetic ? "set yrange [0:1]\nset key bottom right\n" : "")
      << "plot for [i=1:words(names)] 'curves.csv' skip 1 using (pick(6)):(ly) smooth unique "
         "with linespoints lw 2 pt 7 ps 0.6 title word(names, i)\n"
      << "unset multiplot\n";
@@ -400,7 +436,7 @@ void plot(const fs::path& dir) {
 int run(const Options& o) {
   for (const char* k : {"target-params", "tokens", "batch", "seq-len", "eval-batches", "pairs", "queries"})
     HYBRID_CHECK(o.get<Index>(k) > 0, "--", k, " must be positive, got ", o.get<Index>(k));
-  for (const char* k : {"d-step", "d-state", "headdim", "head-dim", "decode-tokens"})
+  for (const char* k : {"d-step", "d-state", "headdim", "head-dim", "decode-tokens", "jobs"})
     HYBRID_CHECK(o.get<int>(k) > 0, "--", k, " must be positive, got ", o.get<int>(k));
   HYBRID_CHECK(o.get<Index>("eval-every") >= 0, "--eval-every must be >= 0");
   HYBRID_CHECK(o.get<double>("lr") > 0, "--lr must be positive");
@@ -431,19 +467,20 @@ int run(const Options& o) {
                 100.0 * (double(n) / double(o.get<Index>("target-params")) - 1));
   }
 
+  if (o.has("dry-run")) return 0;
+
   const auto t0 = std::chrono::steady_clock::now();
-  std::vector<Result> rs;
-  for (const auto& l : layouts) rs.push_back(run_layout(l, o, synthetic));
+  std::vector<Result> rs = run_all(layouts, o, synthetic);
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   char setup[512];
   std::snprintf(setup, sizeof setup,
                 "Ablation on %s: %lld tokens per layout (%lld steps, batch %lld x %lld), target "
-                "%lld parameters, d_state %d, optimizer %s, lr %g, seed %llu.",
+                "%lld parameters, d_state %d, optimizer %s, lr %g, seed %llu; %d job(s) of %d thread(s).",
                 data_text.c_str(), (long long)(cfg.steps * per_step), (long long)cfg.steps,
                 (long long)cfg.batch, (long long)cfg.seq_len, (long long)o.get<Index>("target-params"),
                 o.get<int>("d-state"), o.get<std::string>("optimizer").c_str(), o.get<double>("lr"),
-                (unsigned long long)o.get<std::uint64_t>("seed"));
+                (unsigned long long)o.get<std::uint64_t>("seed"), o.get<int>("jobs"), o.get<int>("threads"));
   const std::string md = markdown(rs, setup, synthetic);
   std::printf("\n%s\ntotal time %.1f s\n", md.c_str(), total);
 
@@ -478,27 +515,31 @@ int main(int argc, char** argv) {
       ("expand", "Mamba-2 expansion (d_inner = expand * d_model)", cxxopts::value<double>()->default_value("2"))
       ("headdim", "Mamba-2 head dim P (heads = d_inner / P)", cxxopts::value<int>()->default_value("16"))
       ("head-dim", "attention head dim (heads = d_model / head-dim, as many KV heads)", cxxopts::value<int>()->default_value("16"))
+      ("qk-norm", "per-head RMSNorm of attention queries and keys (as LFM2)")
       ("mlp-ratio", "SwiGLU hidden width of attention / ShortConv blocks, times d_model", cxxopts::value<double>()->default_value("2"))
       ("mamba-mlp", "channel of Mamba-2 blocks: none or swiglu", cxxopts::value<std::string>()->default_value("none"));
   opts.add_options("data")
       ("task", "synthetic task when no --data: mqar, copy or induction", cxxopts::value<std::string>()->default_value("mqar"))
-      ("task-vocab", "vocabulary of the synthetic task", cxxopts::value<int>()->default_value("258"))
-      ("pairs", "MQAR key-value pairs per sequence", cxxopts::value<Index>()->default_value("8"))
-      ("queries", "MQAR queries per sequence", cxxopts::value<Index>()->default_value("8"))
+      ("task-vocab", "vocabulary of the synthetic task (MQAR: blank, (V-1)/2 keys, the rest values)", cxxopts::value<int>()->default_value("34"))
+      ("pairs", "MQAR key-value pairs per sequence", cxxopts::value<Index>()->default_value("4"))
+      ("queries", "MQAR queries per sequence (at most (seq-len - 2 pairs) / 2)", cxxopts::value<Index>()->default_value("12"))
       ("data", "a text file, trained at byte level (first 90% train, last 10% val)", cxxopts::value<std::string>())
       ("data-seed", "seed of the batch sampler (the same for every layout)", cxxopts::value<std::uint64_t>()->default_value("1"));
   opts.add_options("training")
-      ("tokens", "training tokens per layout (steps = tokens / (batch * seq-len))", cxxopts::value<Index>()->default_value("1000000"))
-      ("batch", "sequences per step", cxxopts::value<Index>()->default_value("16"))
-      ("seq-len", "tokens per sequence", cxxopts::value<Index>()->default_value("64"))
+      ("tokens", "training tokens per layout (steps = tokens / (batch * seq-len))", cxxopts::value<Index>()->default_value("819200"))
+      ("batch", "sequences per step", cxxopts::value<Index>()->default_value("32"))
+      ("seq-len", "tokens per sequence", cxxopts::value<Index>()->default_value("32"))
       ("optimizer", "matrix optimiser: muon (AdamW for the rest) or adamw", cxxopts::value<std::string>()->default_value("muon"))
       ("lr", "AdamW learning rate (embedding, scalars, dynamics; matrices with --optimizer adamw)", cxxopts::value<double>()->default_value("0.003"))
       ("lr-matrix", "learning rate of 2-D matrices (default: Muon's 0.02, or --lr with adamw)", cxxopts::value<double>())
-      ("warmup", "warmup steps of the warmup + cosine schedule", cxxopts::value<std::int64_t>()->default_value("50"))
+      ("schedule", "learning-rate schedule after the warmup: cosine (to 0.1x) or constant", cxxopts::value<std::string>()->default_value("cosine"))
+      ("warmup", "warmup steps", cxxopts::value<std::int64_t>()->default_value("50"))
       ("clip", "global gradient-norm clip (0 = off)", cxxopts::value<double>()->default_value("1.0"))
       ("seed", "weight initialisation seed", cxxopts::value<std::uint64_t>()->default_value("0"))
-      ("threads", "OpenMP threads; 0 = OpenMP's choice. Default 1: these widths gain little from a "
-                  "second thread, and on a busy machine OpenMP's barriers can slow a step many times over",
+      ("jobs", "layouts trained at once, one per core (with more than 1, train and decode speeds are "
+               "measured beside the other jobs and peak RSS is not reported)", cxxopts::value<int>()->default_value("2"))
+      ("threads", "OpenMP threads per job; 0 = OpenMP's choice. Default 1: these widths gain little from "
+                  "a second thread, and on a busy machine OpenMP's barriers can slow a step many times over",
        cxxopts::value<int>()->default_value("1"));
   opts.add_options("output")
       ("eval-every", "evaluate every N steps (and at the end; 0 = only at the end)", cxxopts::value<Index>()->default_value("50"))
@@ -506,6 +547,7 @@ int main(int argc, char** argv) {
       ("prefill", "prompt tokens before the decode-speed measurement", cxxopts::value<Index>()->default_value("16"))
       ("decode-tokens", "greedy decode steps timed per layout (batch 1)", cxxopts::value<int>()->default_value("128"))
       ("out", "output folder: results.md, results.csv, curves.csv, curves.gnuplot, curves.png", cxxopts::value<std::string>()->default_value("ablate_out"))
+      ("dry-run", "print each layout's matched d_model and parameter count, then exit")
       ("h,help", "print this help");
   try {
     Options o{opts.parse(argc, argv)};
@@ -515,9 +557,6 @@ int main(int argc, char** argv) {
     }
     if (!o.r.unmatched().empty()) fail("unexpected argument '", o.r.unmatched()[0], "'");
     HYBRID_CHECK(o.get<int>("threads") >= 0, "--threads must be >= 0, got ", o.get<int>("threads"));
-#ifdef _OPENMP
-    if (o.get<int>("threads") > 0) omp_set_num_threads(o.get<int>("threads"));
-#endif
     return run(o);
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << "\n";
