@@ -107,6 +107,24 @@ class RuntimeModel {
     return out;
   }
 
+  // Intermediate activations of B sequences of T tokens, for comparisons with other
+  // engines: the output of every block (after its residual adds) and, last, the output of
+  // the final norm; each (B*T, D).
+  std::vector<Mat<S>> hidden_states(std::span<const int> tokens, Index B, Index T) const {
+    check_tokens(tokens, B, T, nullptr);
+    if (!infer_) infer_ = std::make_unique<Tape<S>>(false);
+    infer_->rewind();
+    std::vector<Mat<S>> out;
+    Var<S> x = ag::embedding(*infer_, embed_, tokens.data(), B * T, S(desc_.model.embedding_multiplier));
+    for (int l = 0; l < n_blocks(); ++l) {
+      x = blocks_[l].forward(*infer_, x, B, T, nullptr, nullptr);
+      out.push_back(x.val());
+    }
+    out.push_back(final_norm_.forward(*infer_, x).val());
+    infer_->rewind();
+    return out;
+  }
+
   // Options of recorded (training) forwards. recompute: keep only each block's input on the
   // tape and recompute the block's activations during backward (gradient checkpointing:
   // activation memory of one block instead of all). drop_path: each residual branch of each
