@@ -1,9 +1,12 @@
-// generate: text from a shipped model alias (random-init weights) or a saved checkpoint,
-// with the byte tokenizer; streams the text, reports prefill / decode speed, and can dump
-// the logits of every position. Every bad input ends with a message and exit code 2.
+// generate: text from a shipped model alias (random-init weights), a saved checkpoint or a
+// Hugging Face checkpoint directory (LFM2, GraniteMoeHybrid, Mamba2) with its tokenizer;
+// streams the text, reports prefill / decode speed, and can dump the logits of every
+// position or convert the model to a Hugging Face directory. Every bad input ends with a
+// message and exit code 2.
 //
 //   generate --prompt "ROMEO:" --max-new-tokens 32
 //   generate --model TinyLfm2 --ids 256,72,105 --temperature 0 --dump-logits l.f32
+//   generate --hf ./LFM2-350M --prompt "The capital of France is" --temperature 0
 #include <Eigen/Core>
 #include <bit>
 #include <cerrno>
@@ -23,9 +26,17 @@
 #include <omp.h>
 #endif
 
+#include <filesystem>
+#include <memory>
+
+#include <hybrid/hf/checkpoint.hpp>
 #include <hybrid/infer/generate.hpp>
 #include <hybrid/io/checkpoint.hpp>
 #include <hybrid/model.hpp>
+#ifdef HYBRID_HAVE_TOKENIZERS
+#include <hybrid/tokenizer/bpe.hpp>
+#include <hybrid/tokenizer/sentencepiece.hpp>
+#endif
 
 namespace {
 
@@ -36,6 +47,7 @@ struct Cli {
   bool model_given = false;
   std::uint64_t seed = 0;
   std::string weights;
+  std::string hf_dir, tokenizer, save_hf;
   std::optional<std::string> prompt;
   std::optional<std::vector<int>> ids;
   bool bos = false;
@@ -56,14 +68,37 @@ struct ModelEntry {
 
 template <class S>
 int run_model(const hybrid::RuntimeModel<S>& model, const Cli& cli, const std::string& name,
-              const std::string& origin);
+              const std::string& origin, const hybrid::Tokenizer& tok);
+
+// For a checkpoint without a tokenizer: prompts are given as --ids and each generated id is
+// printed as [id]. Nothing is encoded from text.
+class IdsOnlyTokenizer final : public hybrid::Tokenizer {
+ public:
+  IdsOnlyTokenizer(int vocab, std::optional<int> bos, std::optional<int> eos) : V_(vocab), bos_(bos), eos_(eos) {}
+  std::vector<int> encode(std::string_view) const override {
+    fail("this checkpoint has no tokenizer (no tokenizer.json or tokenizer.model beside it, no "
+         "--tokenizer): give the prompt as --ids");
+  }
+  std::string decode_token(int id) const override {
+    check_id(id, "decode_token");
+    return "[" + std::to_string(id) + "]";
+  }
+  int vocab_size() const override { return V_; }
+  std::optional<int> bos() const override { return bos_; }
+  std::optional<int> eos() const override { return eos_; }
+
+ private:
+  int V_;
+  std::optional<int> bos_, eos_;
+};
 
 template <class M>
 int run_alias(const Cli& cli) {
   const M model(cli.seed);
   return run_model<typename M::Scalar>(
       model, cli, cli.model,
-      "random-init weights (seed " + std::to_string(cli.seed) + "): the text is noise");
+      "random-init weights (seed " + std::to_string(cli.seed) + "): the text is noise",
+      hybrid::ByteTokenizer());
 }
 
 template <class M>
@@ -275,29 +310,37 @@ class LogitsFile {
 
 template <class S>
 int run_model(const hybrid::RuntimeModel<S>& model, const Cli& cli, const std::string& name,
-              const std::string& origin) {
-  const hybrid::ByteTokenizer tok;
+              const std::string& origin, const hybrid::Tokenizer& tok) {
   const int V = model.vocab();
+  if (!cli.save_hf.empty()) {
+    hybrid::hf::save_hf(model, cli.save_hf);
+    std::fprintf(stderr, "wrote %s (config.json + model.safetensors, %s)\n", cli.save_hf.c_str(),
+                 hybrid::hf::architecture(hybrid::hf::family_for(model.desc())));
+    if (!cli.prompt && !cli.ids) return 0;
+  }
   std::vector<int> prompt;
-  if (cli.bos) prompt.push_back(hybrid::ByteTokenizer::kBos);
+  if (cli.bos) {
+    HYBRID_CHECK(tok.bos().has_value(), "--bos: the tokenizer has no BOS token");
+    prompt.push_back(*tok.bos());
+  }
   if (cli.ids) prompt.insert(prompt.end(), cli.ids->begin(), cli.ids->end());
   if (cli.prompt) {
     const auto enc = tok.encode(*cli.prompt);
     prompt.insert(prompt.end(), enc.begin(), enc.end());
   }
-  if (!cli.ids && !cli.prompt) prompt.assign(1, hybrid::ByteTokenizer::kBos);
+  if (!cli.ids && !cli.prompt && tok.bos()) prompt.assign(1, *tok.bos());
   HYBRID_CHECK(!prompt.empty(), "the prompt is empty; give --prompt TEXT, --ids or --bos");
   for (std::size_t k = 0; k < prompt.size(); ++k)
     HYBRID_CHECK(prompt[k] < V, cli.ids ? "--ids" : "--prompt", ": token id ", prompt[k],
                  " (prompt position ", k, ") is outside model ", name, "'s vocabulary [0, ", V, ")");
 
   hybrid::GenerateOptions opt = cli.gen;
-  if (!opt.stop_tokens && *tok.eos() >= V) opt.stop_tokens = std::set<int>{};  // no EOS id
+  if (!opt.stop_tokens && (!tok.eos() || *tok.eos() >= V)) opt.stop_tokens = std::set<int>{};  // no EOS id
   opt.return_logits = !cli.dump_logits.empty();
 
   if (cli.summary) std::cout << model.summary(name) << std::flush;
   if (!cli.quiet)
-    std::fprintf(stderr, "model %s: %s parameters, layout %s, vocab %d (byte tokenizer: %d ids%s)\n  %s\n",
+    std::fprintf(stderr, "model %s: %s parameters, layout %s, vocab %d (tokenizer: %d ids%s)\n  %s\n",
                  name.c_str(), with_commas(model.param_count()).c_str(),
                  model.layout_string().c_str(), V, tok.vocab_size(),
                  V > tok.vocab_size() ? ", only those are sampled" : "", origin.c_str());
@@ -343,11 +386,34 @@ int run_model(const hybrid::RuntimeModel<S>& model, const Cli& cli, const std::s
   return 0;
 }
 
+// The tokenizer of a Hugging Face checkpoint: --tokenizer, else tokenizer.json or
+// tokenizer.model in the directory, else ids only.
+std::unique_ptr<hybrid::Tokenizer> hf_tokenizer(const Cli& cli, const hybrid::hf::HfConfig& cfg, int vocab) {
+  namespace fs = std::filesystem;
+  std::string path = cli.tokenizer;
+  if (path.empty())
+    for (const char* f : {"tokenizer.json", "tokenizer.model"})
+      if (fs::exists(fs::path(cli.hf_dir) / f)) {
+        path = (fs::path(cli.hf_dir) / f).string();
+        break;
+      }
+  if (path.empty()) return std::make_unique<IdsOnlyTokenizer>(vocab, cfg.bos, cfg.eos);
+#ifdef HYBRID_HAVE_TOKENIZERS
+  if (path.size() >= 5 && path.compare(path.size() - 5, 5, ".json") == 0)
+    return std::make_unique<hybrid::BpeTokenizer>(path);
+  return std::make_unique<hybrid::SentencePieceTokenizer>(path);
+#else
+  fail("tokenizer '", path, "': this build has no tokenizer support (libsentencepiece and PCRE2 "
+       "were not found at configure time); give the prompt as --ids");
+#endif
+}
+
 int run(int argc, char** argv) {
   cxxopts::Options options(
       "generate",
-      "Generate text with a hybrid Mamba-2 / attention model and the byte tokenizer (ids 0-255\n"
-      "bytes, 256 BOS, 257 EOS). The text streams to stdout (control bytes and malformed\n"
+      "Generate text with a hybrid Mamba-2 / attention model: a shipped alias or --weights with\n"
+      "the byte tokenizer (ids 0-255 bytes, 256 BOS, 257 EOS), or a Hugging Face checkpoint\n"
+      "(--hf) with its own tokenizer. The text streams to stdout (control bytes and malformed\n"
       "UTF-8 shown as \\xNN unless --raw); model info and the prefill / decode tokens/s line\n"
       "go to stderr. Errors exit with code 2.\n");
   options.add_options("Model")
@@ -357,6 +423,15 @@ int run(int argc, char** argv) {
       ("seed", "Weight-init seed for --model", cxxopts::value<std::string>()->default_value("0"))
       ("weights", "Load a checkpoint saved by hybrid::save_model (safetensors; its layout is "
                   "in the file, so not with --model)", cxxopts::value<std::string>())
+      ("hf", "Load a Hugging Face checkpoint directory: config.json (Lfm2ForCausalLM, "
+             "GraniteMoeHybridForCausalLM or Mamba2ForCausalLM) + model.safetensors or shards; "
+             "its tokenizer.json / tokenizer.model is used when present",
+       cxxopts::value<std::string>())
+      ("tokenizer", "Tokenizer file for --hf: a Hugging Face tokenizer.json (byte-level BPE) or a "
+                    "SentencePiece .model", cxxopts::value<std::string>())
+      ("save-hf", "Write the model as a Hugging Face directory (config.json + model.safetensors) "
+                  "that transformers loads, then exit unless a prompt is given",
+       cxxopts::value<std::string>())
       ("summary", "Print the model summary (blocks, parameters, state sizes) to stdout")
       ("threads", "Threads for OpenMP and Eigen (default: all cores)", cxxopts::value<std::string>());
   options.add_options("Prompt")
@@ -406,6 +481,12 @@ int run(int argc, char** argv) {
   const auto str = [&](const char* name) { return res[name].as<std::string>(); };
   cli.seed = number<std::uint64_t>("--seed", str("seed"));
   if (res.count("weights")) cli.weights = res["weights"].as<std::string>();
+  if (res.count("hf")) cli.hf_dir = res["hf"].as<std::string>();
+  if (res.count("tokenizer")) cli.tokenizer = res["tokenizer"].as<std::string>();
+  if (res.count("save-hf")) cli.save_hf = res["save-hf"].as<std::string>();
+  HYBRID_CHECK(cli.tokenizer.empty() || !cli.hf_dir.empty(), "--tokenizer goes with --hf");
+  HYBRID_CHECK(int(!cli.weights.empty()) + int(!cli.hf_dir.empty()) + int(cli.model_given) <= 1,
+               "give one of --model, --weights and --hf");
   if (res.count("prompt")) cli.prompt = res["prompt"].as<std::string>();
   if (res.count("ids")) cli.ids = parse_ids("--ids", res["ids"].as<std::string>());
   HYBRID_CHECK(!(cli.prompt && cli.ids), "give either --prompt or --ids, not both");
@@ -446,7 +527,16 @@ int run(int argc, char** argv) {
     HYBRID_CHECK(!cli.model_given, "give either --model or --weights, not both: a checkpoint ",
                  "holds its own layout");
     const auto model = hybrid::load_model<float>(cli.weights);
-    return run_model<float>(model, cli, cli.weights, "weights from " + cli.weights);
+    return run_model<float>(model, cli, cli.weights, "weights from " + cli.weights, hybrid::ByteTokenizer());
+  }
+  if (!cli.hf_dir.empty()) {
+    const hybrid::hf::HfCheckpoint ck(cli.hf_dir);
+    hybrid::RuntimeModel<float> model(ck.config().desc);
+    ck.load_into(model);
+    const auto tok = hf_tokenizer(cli, ck.config(), model.vocab());
+    return run_model<float>(model, cli, cli.hf_dir,
+                            std::string(hybrid::hf::architecture(ck.config().family)) + " from " + cli.hf_dir,
+                            *tok);
   }
   return find_model(cli.model).run(cli);
 }
