@@ -82,10 +82,13 @@ struct Reader {
     return int(x);
   }
   int integer(const std::string& key, int dflt) const { return get(key) ? integer(key) : dflt; }
+  // A finite number (multipliers, eps, theta, ...).
   double number(const std::string& key, double dflt) const {
     const json* v = get(key);
     if (!v) return dflt;
-    return to_double(*v, key);
+    const double x = to_double(*v, key);
+    if (!std::isfinite(x)) bad(key, "a finite number", v);
+    return x;
   }
   double to_double(const json& v, const std::string& key) const {
     if (v.is_number()) return v.get<double>();
@@ -274,11 +277,13 @@ inline Mamba2Spec mamba(const Reader& r, Family f, int D, const HfOptions& o) {
   m.norm_whole_width = o.mamba_norm_whole_width;
   const json* e = r.get(key("mamba_expand", "expand"));
   m.expand = e ? r.to_double(*e, key("mamba_expand", "expand")) : 2.0;
+  HYBRID_CHECK(std::isfinite(m.expand) && m.expand > 0, r.where, ": ", key("mamba_expand", "expand"),
+               " must be a positive number, got ", m.expand);
   const int heads = r.integer(key("mamba_n_heads", "num_heads"));
   HYBRID_CHECK(heads > 0, r.where, ": ", key("mamba_n_heads", "num_heads"), " must be positive");
   const double di_exact = m.expand * D;
-  HYBRID_CHECK(di_exact == std::floor(di_exact) && di_exact > 0, r.where, ": expand × hidden_size = ",
-               di_exact, " is not a positive integer");
+  HYBRID_CHECK(di_exact == std::floor(di_exact) && di_exact > 0 && di_exact <= double(1 << 30), r.where,
+               ": expand × hidden_size = ", di_exact, " is not an integer in [1, 2^30]");
   const int d_inner = int(di_exact);
   const json* hd = r.get(key("mamba_d_head", "head_dim"));
   if (!hd || (hd->is_string() && hd->get<std::string>() == "auto")) {
@@ -304,18 +309,22 @@ inline Mamba2Spec mamba(const Reader& r, Family f, int D, const HfOptions& o) {
 
 // LFM2's feed-forward width from its config (transformers' Lfm2MLP arithmetic).
 inline int lfm2_ff(const Reader& r) {
-  int ff = r.integer("intermediate_size", r.integer("block_ff_dim", 12288));
+  std::int64_t ff = r.integer("intermediate_size", r.integer("block_ff_dim", 12288));
   if (r.boolean("block_auto_adjust_ff_dim", true)) {
-    ff = int(2.0 * ff / 3.0);
+    ff = std::int64_t(2.0 * double(ff) / 3.0);
     if (r.get("block_ffn_dim_multiplier")) {
       const double mult = r.number("block_ffn_dim_multiplier", 1.0);
-      const int mo = r.integer("block_multiple_of", 256);
+      const std::int64_t mo = r.integer("block_multiple_of", 256);
       HYBRID_CHECK(mo > 0, r.where, ": block_multiple_of must be positive");
-      ff = int(mult * ff);
+      HYBRID_CHECK(mult > 0 && mult * double(ff) <= double(1 << 30), r.where,
+                   ": block_ffn_dim_multiplier ", mult, " gives a feed-forward width outside [1, 2^30]");
+      ff = std::int64_t(mult * double(ff));
       ff = mo * ((ff + mo - 1) / mo);
     }
   }
-  return ff;
+  HYBRID_CHECK(ff > 0 && ff <= (1 << 30), r.where, ": the feed-forward width from intermediate_size ",
+               "and the block_* settings is ", ff, ", expected a positive width");
+  return int(ff);
 }
 }  // namespace cfg_detail
 
@@ -377,6 +386,9 @@ inline HfConfig config_from_json(const nlohmann::json& j, const std::string& whe
                    "\"; expected \"rope\" or null / \"nope\"");
       a.rope = pe == "rope";
       a.scale = r.number("attention_multiplier", 1);
+      // Our scale 0 means 1/sqrt(head_dim); Granite's 0 would mean uniform attention.
+      HYBRID_CHECK(a.scale > 0, where, ": field 'attention_multiplier' is ", a.scale,
+                   "; expected a positive attention scale");
       a.bias = r.boolean("attention_bias", false);
       const SwiGluSpec mlp{{.hidden = r.integer("shared_intermediate_size", 1024)}};
       std::optional<Mamba2Spec> mb;
