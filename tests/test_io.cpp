@@ -559,3 +559,22 @@ TEST_CASE("desc json: bad descs name the JSON path and what was expected") {
               {"blocks[6].channel", "hidden width must be positive"});
   check_error([] { desc_from_json(json::array()); }, {"expected an object"});
 }
+
+TEST_CASE("desc json: an expand whose d_inner does not fit an int is rejected (fuzz regression)") {
+  // fuzz/fuzz_desc_json found "expand": 1e99 reaching an undefined double → int conversion
+  // in Mamba2Spec::d_inner; NaN and negative values took the same road.
+  auto desc = [](const std::string& expand) {
+    return [expand] {
+      desc_from_json(json::parse(R"({"model": {"vocab": 10, "d_model": 8}, "blocks": [{"mixer":
+          {"kind": "mamba2", "headdim": 8, "expand": )" + expand + "}}]}"));
+    };
+  };
+  check_error(desc("1e99"), {"blocks[0].mixer", "d_inner = expand * d_model", "at most 2147483647"});
+  check_error(desc("268435456"), {"blocks[0].mixer", "at most 2147483647"});  // 2^31 exactly
+  check_error(desc("\"inf\""), {"blocks[0].mixer", "d_inner"});
+  check_error(desc("\"nan\""), {"blocks[0].mixer", "d_inner"});
+  check_error(desc("-8"), {"blocks[0].mixer", "must be positive"});
+  check_error(desc("0"), {"blocks[0].mixer", "must be positive"});
+  CHECK(std::get<Mamba2Spec>(desc_from_json(json::parse(R"({"model": {"vocab": 10, "d_model": 8},
+      "blocks": [{"mixer": {"kind": "mamba2", "headdim": 8, "expand": 3}}]})")).blocks[0].mixer).expand == 3);
+}

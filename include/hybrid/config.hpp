@@ -85,6 +85,11 @@ inline void validate(const Mamba2Spec& s, int d_model) {
   HYBRID_CHECK(d_model > 0, "Mamba2: d_model must be positive, got ", d_model);
   HYBRID_CHECK(s.d_state > 0 && s.d_conv > 0 && s.headdim > 0 && s.ngroups > 0 && s.chunk > 0,
                "Mamba2: d_state, d_conv, headdim, ngroups and chunk must be positive");
+  // Checked before d_inner() converts it to int, which is undefined for NaN or a value
+  // outside int's range (found by fuzz/fuzz_desc_json with "expand": 1e99).
+  HYBRID_CHECK(s.expand > 0 && s.d_inner_exact(d_model) <= std::numeric_limits<int>::max(),
+               "Mamba2: d_inner = expand * d_model = ", s.d_inner_exact(d_model),
+               " must be positive and at most ", std::numeric_limits<int>::max());
   HYBRID_CHECK(s.d_inner_exact(d_model) == static_cast<double>(s.d_inner(d_model)),
                "Mamba2: expand * d_model = ", s.d_inner_exact(d_model),
                " is not an integer; pick expand so that d_inner is whole");

@@ -9,10 +9,20 @@
 //   [8 + N, end)    data buffer; data_offsets are [begin, end) byte offsets into it.
 // The reader accepts a file only if the tensors tile the buffer exactly: no overlap, no
 // hole, nothing past the end, and every byte count equals product(shape) * dtype size.
+// The header rules it enforces, each failure naming the file, the tensor and the field:
+//   - the length field is at most safetensors_max_header bytes and fits in the file;
+//   - the header is JSON, an object, no key twice in any object, nesting at most
+//     safetensors_max_depth levels (a valid header needs 3);
+//   - each tensor entry is an object with exactly dtype (F32, F64, F16 or BF16), shape
+//     (a list of non-negative integers) and data_offsets ([begin, end], begin <= end);
+//   - "__metadata__", if present, is an object whose values are all strings.
 //
 //   SafetensorsReader r("model.safetensors");
 //   const TensorInfo* t = r.find("embed.weight");   // nullptr if absent
 //   std::vector<float> w(t->numel()); r.read(*t, w.data());   // F16/BF16/F32/F64 → float
+//   if (auto v = r.try_view<float>(*t)) use(*v);     // F32 in the file: no copy at all
+//   auto m = SafetensorsReader::from_memory(p, n);    // the same over bytes in memory
+// Sharded checkpoint directories (model.safetensors.index.json): sharded.hpp.
 #pragma once
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -27,7 +37,9 @@
 #include <cstring>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
+#include <span>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -62,6 +74,21 @@ constexpr Dtype dtype_of() {
                 "dtype_of<S>: S must be float or double");
   return std::is_same_v<S, float> ? Dtype::F32 : Dtype::F64;
 }
+// The dtype named by a header's "dtype" string, or nullopt for any other name.
+inline std::optional<Dtype> dtype_from_name(std::string_view n) {
+  for (Dtype d : {Dtype::F32, Dtype::F64, Dtype::F16, Dtype::BF16})
+    if (n == dtype_name(d)) return d;
+  return std::nullopt;
+}
+inline constexpr const char* supported_dtypes = "F32, F64, F16 or BF16";
+
+// A header longer than this is taken as a corrupt length field rather than read: real
+// headers are a few hundred bytes per tensor, so even 10^5 tensors stay far below it.
+inline constexpr std::uint64_t safetensors_max_header = 100u << 20;
+// Deepest JSON nesting the reader accepts (the root object is level 1). A valid header
+// needs 3 (root → tensor entry → shape list); the bound keeps a hostile header from making
+// the recursive parts of nlohmann::json (dump, used in error messages) overflow the stack.
+inline constexpr int safetensors_max_depth = 16;
 
 struct TensorInfo {
   std::string name;
@@ -114,6 +141,13 @@ inline float half_to_float(std::uint16_t h) {
 }
 inline float bf16_to_float(std::uint16_t b) { return std::bit_cast<float>(std::uint32_t(b) << 16); }
 
+// A message with any NUL byte (JSON strings may hold one, as \u0000) written as "\0", so
+// that Error::what(), a C string, does not end at a name from the file.
+inline std::string printable(std::string s) {
+  for (std::size_t i; (i = s.find('\0')) != std::string::npos;) s.replace(i, 1, "\\0");
+  return s;
+}
+
 // Non-negative JSON integer that fits in 63 bits, else nullopt-like false.
 inline bool json_uint(const nlohmann::json& j, std::uint64_t& out) {
   if (j.is_number_unsigned()) out = j.get<std::uint64_t>();
@@ -122,10 +156,92 @@ inline bool json_uint(const nlohmann::json& j, std::uint64_t& out) {
   return out <= std::uint64_t(INT64_MAX);
 }
 
+// Parses JSON text like nlohmann::json::parse, but also rejects what it accepts silently:
+// a key twice in one object (nlohmann keeps the last one, so which value counts would
+// depend on the parser) and nesting deeper than max_depth levels (the recursive parts of
+// nlohmann::json, dump() in error messages, would overflow the stack on a hostile input).
+// Throws hybrid::Error with a message that the caller prefixes with the file's name;
+// `where(keys)` names the object a duplicate was found in, given the keys leading to it.
+template <class Where>
+nlohmann::json parse_json_checked(std::string_view text, int max_depth, const Where& where) {
+  // nlohmann's lexer takes a NUL byte for the end of the input and ignores what follows.
+  if (const std::size_t z = text.find('\0'); z != std::string_view::npos)
+    fail("not valid JSON: NUL byte at offset ", z, " (expected JSON text, padded with spaces)");
+  std::vector<std::set<std::string>> open;  // the keys seen in each enclosing object
+  std::vector<std::string> path;            // the key of each enclosing value below the root
+  std::string key;
+  using ev = nlohmann::json::parse_event_t;
+  auto cb = [&](int depth, ev e, nlohmann::json& v) {
+    switch (e) {
+      case ev::object_start:
+      case ev::array_start:
+        if (depth >= max_depth)
+          fail("JSON nested more than ", max_depth, " levels deep (expected at most ", max_depth, ")");
+        path.resize(std::size_t(depth));
+        if (depth > 0) path.back() = key;
+        if (e == ev::object_start) open.emplace_back();
+        break;
+      case ev::object_end:
+        open.pop_back();
+        break;
+      case ev::key:
+        key = v.get<std::string>();
+        if (!open.back().insert(key).second) {
+          path.resize(std::size_t(depth - 1));
+          fail("key '", key, "' appears twice in ", where(path), " (expected unique keys)");
+        }
+        break;
+      default:
+        break;
+    }
+    return true;
+  };
+  try {
+    return nlohmann::json::parse(text.begin(), text.end(), cb);
+  } catch (const nlohmann::json::exception& e) {
+    fail("not valid JSON: ", e.what());
+  }
+}
+
+// Writes a file atomically: `fill(FILE*)` writes the bytes to path + ".tmp.<pid>" and
+// returns false on a write error; the file is then flushed, fsynced and renamed over
+// `path`, and the directory fsynced so that the rename survives a crash. On any failure
+// the temporary file is removed, an existing `path` is left untouched, and the error
+// starts with `what` (e.g. "writing safetensors file 'm.safetensors': ").
+template <class Fill>
+void write_file_atomically(const std::string& path, const std::string& what, Fill&& fill) {
+  auto bad = [&](const auto&... a) { fail(what, a...); };
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  std::FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (!f) bad("cannot create temporary file '", tmp, "': ", std::strerror(errno));
+  auto abort_with = [&](const char* step) {
+    const std::string err = std::strerror(errno);
+    if (f) std::fclose(f);
+    std::remove(tmp.c_str());
+    bad(step, " '", tmp, "' failed: ", err);
+  };
+  if (!fill(f)) abort_with("writing");
+  if (std::fflush(f) != 0) abort_with("flushing");
+  if (::fsync(::fileno(f)) != 0) abort_with("fsync of");
+  const int rc = std::fclose(f);
+  f = nullptr;
+  if (rc != 0) abort_with("closing");
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) abort_with("renaming over the target");
+  // Make the rename itself durable; a failure here no longer endangers either file.
+  const std::size_t slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  if (const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); dfd >= 0) {
+    (void)::fsync(dfd);
+    ::close(dfd);
+  }
+}
+
 }  // namespace st_detail
 
 class SafetensorsReader {
  public:
+  // Maps the file read-only and validates its header; throws hybrid::Error naming the file
+  // and what is wrong with it.
   explicit SafetensorsReader(const std::string& path) : path_(path) {
     map_file();
     try {
@@ -134,6 +250,18 @@ class SafetensorsReader {
       unmap();
       throw;
     }
+  }
+  // Reads a safetensors image already in memory (an embedded blob, a fuzzer's input)
+  // without copying it: `data` must stay valid and unchanged while the reader, or any
+  // reader it is moved into, lives. `name` stands for the path in error messages.
+  static SafetensorsReader from_memory(const void* data, std::size_t size,
+                                       std::string name = "<memory>") {
+    SafetensorsReader r;
+    r.path_ = std::move(name);
+    r.base_ = static_cast<const unsigned char*>(data);
+    r.size_ = size;
+    r.parse();  // nothing to unmap on failure
+    return r;
   }
   SafetensorsReader(const SafetensorsReader&) = delete;
   SafetensorsReader& operator=(const SafetensorsReader&) = delete;
@@ -147,6 +275,7 @@ class SafetensorsReader {
       base_ = std::exchange(o.base_, nullptr);
       size_ = std::exchange(o.size_, 0);
       data_ = std::exchange(o.data_, nullptr);
+      mapped_ = std::exchange(o.mapped_, false);
     }
     return *this;
   }
@@ -163,6 +292,29 @@ class SafetensorsReader {
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   // The tensor's raw little-endian bytes (end - begin of them), inside the mapping.
   const unsigned char* bytes(const TensorInfo& t) const { return data_ + t.begin; }
+
+  // Zero-copy access: the tensor's numel() elements as T (float or double), pointing into
+  // the mapping, when the file stores exactly T (F32 for float, F64 for double) and the
+  // bytes are aligned for T; std::nullopt otherwise, and the caller falls back to read().
+  // Lets a loader wrap weights (e.g. in an Eigen::Map) instead of copying gigabytes. The
+  // span stays valid while this reader, or one it is moved into, lives (the mapping does
+  // not move). Files from write_safetensors whose tensors are all F32 or all F64 (as
+  // save_model writes) are always aligned: the data buffer starts 8-byte aligned and every
+  // tensor's size is a multiple of its element size. Mixing 2-byte dtypes in before a
+  // 4- or 8-byte one can shift it off alignment (the format allows no padding).
+  template <class T>
+  std::optional<std::span<const T>> try_view(const TensorInfo& t) const {
+    static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                  "SafetensorsReader::try_view: T must be float or double");
+    if (t.dtype != dtype_of<T>()) return std::nullopt;
+    if (t.numel() == 0) return std::span<const T>();  // nothing to align
+    const unsigned char* p = bytes(t);
+    if (reinterpret_cast<std::uintptr_t>(p) % alignof(T) != 0) return std::nullopt;
+    // The bytes are T's object representation on this (little-endian) host; the mapping
+    // is never written, so reading them through const T* is the zero-copy equivalent of
+    // the memcpy in read().
+    return std::span<const T>(reinterpret_cast<const T*>(p), std::size_t(t.numel()));
+  }
 
   // Converts the tensor to S and writes its numel() elements to dst (row-major order).
   template <class S>
@@ -185,6 +337,8 @@ class SafetensorsReader {
   }
 
  private:
+  SafetensorsReader() = default;
+
   static double element(Dtype d, const unsigned char* p, std::size_t i) {
     switch (d) {
       case Dtype::F32: { float v; std::memcpy(&v, p + 4 * i, 4); return v; }
@@ -197,7 +351,7 @@ class SafetensorsReader {
 
   template <class... A>
   [[noreturn]] void bad(const A&... a) const {
-    fail("safetensors file '", path_, "': ", a...);
+    throw Error(st_detail::printable(detail::concat_str("safetensors file '", path_, "': ", a...)));
   }
 
   void map_file() {
@@ -209,7 +363,7 @@ class SafetensorsReader {
       bad("not a regular file");
     }
     size_ = std::size_t(st.st_size);
-    if (size_ < 8) {
+    if (size_ < 8) {  // also keeps mmap from being asked for 0 bytes
       ::close(fd);
       bad("file is ", size_, " bytes, too short for the 8-byte header length (truncated?)");
     }
@@ -221,16 +375,23 @@ class SafetensorsReader {
       bad("mmap failed: ", std::strerror(err));
     }
     base_ = static_cast<const unsigned char*>(p);
+    mapped_ = true;
   }
   void unmap() {
-    if (base_) ::munmap(const_cast<unsigned char*>(base_), size_);
+    if (base_ && mapped_) ::munmap(const_cast<unsigned char*>(base_), size_);
     base_ = data_ = nullptr;
     size_ = 0;
+    mapped_ = false;
   }
 
   void parse() {
+    if (size_ < 8)
+      bad("file is ", size_, " bytes, too short for the 8-byte header length (truncated?)");
     std::uint64_t n = 0;
     std::memcpy(&n, base_, 8);
+    if (n > safetensors_max_header)
+      bad("header length ", n, " exceeds the limit of ", safetensors_max_header,
+          " bytes (corrupt length field, or not a safetensors file?)");
     if (n > size_ - 8)
       bad("header length ", n, " runs past the end of the file (", size_ - 8,
           " bytes follow the length field; truncated or not a safetensors file?)");
@@ -238,26 +399,25 @@ class SafetensorsReader {
     data_ = base_ + 8 + n;
     const std::uint64_t buffer = size_ - 8 - n;
 
-    // nlohmann keeps the last of duplicate keys; catch duplicate tensor names here.
-    std::set<std::string> seen;
-    std::string dup;
-    auto cb = [&](int depth, nlohmann::json::parse_event_t ev, nlohmann::json& k) {
-      if (depth == 1 && ev == nlohmann::json::parse_event_t::key && !seen.insert(k.get<std::string>()).second)
-        dup = k.get<std::string>();
-      return true;
+    // Names the object a duplicate key was found in: path[0] is the tensor's name.
+    auto where = [](const std::vector<std::string>& path) -> std::string {
+      if (path.empty()) return "the top-level object";
+      if (path[0] == "__metadata__") return "__metadata__";
+      return "tensor '" + path[0] + "'";
     };
     nlohmann::json j;
     try {
-      j = nlohmann::json::parse(h, h + n, cb);
-    } catch (const nlohmann::json::exception& e) {
-      bad("header is not valid JSON: ", e.what());
+      j = st_detail::parse_json_checked(std::string_view(h, n), safetensors_max_depth, where);
+    } catch (const Error& e) {
+      bad("header: ", e.what());
     }
-    if (!j.is_object()) bad("header must be a JSON object, got ", st_detail::json_brief(j));
-    if (!dup.empty()) bad("key '", dup, "' appears twice in the header");
+    if (!j.is_object())
+      bad("header must be a JSON object {\"tensor name\": {...}, ...}, got ", st_detail::json_brief(j));
 
     for (const auto& [name, e] : j.items()) {
       if (name == "__metadata__") {
-        if (!e.is_object()) bad("__metadata__ must be an object of strings, got ", st_detail::json_brief(e));
+        if (!e.is_object())
+          bad("__metadata__ must be an object mapping strings to strings, got ", st_detail::json_brief(e));
         for (const auto& [k, v] : e.items()) {
           if (!v.is_string())
             bad("__metadata__.", k, ": expected a string, got ", st_detail::json_brief(v));
@@ -276,8 +436,9 @@ class SafetensorsReader {
     const TensorInfo* prev = nullptr;
     for (const auto& t : tensors_) {
       if (t.begin < at)
-        bad("tensor '", t.name, "' bytes [", t.begin, ", ", t.end, ") overlap tensor '",
-            prev->name, "' bytes [", prev->begin, ", ", prev->end, ")");
+        bad("tensor '", t.name, "': data_offsets [", t.begin, ", ", t.end, "] overlap tensor '",
+            prev->name, "' data_offsets [", prev->begin, ", ", prev->end,
+            "] (expected each byte to belong to one tensor)");
       if (t.begin > at)
         bad("hole in the data buffer: bytes [", at, ", ", t.begin,
             ") belong to no tensor (next tensor '", t.name, "'); expected contiguous tensors");
@@ -290,7 +451,9 @@ class SafetensorsReader {
   }
 
   TensorInfo parse_entry(const std::string& name, const nlohmann::json& e, std::uint64_t buffer) const {
-    if (!e.is_object()) bad("tensor '", name, "': expected an object, got ", st_detail::json_brief(e));
+    if (!e.is_object())
+      bad("tensor '", name, "': expected an object {\"dtype\", \"shape\", \"data_offsets\"}, got ",
+          st_detail::json_brief(e));
     for (const auto& [k, v] : e.items())
       if (k != "dtype" && k != "shape" && k != "data_offsets")
         bad("tensor '", name, "': unknown field '", k, "' (expected dtype, shape, data_offsets)");
@@ -298,20 +461,18 @@ class SafetensorsReader {
     t.name = name;
 
     auto dt = e.find("dtype");
-    if (dt == e.end() || !dt->is_string())
-      bad("tensor '", name, "': dtype must be a string, got ",
-          dt == e.end() ? std::string("nothing") : st_detail::json_brief(*dt));
+    if (dt == e.end()) bad("tensor '", name, "': missing field 'dtype' (expected one of ", supported_dtypes, ")");
+    if (!dt->is_string())
+      bad("tensor '", name, "': dtype must be a string (", supported_dtypes, "), got ", st_detail::json_brief(*dt));
     const std::string d = dt->get<std::string>();
-    if (d == "F32") t.dtype = Dtype::F32;
-    else if (d == "F64") t.dtype = Dtype::F64;
-    else if (d == "F16") t.dtype = Dtype::F16;
-    else if (d == "BF16") t.dtype = Dtype::BF16;
-    else bad("tensor '", name, "': unsupported dtype '", d, "' (expected F32, F64, F16 or BF16)");
+    if (auto known = dtype_from_name(d)) t.dtype = *known;
+    else bad("tensor '", name, "': unsupported dtype '", d, "' (expected ", supported_dtypes, ")");
 
     auto sh = e.find("shape");
-    if (sh == e.end() || !sh->is_array())
-      bad("tensor '", name, "': shape must be an array of non-negative integers, got ",
-          sh == e.end() ? std::string("nothing") : st_detail::json_brief(*sh));
+    if (sh == e.end())
+      bad("tensor '", name, "': missing field 'shape' (expected a list of non-negative integers)");
+    if (!sh->is_array())
+      bad("tensor '", name, "': shape must be a list of non-negative integers, got ", st_detail::json_brief(*sh));
     std::uint64_t numel = 1;
     bool overflow = false;
     for (std::size_t i = 0; i < sh->size(); ++i) {
@@ -327,10 +488,12 @@ class SafetensorsReader {
                __builtin_mul_overflow(numel, std::uint64_t(dtype_size(t.dtype)), &nbytes);
 
     auto off = e.find("data_offsets");
-    if (off == e.end() || !off->is_array() || off->size() != 2 ||
-        !st_detail::json_uint((*off)[0], t.begin) || !st_detail::json_uint((*off)[1], t.end))
-      bad("tensor '", name, "': data_offsets must be [begin, end] with non-negative integers, got ",
-          off == e.end() ? std::string("nothing") : st_detail::json_brief(*off));
+    if (off == e.end())
+      bad("tensor '", name, "': missing field 'data_offsets' (expected [begin, end] byte offsets)");
+    if (!off->is_array() || off->size() != 2 || !st_detail::json_uint((*off)[0], t.begin) ||
+        !st_detail::json_uint((*off)[1], t.end))
+      bad("tensor '", name, "': data_offsets must be [begin, end] with two non-negative integers, got ",
+          st_detail::json_brief(*off));
     if (t.begin > t.end)
       bad("tensor '", name, "': data_offsets [", t.begin, ", ", t.end, "] have begin > end");
     if (t.end > buffer)
@@ -346,9 +509,10 @@ class SafetensorsReader {
   std::string path_;
   std::vector<TensorInfo> tensors_;
   std::map<std::string, std::string> metadata_;
-  const unsigned char* base_ = nullptr;  // the mapping, size_ bytes
+  const unsigned char* base_ = nullptr;  // the file's bytes, size_ of them
   std::size_t size_ = 0;
   const unsigned char* data_ = nullptr;  // start of the data buffer
+  bool mapped_ = false;                  // base_ is our mmap (not a caller's buffer)
 };
 
 // Writes the tensors (data in the given order; any of the four dtypes, `data` already in
@@ -357,7 +521,8 @@ class SafetensorsReader {
 // any failure the temporary file is removed and an existing `path` is left untouched.
 inline void write_safetensors(const std::string& path, const std::vector<TensorRef>& tensors,
                               const std::map<std::string, std::string>& metadata = {}) {
-  auto bad = [&](const auto&... a) { fail("writing safetensors file '", path, "': ", a...); };
+  const std::string what = "writing safetensors file '" + path + "': ";
+  auto bad = [&](const auto&... a) { fail(what, a...); };
   nlohmann::json h = nlohmann::json::object();
   std::uint64_t at = 0;
   std::vector<std::uint64_t> sizes;
@@ -388,33 +553,13 @@ inline void write_safetensors(const std::string& path, const std::vector<TensorR
   header.append((8 - header.size() % 8) % 8, ' ');  // data starts 8-byte aligned
   const std::uint64_t hlen = header.size();
 
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) bad("cannot create temporary file '", tmp, "': ", std::strerror(errno));
-  auto abort_with = [&](const char* what) {
-    const std::string err = std::strerror(errno);
-    if (f) std::fclose(f);
-    std::remove(tmp.c_str());
-    bad(what, " '", tmp, "' failed: ", err);
-  };
-  bool ok = std::fwrite(&hlen, 8, 1, f) == 1 &&
-            std::fwrite(header.data(), 1, header.size(), f) == header.size();
-  for (std::size_t i = 0; ok && i < tensors.size(); ++i)
-    ok = sizes[i] == 0 || std::fwrite(tensors[i].data, 1, sizes[i], f) == sizes[i];
-  if (!ok) abort_with("writing");
-  if (std::fflush(f) != 0) abort_with("flushing");
-  if (::fsync(::fileno(f)) != 0) abort_with("fsync of");
-  const int rc = std::fclose(f);
-  f = nullptr;
-  if (rc != 0) abort_with("closing");
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) abort_with("renaming over the target");
-  // Make the rename itself durable; a failure here no longer endangers either file.
-  const std::size_t slash = path.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
-  if (const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); dfd >= 0) {
-    (void)::fsync(dfd);
-    ::close(dfd);
-  }
+  st_detail::write_file_atomically(path, what, [&](std::FILE* f) {
+    bool ok = std::fwrite(&hlen, 8, 1, f) == 1 &&
+              std::fwrite(header.data(), 1, header.size(), f) == header.size();
+    for (std::size_t i = 0; ok && i < tensors.size(); ++i)
+      ok = sizes[i] == 0 || std::fwrite(tensors[i].data, 1, sizes[i], f) == sizes[i];
+    return ok;
+  });
 }
 
 }  // namespace hybrid
