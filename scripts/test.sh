@@ -14,4 +14,4 @@ cmake -S . -B build-san -DCMAKE_BUILD_TYPE=Debug -DHYBRID_BUILD_TESTS=ON -DHYBRI
   -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g" >/dev/null
 cmake --build build-san -j"$jobs" --target hybrid_tests
 (cd build-san && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -R unit)
-bash scripts/fuzz.sh  # libFuzzer targets under fuzz/ (clang), FUZZ_SECONDS each (default 60)
+FUZZ_SECONDS="${FUZZ_SECONDS:-30}" bash scripts/fuzz.sh  # libFuzzer targets under fuzz/ (clang), 30 s each
