@@ -5,7 +5,7 @@
 #
 #   bench/peer/compare.sh                 # defaults below
 #   THREADS=2 B=4 T=256 P=64 N=64 REPS=5 ROUNDS=1 MODELS="golf15x3e2 lfm2_350m_L6" \
-#     PYTHON=/work/pyenv/bin/python BUILD=build-peer OUT=build-peer/peer-results \
+#     PYTHON=python3 BUILD=build-peer OUT=build-peer/peer-results \
 #     bench/peer/compare.sh
 #
 # ROUNDS > 1 alternates the two sides that many times per model; each side's figure is its
@@ -24,7 +24,7 @@ N="${N:-64}"
 REPS="${REPS:-5}"
 ROUNDS="${ROUNDS:-1}"
 MODELS="${MODELS:-golf15x3e2 lfm2_350m_L6}"
-PYTHON="${PYTHON:-/work/pyenv/bin/python}"
+PYTHON="${PYTHON:-python3}"   # with torch, transformers, safetensors installed (pip)
 BUILD="${BUILD:-build-peer}"
 OUT="${OUT:-$BUILD/peer-results}"
 JOBS="${JOBS:-1}"
