@@ -29,6 +29,7 @@ BUILD="${BUILD:-build-peer}"
 OUT="${OUT:-$BUILD/peer-results}"
 JOBS="${JOBS:-1}"
 
+"$PYTHON" -c "import torch, transformers" || { echo "compare.sh: $PYTHON cannot import torch and transformers" >&2; exit 1; }
 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DHYBRID_BUILD_BENCH=ON >/dev/null
 cmake --build "$BUILD" --target bench_peer -j"$JOBS" >/dev/null
 
