@@ -16,31 +16,12 @@ using namespace hybrid;
 using namespace hybrid::data;
 namespace fs = std::filesystem;
 
+#include "test_util.hpp"
+using namespace hybrid::test_util;
+
 namespace {
 
-struct TempDir {
-  fs::path dir;
-  TempDir() {
-    static int counter = 0;
-    dir = fs::temp_directory_path() /
-          ("hybrid_test_data_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::create_directories(dir);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-  std::string operator/(const std::string& name) const { return (dir / name).string(); }
-};
 
-std::string slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(f), {}};
-}
-void spit(const std::string& path, const std::string& bytes) {
-  std::ofstream f(path, std::ios::binary);
-  f << bytes;
-}
 std::string random_bytes(std::size_t n, std::uint64_t seed) {
   Rng rng(seed);
   std::string s(n, '\0');
@@ -48,20 +29,6 @@ std::string random_bytes(std::size_t n, std::uint64_t seed) {
   return s;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-void check_error(const std::function<void()>& f, std::initializer_list<std::string> words) {
-  const std::string msg = error_of(f);
-  INFO("message: ", msg);
-  CHECK(!msg.empty());
-  for (const auto& w : words) CHECK_MESSAGE(msg.find(w) != std::string::npos, "missing '", w, "'");
-}
 
 bool same(const Batch& a, const Batch& b) {
   return a.B == b.B && a.T == b.T && a.tokens == b.tokens && a.targets == b.targets;

@@ -15,38 +15,17 @@ using namespace hybrid;
 namespace fs = std::filesystem;
 using nlohmann::json;
 
+#include "test_util.hpp"
+using namespace hybrid::test_util;
+
 namespace {
 
 const fs::path kHf = fs::path(HYBRID_FIXTURES_DIR) / "hf";
-
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& tag) {
-    path = fs::temp_directory_path() / ("hybrid_hf_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
 
 json read_json(const fs::path& p) {
   std::ifstream in(p);
   return hf::parse_config_text(std::string(std::istreambuf_iterator<char>(in), {}), p.string());
 }
-
-
-// The error message of f(), or "" if it did not throw.
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return {};
-}
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 // Copies a fixture's checkpoint (config.json + model.safetensors) into a temp dir.
 void copy_checkpoint(const std::string& name, const fs::path& to) {
@@ -91,11 +70,11 @@ TEST_CASE("hf io: save_hf then load_hf gives the same model, for every fixture")
     if (!e.is_directory()) continue;
     CAPTURE(e.path().filename().string());
     const RuntimeModel<float> a = hf::load_hf<float>(e.path().string());
-    TempDir t("save");
-    hf::save_hf(a, t.path.string());
-    const hf::HfCheckpoint ck(t.path.string());
+    TempDir t;
+    hf::save_hf(a, t.dir.string());
+    const hf::HfCheckpoint ck(t.dir.string());
     CHECK(ck.config().family == hf::HfCheckpoint(e.path().string()).config().family);
-    const RuntimeModel<float> b = hf::load_hf<float>(t.path.string());
+    const RuntimeModel<float> b = hf::load_hf<float>(t.dir.string());
     CHECK(b.layout_string() == a.layout_string());
     std::vector<const Mat<float>*> wa, wb;
     a.visit([&](const std::string&, const Mat<float>& m, ParamRole) { wa.push_back(&m); });
@@ -103,7 +82,7 @@ TEST_CASE("hf io: save_hf then load_hf gives the same model, for every fixture")
     REQUIRE(wa.size() == wb.size());
     for (std::size_t i = 0; i < wa.size(); ++i) CHECK(*wa[i] == *wb[i]);
     // The written tensor names are exactly the original checkpoint's.
-    SafetensorsReader orig((e.path() / "model.safetensors").string()), ours((t.path / "model.safetensors").string());
+    SafetensorsReader orig((e.path() / "model.safetensors").string()), ours((t.dir / "model.safetensors").string());
     std::set<std::string> no, nw;
     for (const auto& x : orig.tensors()) no.insert(x.name);
     for (const auto& x : ours.tensors()) nw.insert(x.name);
@@ -171,12 +150,12 @@ TEST_CASE("hf io: config.json errors name the file and the field") {
 }
 
 TEST_CASE("hf io: missing, extra and mis-shaped tensors are named") {
-  TempDir t("bad");
-  copy_checkpoint("granite_rope_g2_multipliers", t.path);
-  const std::string dir = t.path.string();
+  TempDir t;
+  copy_checkpoint("granite_rope_g2_multipliers", t.dir);
+  const std::string dir = t.dir.string();
   CHECK_NOTHROW((void)hf::load_hf<float>(dir));
 
-  rewrite_tensors(t.path, [](auto& n, auto& s, auto& d) {
+  rewrite_tensors(t.dir, [](auto& n, auto& s, auto& d) {
     for (std::size_t i = 0; i < n.size(); ++i)
       if (n[i] == "model.layers.2.mamba.dt_bias") {
         n.erase(n.begin() + std::ptrdiff_t(i)), s.erase(s.begin() + std::ptrdiff_t(i)), d.erase(d.begin() + std::ptrdiff_t(i));
@@ -187,8 +166,8 @@ TEST_CASE("hf io: missing, extra and mis-shaped tensors are named") {
   CHECK(contains(e, "tensor 'model.layers.2.mamba.dt_bias' is missing"));
   CHECK(contains(e, dir));
 
-  copy_checkpoint("granite_rope_g2_multipliers", t.path);
-  rewrite_tensors(t.path, [](auto& n, auto& s, auto& d) {
+  copy_checkpoint("granite_rope_g2_multipliers", t.dir);
+  rewrite_tensors(t.dir, [](auto& n, auto& s, auto& d) {
     n.push_back("model.layers.0.mamba.extra");
     s.push_back({3});
     d.push_back({1, 2, 3});
@@ -196,8 +175,8 @@ TEST_CASE("hf io: missing, extra and mis-shaped tensors are named") {
   e = error_of([&] { (void)hf::load_hf<float>(dir); });
   CHECK(contains(e, "unexpected tensor 'model.layers.0.mamba.extra'"));
 
-  copy_checkpoint("granite_rope_g2_multipliers", t.path);
-  rewrite_tensors(t.path, [](auto& n, auto& s, auto&) {
+  copy_checkpoint("granite_rope_g2_multipliers", t.dir);
+  rewrite_tensors(t.dir, [](auto& n, auto& s, auto&) {
     for (std::size_t i = 0; i < n.size(); ++i)
       if (n[i] == "model.layers.1.self_attn.k_proj.weight") s[i] = {32, 16};
   });
@@ -206,18 +185,18 @@ TEST_CASE("hf io: missing, extra and mis-shaped tensors are named") {
   CHECK(contains(e, "has shape [32, 16], expected [16, 32]"));
 
   // A missing config.json, and a directory that is not one.
-  copy_checkpoint("granite_rope_g2_multipliers", t.path);
-  fs::remove(t.path / "config.json");
+  copy_checkpoint("granite_rope_g2_multipliers", t.dir);
+  fs::remove(t.dir / "config.json");
   CHECK(contains(error_of([&] { (void)hf::load_hf<float>(dir); }), "config.json"));
   CHECK(contains(error_of([&] { (void)hf::load_hf<float>(dir + "/nope"); }), "is not a directory"));
 }
 
 TEST_CASE("hf io: save_hf refuses what a family cannot express, before writing") {
-  TempDir t("refuse");
+  TempDir t;
   // Golf15x3's Mamba-2 blocks have no channel and its attention blocks a ReLU² MLP: no
   // family has either next to attention.
   const Golf15x3 golf(0);
-  const fs::path out = t.path / "golf";
+  const fs::path out = t.dir / "golf";
   std::string e = error_of([&] { hf::save_hf(golf, out.string()); });
   CHECK(contains(e, "GraniteMoeHybridForCausalLM: block 0 has no SwiGLU channel"));
   CHECK(!fs::exists(out));
@@ -232,14 +211,14 @@ TEST_CASE("hf io: save_hf refuses what a family cannot express, before writing")
   const ModelDesc mixed = desc_from_layout("MC", ModelSpec{.vocab = 16, .d_model = 8},
                                            Mamba2Spec{.d_state = 4, .headdim = 8}, GqaSpec{},
                                            ShortConvSpec{}, SwiGluSpec{{16}}, SwiGluSpec{{16}});
-  e = error_of([&] { hf::save_hf(RuntimeModel<float>(mixed), (t.path / "mixed").string()); });
+  e = error_of([&] { hf::save_hf(RuntimeModel<float>(mixed), (t.dir / "mixed").string()); });
   CHECK(contains(e, "mixes ShortConv and Mamba-2"));
   // Golf15x3E2 (expand 2, SwiGLU everywhere) is a GraniteMoeHybrid model.
   const TinyGolf15x3E2 tiny(3);
-  hf::save_hf(tiny, (t.path / "tiny").string());
-  const hf::HfCheckpoint ck((t.path / "tiny").string());
+  hf::save_hf(tiny, (t.dir / "tiny").string());
+  const hf::HfCheckpoint ck((t.dir / "tiny").string());
   CHECK(ck.config().family == hf::Family::GraniteHybrid);
-  const RuntimeModel<double> back = hf::load_hf<double>((t.path / "tiny").string());
+  const RuntimeModel<double> back = hf::load_hf<double>((t.dir / "tiny").string());
   const std::vector<int> ids{3, 1, 4, 1, 5, 9, 2, 6};
   CHECK((back.forward(ids, 1, 8) - tiny.forward(ids, 1, 8)).cwiseAbs().maxCoeff() < 1e-5);
 }

@@ -21,29 +21,12 @@ using namespace hybrid;
 namespace fs = std::filesystem;
 using nlohmann::json;
 
+#include "test_util.hpp"
+using namespace hybrid::test_util;
+
 namespace {
 
-// A fresh directory under the system temp dir, removed with everything in it.
-struct TempDir {
-  fs::path dir;
-  TempDir() {
-    static int counter = 0;
-    dir = fs::temp_directory_path() /
-          ("hybrid_test_io_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::create_directories(dir);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::permissions(dir, fs::perms::owner_all, fs::perm_options::add, ec);
-    fs::remove_all(dir, ec);
-  }
-  std::string operator/(const std::string& name) const { return (dir / name).string(); }
-};
 
-std::string slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(f), {}};
-}
 
 // A file with the given raw header (length field = header.size()) and `data` zero bytes.
 void write_raw(const std::string& path, const std::string& header, std::size_t data) {
@@ -53,21 +36,6 @@ void write_raw(const std::string& path, const std::string& header, std::size_t d
   f << header << std::string(data, '\0');
 }
 
-// The message of the hybrid::Error that f throws ("" if none).
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-void check_error(const std::function<void()>& f, std::initializer_list<std::string> words) {
-  const std::string msg = error_of(f);
-  INFO("message: ", msg);
-  CHECK(!msg.empty());
-  for (const auto& w : words) CHECK_MESSAGE(msg.find(w) != std::string::npos, "missing '", w, "'");
-}
 
 // ---- field-by-field desc equality (doubles compared bit for bit) ---------------------
 

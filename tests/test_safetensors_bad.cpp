@@ -19,32 +19,12 @@ using namespace hybrid;
 namespace fs = std::filesystem;
 using nlohmann::json;
 
+#include "test_util.hpp"
+using namespace hybrid::test_util;
+
 namespace {
 
-// A fresh directory under the system temp dir, removed with everything in it.
-struct TempDir {
-  fs::path dir;
-  TempDir() {
-    static int counter = 0;
-    dir = fs::temp_directory_path() /
-          ("hybrid_test_st_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::create_directories(dir);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-  std::string operator/(const std::string& name) const { return (dir / name).string(); }
-};
 
-std::string slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(f), {}};
-}
-void spit(const std::string& path, const std::string& bytes) {
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f << bytes;
-}
 
 // The bytes of a file whose length field says `len` and which holds `header` then `data`
 // zero bytes.
@@ -54,21 +34,6 @@ std::string raw_file(std::uint64_t len, const std::string& header, std::size_t d
   return s + header + std::string(data, '\0');
 }
 
-// The message of the hybrid::Error that f throws ("" if none).
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-void check_error(const std::function<void()>& f, std::initializer_list<std::string> words) {
-  const std::string msg = error_of(f);
-  INFO("message: ", msg);
-  CHECK(!msg.empty());
-  for (const auto& w : words) CHECK_MESSAGE(msg.find(w) != std::string::npos, "missing '", w, "'");
-}
 
 // A corrupt file under test: write a header (length field = its size) and `data` bytes,
 // then check that opening it fails with a message holding the file's name and `words`.

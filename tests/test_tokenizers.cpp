@@ -21,6 +21,10 @@
 using namespace hybrid;
 using nlohmann::json;
 
+#include "test_util.hpp"
+using hybrid::test_util::contains;
+using hybrid::test_util::error_of;
+
 namespace {
 
 const std::string kDir = std::string(HYBRID_FIXTURES_DIR) + "/tokenizers/";
@@ -41,18 +45,6 @@ const std::string& sample() {
 }
 std::vector<int> ids_of(const json& j) { return j.get<std::vector<int>>(); }
 
-// The message of the hybrid::Error that f throws ("" if none; other exceptions fail).
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-bool contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
 
 double sum_bytes(const Tokenizer& tok, const std::vector<int>& ids) {
   double n = 0;

@@ -1,0 +1,70 @@
+// Helpers shared by the test files: a self-removing temporary directory, whole-file read /
+// write, and checks on the message of a thrown hybrid::Error.
+#pragma once
+#include <doctest/doctest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <initializer_list>
+#include <iterator>
+#include <string>
+
+#include <hybrid/core/error.hpp>
+
+namespace hybrid::test_util {
+
+// A fresh directory under the system temp dir, removed with everything in it (even after a
+// test took away its permissions).
+struct TempDir {
+  std::filesystem::path dir;
+  TempDir() {
+    static int counter = 0;
+    dir = std::filesystem::temp_directory_path() /
+          ("hybrid_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+    std::filesystem::create_directories(dir);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::permissions(dir, std::filesystem::perms::owner_all,
+                                 std::filesystem::perm_options::add, ec);
+    std::filesystem::remove_all(dir, ec);
+  }
+  std::string operator/(const std::string& name) const { return (dir / name).string(); }
+};
+
+inline std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(f), {}};
+}
+inline void spit(const std::string& path, const std::string& bytes) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f << bytes;
+}
+
+inline bool contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
+
+// The message of the hybrid::Error that f throws ("" if none; other exceptions fail).
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// f must throw a hybrid::Error whose message holds every one of `words`.
+inline void check_error(const std::function<void()>& f, std::initializer_list<std::string> words) {
+  const std::string msg = error_of(f);
+  INFO("message: ", msg);
+  CHECK(!msg.empty());
+  for (const auto& w : words) CHECK_MESSAGE(msg.find(w) != std::string::npos, "missing '", w, "'");
+}
+
+}  // namespace hybrid::test_util
