@@ -51,10 +51,11 @@ template <class Spec>
 const Spec* common(const ModelDesc& d, const Check& check, const char* what) {
   const Spec* first = nullptr;
   json first_j;
+  const json blocks = to_json(d)["blocks"];  // once, not per block
   for (std::size_t i = 0; i < d.blocks.size(); ++i) {
     const Spec* s = std::get_if<Spec>(&d.blocks[i].mixer);
     if (!s) continue;
-    json j = to_json(d)["blocks"][i]["mixer"];
+    const json& j = blocks[i]["mixer"];
     if (!first) {
       first = s;
       first_j = j;
