@@ -11,7 +11,8 @@
 //                     published pattern C C A C C A C C A C A C A C A C cut after n blocks,
 //                     so 6 blocks put attention at 2 and 5, 8 blocks at 2 and 5, 12 at 2, 5,
 //                     8 and 10
-// One JSON object per line; "gemm_f32" lines give the Eigen float GEMM rate of this run and
+// One JSON object per line; "gemm_f32" lines give the float GEMM rate of this run (through
+// the linear layers' GEMM, OpenBLAS or Eigen: "backend") and
 // "mem_read" the read bandwidth (the bound of batch-1 decode: every weight once per token).
 //   bench_peer --model NAME [--B 4] [--T 256] [--prefill 64] [--decode 64] [--threads N]
 //              [--reps 5] [--only forward,train,decode] [--profile]
@@ -53,15 +54,20 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-// Median-of-reps GFLOP/s of c = a bᵀ (float), a (m, k), b (n, k): the shapes of the
-// other benches, so the rates compare across them.
+// Median-of-reps GFLOP/s of c = a bᵀ (float), a (m, k), b (n, k), through the GEMM the
+// linear layers use (blas::gemm: OpenBLAS or Eigen): the shapes of the other benches, so
+// the rates compare across them.
 double gemm_gflops(Index m, Index k, Index n, int reps) {
   Mat<float> a = Mat<float>::Random(m, k), b = Mat<float>::Random(n, k), c(m, n);
-  c.noalias() = a * b.transpose();  // warm-up
+  auto run = [&] {
+    blas::gemm<float>(blas::Op::N, blas::Op::T, m, n, k, 1.0f, a.data(), k, b.data(), k, 0.0f,
+                      c.data(), n);
+  };
+  run();  // warm-up
   std::vector<double> t;
   for (int r = 0; r < reps; ++r) {
     const auto t0 = Clock::now();
-    c.noalias() = a * b.transpose();
+    run();
     t.push_back(seconds_since(t0));
   }
   return 2.0 * double(m) * double(k) * double(n) / median(t) / 1e9;
@@ -279,8 +285,9 @@ int main(int argc, char** argv) {
                 (long long)m, (long long)k, (long long)n, g, threads);
     gemm = std::max(gemm, g);
   }
-  std::printf("{\"side\":\"hybrid\",\"case\":\"gemm_f32_best\",\"gflops\":%.2f,\"threads\":%d}\n",
-              gemm, threads);
+  std::printf("{\"side\":\"hybrid\",\"case\":\"gemm_f32_best\",\"backend\":\"%s\","
+              "\"gflops\":%.2f,\"threads\":%d}\n",
+              blas::backend(), gemm, threads);
 
   std::printf("{\"side\":\"hybrid\",\"case\":\"mem_read\",\"mib\":256,\"gbps\":%.2f,"
               "\"threads\":%d}\n",

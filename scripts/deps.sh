@@ -2,7 +2,8 @@
 # Installs the system packages hybrid needs, only those that are missing (Debian/Ubuntu).
 set -euo pipefail
 pkgs=(cmake g++ make libeigen3-dev doctest-dev libcxxopts-dev nlohmann-json3-dev gnuplot-nox
-      libsentencepiece-dev libpcre2-dev pkg-config clang libclang-rt-dev)
+      libsentencepiece-dev libpcre2-dev pkg-config clang libclang-rt-dev
+      libopenblas-openmp-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -76,7 +76,10 @@ def main():
             if p:
                 print(f"- {m} parameters ({side}): {p[0]['params']:,}")
     print()
-    print("Same-run references (min–max over the runs; ours: Eigen, transformers: torch/MKL):")
+    backends = sorted({r.get("backend", "eigen") for rnds in runs.values() for rnd in rnds for r in rnd
+                       if r.get("case") == "gemm_f32_best" and r.get("side") == "hybrid"})
+    print(f"Same-run references (min–max over the runs; ours: {', '.join(backends) or '?'} GEMM as the "
+          "linear layers use it, transformers: torch/MKL):")
     print()
     print("| reference | ours | transformers |")
     print("|---|---:|---:|")

@@ -68,6 +68,7 @@ class GradStore {
   void zero() { std::memset(buf_.data(), 0, buf_.size() * sizeof(S)); }
   const std::vector<Entry>& entries() const { return entries_; }
   S* data() { return buf_.data(); }
+  const S* data() const { return buf_.data(); }
   Index size() const { return Index(buf_.size()); }
 
  private:

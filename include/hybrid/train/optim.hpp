@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "../autograd/tape.hpp"
+#include "../core/parallel.hpp"
 #include "../core/error.hpp"
 #include "../core/tensor.hpp"
 #include "../layers/param.hpp"
@@ -209,15 +210,17 @@ class Optimizer {
     HYBRID_CHECK(std::isfinite(lr_factor) && lr_factor >= 0, "Optimizer::step: lr_factor is ",
                  lr_factor, "; expected a finite value >= 0");
     StepInfo info;
-    VecMap<S> all(grads_.data(), grads_.size());
-    // In double so that float gradients of a large model do not lose the small terms.
-    info.grad_norm = std::sqrt(all.template cast<double>().squaredNorm());
+    info.grad_norm = grad_norm();
     if (!std::isfinite(info.grad_norm)) {
       info.skipped = true;
       return info;
     }
     if (cfg_.max_grad_norm > 0 && info.grad_norm > cfg_.max_grad_norm) {
-      all *= S(cfg_.max_grad_norm / info.grad_norm);
+      const S scale = S(cfg_.max_grad_norm / info.grad_norm);
+      S* g = grads_.data();
+      par::for_ranges(grads_.size(), par::threads_for(grads_.size()), [&](Index b, Index e) {
+        VecMap<S>(g + b, e - b) *= scale;
+      });
       info.clipped = true;
     }
     const std::int64_t t = steps_ + 1;
@@ -230,9 +233,12 @@ class Optimizer {
       const MatMap<S> g(entries[i].grad, p.rows(), p.cols());
       const GroupConfig& gc = cfg_.group(s.role);
       const double lr = gc.lr * lr_factor;
-      if (gc.weight_decay > 0) p *= S(1 - lr * gc.weight_decay);
-      if (s.muon) muon_update(s, p, g, lr);
-      else adamw_update(s, p, g, lr, bc1, bc2);
+      if (s.muon) {
+        if (gc.weight_decay > 0) p *= S(1 - lr * gc.weight_decay);
+        muon_update(s, p, g, lr);
+      } else {
+        adamw_update(s, p, g, lr, gc.weight_decay, bc1, bc2);
+      }
     }
     ++steps_;
     return info;
@@ -273,12 +279,49 @@ class Optimizer {
     else p.noalias() -= step * w.X;
   }
 
-  void adamw_update(Slot& s, Mat<S>& p, const MatMap<S>& g, double lr, double bc1, double bc2) {
-    const S b1 = S(cfg_.beta1), b2 = S(cfg_.beta2);
-    s.a.array() = b1 * s.a.array() + (S(1) - b1) * g.array();
-    s.b.array() = b2 * s.b.array() + (S(1) - b2) * g.array().square();
-    // p -= lr * m̂ / (sqrt(v̂) + eps), m̂ = m / bc1, v̂ = v / bc2 (PyTorch's placement of eps).
-    p.array() -= S(lr / bc1) * s.a.array() / ((s.b.array() / S(bc2)).sqrt() + S(cfg_.eps));
+  // Global L2 norm of every gradient, summed in double (float gradients of a large model
+  // would lose the small terms) over fixed 64 Ki-entry chunks in a fixed order, so the
+  // result does not depend on the thread count.
+  double grad_norm() const {
+    constexpr Index kChunk = Index(1) << 16;
+    const Index n = grads_.size(), chunks = (n + kChunk - 1) / kChunk;
+    const S* g = grads_.data();
+    std::vector<double> part(std::size_t(std::max<Index>(chunks, 1)), 0.0);
+    const int parts = int(std::min<Index>(par::threads_for(n), chunks));
+    par::for_ranges(chunks, parts, [&](Index b, Index e) {
+      for (Index c = b; c < e; ++c) {
+        const Index o = c * kChunk, len = std::min(kChunk, n - o);
+        part[std::size_t(c)] = CVecMap<S>(g + o, len).template cast<double>().squaredNorm();
+      }
+    });
+    double sum = 0;
+    for (double v : part) sum += v;
+    return std::sqrt(sum);
+  }
+
+  // One fused pass per tensor (decoupled weight decay, both moments, the update), split
+  // across threads; every element sees the same operations in the same order as
+  //   p *= 1 - lr wd;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
+  //   p -= (lr / bc1) m / (sqrt(v / bc2) + eps)      (PyTorch's placement of eps)
+  void adamw_update(Slot& s, Mat<S>& p, const MatMap<S>& g, double lr, double wd, double bc1,
+                    double bc2) {
+    const S b1 = S(cfg_.beta1), b2 = S(cfg_.beta2), decay = S(1 - lr * wd), step = S(lr / bc1),
+            c2 = S(bc2), eps = S(cfg_.eps);
+    const bool use_decay = wd > 0;
+    S* pp = p.data();
+    S* mp = s.a.data();
+    S* vp = s.b.data();
+    const S* gp = g.data();
+    par::for_ranges(p.size(), par::threads_for(p.size()), [&](Index b, Index e) {
+      auto P = VecMap<S>(pp + b, e - b).array();
+      auto M = VecMap<S>(mp + b, e - b).array();
+      auto V = VecMap<S>(vp + b, e - b).array();
+      const auto G = CVecMap<S>(gp + b, e - b).array();
+      if (use_decay) P *= decay;
+      M = b1 * M + (S(1) - b1) * G;
+      V = b2 * V + (S(1) - b2) * G.square();
+      P -= step * M / ((V / c2).sqrt() + eps);
+    }, 16);
   }
 
   GradStore<S>& grads_;
