@@ -81,8 +81,14 @@ Var<S> gated_rmsnorm(Tape<S>& t, Var<S> y, Var<S> z, const Mat<S>& w, Index grou
 template <class S>
 Var<S> cols(Tape<S>& t, Var<S> x, Index c0, Index n) {
   Var<S> y = t.var(x.rows, n);
-  y.val() = x.val().middleCols(c0, n);
-  t.push([x, y, c0, n] { x.grad().middleCols(c0, n) += y.grad(); });
+  par::for_rows(x.rows, n, [&](Index r0, Index r1) {
+    y.val().middleRows(r0, r1 - r0) = x.val().middleRows(r0, r1 - r0).middleCols(c0, n);
+  });
+  t.push([x, y, c0, n] {
+    par::for_rows(x.rows, n, [&](Index r0, Index r1) {
+      x.grad().middleRows(r0, r1 - r0).middleCols(c0, n) += y.grad().middleRows(r0, r1 - r0);
+    });
+  });
   return y;
 }
 
@@ -103,11 +109,17 @@ Var<S> gather_rows(Tape<S>& t, Var<S> x, const Index* idx, Index n) {
 template <class S>
 Var<S> add(Tape<S>& t, Var<S> x, Var<S> y, S alpha = S(1)) {
   Var<S> z = t.var(x.rows, x.cols);
-  if (alpha == S(1)) z.val() = x.val() + y.val();
-  else z.val() = x.val() + alpha * y.val();
+  par::for_rows(x.rows, x.cols, [&](Index r0, Index r1) {
+    const Index n = r1 - r0;
+    if (alpha == S(1)) z.val().middleRows(r0, n) = x.val().middleRows(r0, n) + y.val().middleRows(r0, n);
+    else z.val().middleRows(r0, n) = x.val().middleRows(r0, n) + alpha * y.val().middleRows(r0, n);
+  });
   t.push([x, y, z, alpha] {
-    if (x.g) x.grad() += z.grad();
-    if (y.g) y.grad() += alpha * z.grad();
+    par::for_rows(x.rows, x.cols, [&](Index r0, Index r1) {
+      const Index n = r1 - r0;
+      if (x.g) x.grad().middleRows(r0, n) += z.grad().middleRows(r0, n);
+      if (y.g) y.grad().middleRows(r0, n) += alpha * z.grad().middleRows(r0, n);
+    });
   });
   return z;
 }
@@ -138,10 +150,16 @@ Var<S> scale_rows(Tape<S>& t, Var<S> x, const S* s) {
 template <class S>
 Var<S> mul(Tape<S>& t, Var<S> a, Var<S> b) {
   Var<S> z = t.var(a.rows, a.cols);
-  z.val() = a.val().cwiseProduct(b.val());
+  par::for_rows(a.rows, a.cols, [&](Index r0, Index r1) {
+    const Index n = r1 - r0;
+    z.val().middleRows(r0, n) = a.val().middleRows(r0, n).cwiseProduct(b.val().middleRows(r0, n));
+  });
   t.push([a, b, z] {
-    if (a.g) a.grad() += z.grad().cwiseProduct(b.val());
-    if (b.g) b.grad() += z.grad().cwiseProduct(a.val());
+    par::for_rows(a.rows, a.cols, [&](Index r0, Index r1) {
+      const Index n = r1 - r0;
+      if (a.g) a.grad().middleRows(r0, n) += z.grad().middleRows(r0, n).cwiseProduct(b.val().middleRows(r0, n));
+      if (b.g) b.grad().middleRows(r0, n) += z.grad().middleRows(r0, n).cwiseProduct(a.val().middleRows(r0, n));
+    });
   });
   return z;
 }
@@ -149,9 +167,16 @@ Var<S> mul(Tape<S>& t, Var<S> a, Var<S> b) {
 template <class S>
 Var<S> silu(Tape<S>& t, Var<S> x) {
   Var<S> y = t.var(x.rows, x.cols);
-  y.val() = x.val().unaryExpr([](S v) { return ops::silu(v); });
+  par::for_rows(x.rows, x.cols, [&](Index r0, Index r1) {
+    y.val().middleRows(r0, r1 - r0).array() = ops::silu_array(x.val().middleRows(r0, r1 - r0).array());
+  });
   t.push([x, y] {
-    if (x.g) x.grad().array() += y.grad().array() * x.val().unaryExpr([](S v) { return ops::silu_grad(v); }).array();
+    if (!x.g) return;
+    par::for_rows(x.rows, x.cols, [&](Index r0, Index r1) {
+      const Index n = r1 - r0;
+      x.grad().middleRows(r0, n).array() +=
+          y.grad().middleRows(r0, n).array() * ops::silu_grad_array(x.val().middleRows(r0, n).array());
+    });
   });
   return y;
 }
@@ -160,13 +185,19 @@ Var<S> silu(Tape<S>& t, Var<S> x) {
 template <class S>
 Var<S> sigmoid_gate(Tape<S>& t, Var<S> o, Var<S> g) {
   Var<S> y = t.var(o.rows, o.cols);
-  y.val() = o.val().cwiseProduct(g.val().unaryExpr([](S v) { return ops::sigmoid(v); }));
+  par::for_rows(o.rows, o.cols, [&](Index r0, Index r1) {
+    const Index n = r1 - r0;
+    y.val().middleRows(r0, n).array() =
+        o.val().middleRows(r0, n).array() * ops::sigmoid_array(g.val().middleRows(r0, n).array());
+  });
   t.push([o, g, y] {
-    for (Index i = 0; i < y.size(); ++i) {
-      const S s = ops::sigmoid(g.v[i]);
-      if (o.g) o.g[i] += y.g[i] * s;
-      if (g.g) g.g[i] += y.g[i] * o.v[i] * s * (S(1) - s);
-    }
+    par::for_ranges(y.size(), par::threads_for(y.size()), [&](Index b, Index e) {
+      for (Index i = b; i < e; ++i) {
+        const S s = ops::sigmoid(g.v[i]);
+        if (o.g) o.g[i] += y.g[i] * s;
+        if (g.g) g.g[i] += y.g[i] * o.v[i] * s * (S(1) - s);
+      }
+    });
   });
   return y;
 }

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../core/error.hpp"
+#include "../core/parallel.hpp"
 #include "../core/tensor.hpp"
 #include "arena.hpp"
 
@@ -98,7 +99,10 @@ class Tape {
     Var<S> x{arena_.alloc_array<S>(std::size_t(rows * cols)), nullptr, rows, cols};
     if (recording_) {
       x.g = arena_.alloc_array<S>(std::size_t(rows * cols));
-      std::memset(x.g, 0, sizeof(S) * std::size_t(rows * cols));
+      S* g = x.g;
+      par::for_ranges(rows * cols, par::threads_for(rows * cols, Index(1) << 18), [g](Index b, Index e) {
+        std::memset(g + b, 0, sizeof(S) * std::size_t(e - b));
+      }, 16);
     }
     return x;
   }

@@ -7,6 +7,8 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <utility>
+#include <vector>
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -56,6 +58,26 @@ void for_ranges(std::int64_t n, int parts, F&& f, std::int64_t align = 1) {
 template <class F>
 void for_rows(std::int64_t rows, std::int64_t cols, F&& f) {
   for_ranges(rows, threads_for(rows * cols), std::forward<F>(f));
+}
+
+// Row-parallel with a reduction: f(r0, r1, acc) handles rows [r0, r1) and adds its share of
+// an n-entry sum (a parameter gradient) into acc. One range: acc is `out` itself. Several:
+// each range gets a zeroed buffer, added into `out` afterwards in range order, so a given
+// thread count always gives the same result. out == nullptr: acc is nullptr too.
+template <class S, class F>
+void for_rows_reduce(std::int64_t rows, std::int64_t cols, S* out, std::int64_t n, F&& f) {
+  const int parts = threads_for(rows * cols);
+  if (parts <= 1 || !out) {
+    for_ranges(rows, parts, [&](std::int64_t b, std::int64_t e) { f(b, e, out); });
+    return;
+  }
+  std::vector<S> acc(std::size_t(parts * n), S(0));
+  const std::int64_t per = (rows + parts - 1) / parts;
+  for_ranges(rows, parts, [&](std::int64_t b, std::int64_t e) {
+    f(b, e, acc.data() + (b / per) * n);
+  });
+  for (int p = 0; p < parts; ++p)
+    for (std::int64_t i = 0; i < n; ++i) out[i] += acc[std::size_t(p * n + i)];
 }
 
 }  // namespace hybrid::par

@@ -4,9 +4,11 @@
 // Samples before t = 0 come from `hist` (the previous call's last K raw inputs, oldest
 // first — the decode cache) or are zero.
 // Backward accumulates (+=) into every gradient it is given; nullptr skips one.
+// Channels are independent, so both directions split the channels across threads.
 #pragma once
 #include <algorithm>
 
+#include "../core/parallel.hpp"
 #include "../core/tensor.hpp"
 
 namespace hybrid::ops {
@@ -24,17 +26,20 @@ void causal_conv1d_forward(CRef<S> u, CRef<S> w, CRef<S> bias, const Mat<S>* his
     return hist ? (*hist)(c, K + t) : S(0);  // t in [-K+1, -1] -> hist column K + t
   };
   const Mat<S> wt = w.transpose();  // (K, C): taps contiguous over channels
-  for (Index t = 0; t < T; ++t) {
-    auto yt = y.row(t);
-    if (bias.size()) yt = bias.row(0); else yt.setZero();
-    if (t >= K - 1) {
-      for (Index k = 0; k < K; ++k)  // every tap inside u: vectorised over channels
-        yt.array() += wt.row(k).array() * u.row(t - K + 1 + k).array();
-    } else {
-      for (Index c = 0; c < C; ++c)
-        for (Index k = 0; k < K; ++k) yt(c) += wt(k, c) * sample(t - K + 1 + k, c);
+  par::for_ranges(C, par::threads_for(T * C * K), [&](Index c0, Index c1) {
+    const Index n = c1 - c0;
+    for (Index t = 0; t < T; ++t) {
+      auto yt = y.row(t).segment(c0, n);
+      if (bias.size()) yt = bias.row(0).segment(c0, n); else yt.setZero();
+      if (t >= K - 1) {
+        for (Index k = 0; k < K; ++k)  // every tap inside u: vectorised over channels
+          yt.array() += wt.row(k).segment(c0, n).array() * u.row(t - K + 1 + k).segment(c0, n).array();
+      } else {
+        for (Index c = c0; c < c1; ++c)
+          for (Index k = 0; k < K; ++k) y(t, c) += wt(k, c) * sample(t - K + 1 + k, c);
+      }
     }
-  }
+  }, 16);
   if (hist_out) {
     Mat<S> h(C, K);
     for (Index j = 0; j < K; ++j) {
@@ -52,15 +57,22 @@ void causal_conv1d_forward(CRef<S> u, CRef<S> w, CRef<S> bias, const Mat<S>* his
 template <class S>
 void causal_conv1d_backward(CRef<S> u, CRef<S> w, CRef<S> dy, S* du, S* dw, S* db) {
   const Index T = u.rows(), C = u.cols(), K = w.cols();
-  if (db) VecMap<S>(db, C) += dy.colwise().sum().transpose();
   const Mat<S> wt = du ? Mat<S>(w.transpose()) : Mat<S>();  // (K, C): taps contiguous over channels
-  for (Index k = 0; k < K; ++k) {
-    const Index o = K - 1 - k, n = T - o;  // n: output rows whose tap k lands inside u
-    if (n <= 0) continue;
-    const auto dyk = dy.middleRows(o, n).array();
-    if (du) MatMap<S>(du, T, C).topRows(n).array() += dyk.rowwise() * wt.row(k).array();
-    if (dw) MatMap<S>(dw, C, K).col(k) += (dyk * u.topRows(n).array()).colwise().sum().transpose().matrix();
-  }
+  par::for_ranges(C, par::threads_for(T * C * K), [&](Index c0, Index c1) {
+    const Index nc = c1 - c0;
+    if (db) VecMap<S>(db + c0, nc) += dy.middleCols(c0, nc).colwise().sum().transpose();
+    for (Index k = 0; k < K; ++k) {
+      const Index o = K - 1 - k, n = T - o;  // n: output rows whose tap k lands inside u
+      if (n <= 0) continue;
+      const auto dyk = dy.middleRows(o, n).middleCols(c0, nc).array();
+      if (du)
+        MatMap<S>(du, T, C).topRows(n).middleCols(c0, nc).array() +=
+            dyk.rowwise() * wt.row(k).segment(c0, nc).array();
+      if (dw)
+        MatMap<S>(dw, C, K).col(k).segment(c0, nc) +=
+            (dyk * u.topRows(n).middleCols(c0, nc).array()).colwise().sum().transpose().matrix();
+    }
+  }, 16);
 }
 
 }  // namespace hybrid::ops

@@ -1,4 +1,6 @@
-// Normalisations over the last dimension of row-major activations (rows = tokens).
+// Normalisations over the last dimension of row-major activations (rows = tokens). Rows are
+// split across threads (par::for_rows); the weight gradients are summed per row range and
+// then added in range order (par::for_rows_reduce).
 //   RMSNorm:   y = w * x * rsqrt(mean(x^2) + eps)
 //   LayerNorm: y = w * (x - mean) * rsqrt(var + eps) + b
 //   Gated RMSNorm (Mamba-2, gate before norm): v = y * silu(z), normalised per group of
@@ -6,6 +8,7 @@
 #pragma once
 #include <cmath>
 
+#include "../core/parallel.hpp"
 #include "../core/tensor.hpp"
 #include "activation.hpp"
 
@@ -16,12 +19,14 @@ namespace hybrid::ops {
 template <class S>
 void rmsnorm_forward(CRef<S> x, CRef<S> w, S eps, Ref<S> y, S* rstd = nullptr) {
   const Index R = x.rows(), D = x.cols();
-  for (Index r = 0; r < R; ++r) {
-    const S ms = x.row(r).squaredNorm() / S(D);
-    const S inv = S(1) / std::sqrt(ms + eps);
-    if (rstd) rstd[r] = inv;
-    y.row(r) = (x.row(r).array() * inv * w.row(0).array()).matrix();
-  }
+  par::for_rows(R, D, [&](Index r0, Index r1) {
+    for (Index r = r0; r < r1; ++r) {
+      const S ms = x.row(r).squaredNorm() / S(D);
+      const S inv = S(1) / std::sqrt(ms + eps);
+      if (rstd) rstd[r] = inv;
+      y.row(r) = (x.row(r).array() * inv * w.row(0).array()).matrix();
+    }
+  });
 }
 
 // x, y: (R, D); w, b: (1, D). mean, rstd: (R) or nullptr, saved for the backward.
@@ -46,15 +51,17 @@ template <class S>
 void gated_rmsnorm_forward(CRef<S> y, CRef<S> z, CRef<S> w, Index group, S eps, Ref<S> out,
                            S* rstd = nullptr) {
   const Index R = y.rows(), W = y.cols(), ng = W / group;
-  for (Index r = 0; r < R; ++r) {
-    for (Index c = 0; c < W; ++c) out(r, c) = y(r, c) * silu(z(r, c));
-    for (Index g = 0; g < ng; ++g) {
-      auto seg = out.row(r).segment(g * group, group);
-      const S inv = S(1) / std::sqrt(seg.squaredNorm() / S(group) + eps);
-      if (rstd) rstd[r * ng + g] = inv;
-      seg = (seg.array() * inv * w.row(0).segment(g * group, group).array()).matrix();
+  par::for_rows(R, W, [&](Index r0, Index r1) {
+    for (Index r = r0; r < r1; ++r) {
+      out.row(r).array() = y.row(r).array() * silu_array(z.row(r).array());
+      for (Index g = 0; g < ng; ++g) {
+        auto seg = out.row(r).segment(g * group, group);
+        const S inv = S(1) / std::sqrt(seg.squaredNorm() / S(group) + eps);
+        if (rstd) rstd[r * ng + g] = inv;
+        seg = (seg.array() * inv * w.row(0).segment(g * group, group).array()).matrix();
+      }
     }
-  }
+  });
 }
 
 // With g = dy * w and xh = x * rstd (the normalised row):
@@ -63,15 +70,17 @@ void gated_rmsnorm_forward(CRef<S> y, CRef<S> z, CRef<S> w, Index group, S eps, 
 template <class S>
 void rmsnorm_backward(CRef<S> x, CRef<S> w, const S* rstd, CRef<S> dy, S* dx, S* dw) {
   const Index R = x.rows(), D = x.cols();
-  for (Index r = 0; r < R; ++r) {
-    const auto xh = x.row(r).array() * rstd[r];
-    if (dw) VecMap<S>(dw, D).array() += (dy.row(r).array() * xh).transpose();
-    if (dx) {
-      const auto g = dy.row(r).array() * w.row(0).array();
-      const S m = (g * xh).sum() / S(D);
-      MatMap<S>(dx, R, D).row(r).array() += rstd[r] * (g - xh * m);
+  par::for_rows_reduce(R, D, dw, D, [&](Index r0, Index r1, S* dw_part) {
+    for (Index r = r0; r < r1; ++r) {
+      const auto xh = x.row(r).array() * rstd[r];
+      if (dw_part) VecMap<S>(dw_part, D).array() += (dy.row(r).array() * xh).transpose();
+      if (dx) {
+        const auto g = dy.row(r).array() * w.row(0).array();
+        const S m = (g * xh).sum() / S(D);
+        MatMap<S>(dx, R, D).row(r).array() += rstd[r] * (g - xh * m);
+      }
     }
-  }
+  });
 }
 
 // As RMSNorm with xh = (x - mean) * rstd, plus the centring term:
@@ -100,24 +109,26 @@ template <class S>
 void gated_rmsnorm_backward(CRef<S> y, CRef<S> z, CRef<S> w, Index group, const S* rstd,
                             CRef<S> dout, S* dy, S* dz, S* dw) {
   const Index R = y.rows(), W = y.cols(), ng = W / group;
-  RowVec<S> sz(W), vh(W), dv(W);  // silu(z), normalised v, dL/dv of one row
-  for (Index r = 0; r < R; ++r) {
-    sz = z.row(r).unaryExpr([](S v) { return silu(v); });
-    for (Index g = 0; g < ng; ++g) {
-      const Index c0 = g * group;
-      const S inv = rstd[r * ng + g];
-      auto vhs = vh.segment(c0, group);
-      vhs.array() = y.row(r).segment(c0, group).array() * sz.segment(c0, group).array() * inv;
-      const auto gs = dout.row(r).segment(c0, group).array() * w.row(0).segment(c0, group).array();
-      const S m = (gs * vhs.array()).sum() / S(group);
-      dv.segment(c0, group).array() = inv * (gs - vhs.array() * m);
+  par::for_rows_reduce(R, W, dw, W, [&](Index r0, Index r1, S* dw_part) {
+    RowVec<S> sz(W), vh(W), dv(W);  // silu(z), normalised v, dL/dv of one row
+    for (Index r = r0; r < r1; ++r) {
+      sz.array() = silu_array(z.row(r).array());
+      for (Index g = 0; g < ng; ++g) {
+        const Index c0 = g * group;
+        const S inv = rstd[r * ng + g];
+        auto vhs = vh.segment(c0, group);
+        vhs.array() = y.row(r).segment(c0, group).array() * sz.segment(c0, group).array() * inv;
+        const auto gs = dout.row(r).segment(c0, group).array() * w.row(0).segment(c0, group).array();
+        const S m = (gs * vhs.array()).sum() / S(group);
+        dv.segment(c0, group).array() = inv * (gs - vhs.array() * m);
+      }
+      if (dw_part) VecMap<S>(dw_part, W).array() += (dout.row(r).array() * vh.array()).transpose();
+      if (dy) MatMap<S>(dy, R, W).row(r).array() += dv.array() * sz.array();
+      if (dz)
+        MatMap<S>(dz, R, W).row(r).array() +=
+            dv.array() * y.row(r).array() * silu_grad_array(z.row(r).array());
     }
-    if (dw) VecMap<S>(dw, W).array() += (dout.row(r).array() * vh.array()).transpose();
-    if (dy) MatMap<S>(dy, R, W).row(r).array() += dv.array() * sz.array();
-    if (dz)
-      MatMap<S>(dz, R, W).row(r).array() +=
-          dv.array() * y.row(r).array() * z.row(r).unaryExpr([](S v) { return silu_grad(v); }).array();
-  }
+  });
 }
 
 }  // namespace hybrid::ops
