@@ -279,9 +279,9 @@ class Optimizer {
     else p.noalias() -= step * w.X;
   }
 
-  // Global L2 norm of every gradient, summed in double (float gradients of a large model
-  // would lose the small terms) over fixed 64 Ki-entry chunks in a fixed order, so the
-  // result does not depend on the thread count.
+  // Global L2 norm of every gradient: 1 Ki squares at a time in S, those partial sums in
+  // double (float sums over a large model would lose the small terms), over fixed 64 Ki-entry
+  // chunks in a fixed order, so the result does not depend on the thread count.
   double grad_norm() const {
     constexpr Index kChunk = Index(1) << 16;
     const Index n = grads_.size(), chunks = (n + kChunk - 1) / kChunk;
@@ -291,7 +291,10 @@ class Optimizer {
     par::for_ranges(chunks, parts, [&](Index b, Index e) {
       for (Index c = b; c < e; ++c) {
         const Index o = c * kChunk, len = std::min(kChunk, n - o);
-        part[std::size_t(c)] = CVecMap<S>(g + o, len).template cast<double>().squaredNorm();
+        double sum = 0;  // blocks of 1 Ki squares summed in S (vectorised), then in double
+        for (Index k = 0; k < len; k += 1024)
+          sum += double(CVecMap<S>(g + o + k, std::min<Index>(1024, len - k)).squaredNorm());
+        part[std::size_t(c)] = sum;
       }
     });
     double sum = 0;
