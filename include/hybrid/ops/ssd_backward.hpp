@@ -85,15 +85,12 @@ void ssd_backward(const SsdDims& d, int Q, const SsdArgs<S>& a, const S* dy, con
       Mat<S> Xt = X.middleRows(t0, L);  // x~ = dt * x
       for (Index t = 0; t < L; ++t) Xt.row(t) *= dt[t0 + t];
       dXt.setZero(L, P);
-      // Segsum decay Lm(t, s) = exp(sum_{s<k<=t} a_k), s <= t.
+      // Segsum decay Lm(t, s) = exp(sum_{s<k<=t} a_k) = exp(Acum_t - Acum_s), s <= t: one
+      // vectorised exp per row (the sums of a chunk are short, so the difference of the
+      // running sums loses nothing that matters next to the exp's own rounding).
       Lm.setZero(L, L);
-      for (Index t = 0; t < L; ++t) {
-        S acc2 = 0;
-        for (Index s = t; s >= 0; --s) {
-          Lm(t, s) = std::exp(acc2);
-          acc2 += av[s];
-        }
-      }
+      for (Index t = 0; t < L; ++t)
+        Lm.row(t).head(t + 1).array() = (Acum[t] - Acum.head(t + 1).transpose().array()).exp();
       const Vec<S> eA = Acum.array().exp();
       // Inter-chunk output: Y_off[t] = eA_t * (S_in C_t).
       Mat<S> dYs = dYc;  // rows scaled by eA
@@ -126,7 +123,7 @@ void ssd_backward(const SsdDims& d, int Q, const SsdArgs<S>& a, const S* dy, con
       // Intra-chunk: Y_diag = (CB o Lm) x~.
       CB.noalias() = Cc * Bc.transpose();
       dM.noalias() = dYc * Xt.transpose();
-      dM = dM.template triangularView<Eigen::Lower>();
+      for (Index t = 0; t + 1 < L; ++t) dM.row(t).tail(L - 1 - t).setZero();  // keep s <= t
       dXt.noalias() += (CB.cwiseProduct(Lm)).transpose() * dYc;
       const Mat<S> dCB = dM.cwiseProduct(Lm);
       if (want_bc) {
