@@ -165,3 +165,20 @@ TEST_CASE("norms equal their formulas") {
       CHECK(std::abs(g12(r, c) - w(0, c) * gate(c) / std::sqrt(ss12 / 12 + 1e-5)) < 1e-12);
     }
 }
+
+TEST_CASE("attention mask: the per-row key range equals the mask's definition") {
+  for (int window : {0, 1, 3, 7})
+    for (Index kfirst : {0, 2, 9})
+      for (Index qp = 0; qp < 20; ++qp) {
+        const Index nk = 8;
+        Index lo, hi;
+        ops::detail::attn_row_range(qp, kfirst, nk, window, lo, hi);
+        for (Index j = 0; j < nk; ++j) {
+          CAPTURE(window);
+          CAPTURE(kfirst);
+          CAPTURE(qp);
+          CAPTURE(j);
+          CHECK((j >= lo && j < hi) == ops::detail::attn_visible(qp, kfirst + j, window));
+        }
+      }
+}

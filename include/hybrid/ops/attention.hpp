@@ -30,9 +30,18 @@ inline constexpr double kAttnParallelWork = 1e5;
 inline bool attn_parallel(const AttnDims& d) {
   return double(d.Tq) * double(d.Tk) * d.Hq * d.hd >= kAttnParallelWork;
 }
-// The mask, shared by forward and backward so that they can never disagree.
+// The mask's definition. Forward and backward both use its index form, attn_row_range
+// (so they can never disagree); a test checks the two agree.
 inline bool attn_visible(Index qp, Index kp, int window) {
   return kp <= qp && (window <= 0 || qp - kp < window);
+}
+// The keys visible from query position qp, as the index range [lo, hi) of a block of nk
+// keys whose first sits at position kfirst: the mask above is contiguous in the key index
+// (causal: a prefix; a window: cut from below too), so the softmax can run over one
+// segment with a vectorised exp. Empty (hi <= lo) when no key of the block is visible.
+inline void attn_row_range(Index qp, Index kfirst, Index nk, int window, Index& lo, Index& hi) {
+  hi = std::clamp<Index>(qp - kfirst + 1, 0, nk);
+  lo = window > 0 ? std::clamp<Index>(qp - window + 1 - kfirst, 0, nk) : 0;
 }
 // Keys [j0, j1) visible to some query of rows [i0, i1); empty (j1 <= j0) if none.
 inline void attn_key_range(const AttnDims& d, Index i0, Index i1, Index qpos0, Index kpos0,
@@ -83,24 +92,20 @@ void attention_forward(const S* q, const S* k, const S* v, S* o, const AttnDims&
       auto vb = detail::attn_head_block(v, j0, nk, g, d.hd, ldk);
       Mat<S> s = (qb * kb.transpose()) * scale;  // (bq, nk)
       for (Index i = 0; i < bq; ++i) {
-        const Index qp = qpos0 + i0 + i;
-        S mx = -kInf;
-        for (Index j = 0; j < nk; ++j) {
-          if (!detail::attn_visible(qp, kpos0 + j0 + j, window)) s(i, j) = -kInf;
-          else mx = std::max(mx, s(i, j));
-        }
-        if (mx == -kInf) {
+        Index lo, hi;  // visible keys of this row: [lo, hi)
+        detail::attn_row_range(qpos0 + i0 + i, kpos0 + j0, nk, window, lo, hi);
+        if (hi <= lo) {
           s.row(i).setZero();
           if (lse) lse[(i0 + i) * d.Hq + h] = -kInf;
           continue;
         }
-        S sum = 0;
-        for (Index j = 0; j < nk; ++j) {
-          const S e = std::exp(s(i, j) - mx);  // exp(-inf) = 0 for masked keys
-          s(i, j) = e;
-          sum += e;
-        }
-        s.row(i) /= sum;
+        auto seg = s.row(i).segment(lo, hi - lo).array();
+        const S mx = seg.maxCoeff();
+        seg = (seg - mx).exp();
+        const S sum = seg.sum();
+        seg /= sum;
+        s.row(i).head(lo).setZero();
+        s.row(i).tail(nk - hi).setZero();
         if (lse) lse[(i0 + i) * d.Hq + h] = mx + std::log(sum);
       }
       ob.noalias() = s * vb;
@@ -144,12 +149,16 @@ void attention_backward(const S* q, const S* k, const S* v, const S* o, const S*
         auto dob = detail::attn_head_block(dout, i0, bq, h, d.hd, ldq);
         p.noalias() = (qb * kb.transpose()) * scale;
         for (Index i = 0; i < bq; ++i) {
-          const Index qp = qpos0 + i0 + i;
           const S l = lse[(i0 + i) * d.Hq + h];
-          for (Index j = 0; j < nk; ++j)  // l = -inf: the row saw no key, P row is 0
-            p(i, j) = l != -kInf && detail::attn_visible(qp, kpos0 + j0 + j, window)
-                          ? std::exp(p(i, j) - l)
-                          : S(0);
+          Index lo, hi;
+          detail::attn_row_range(qpos0 + i0 + i, kpos0 + j0, nk, window, lo, hi);
+          if (l == -kInf || hi <= lo) {  // the row saw no key: its P row is 0
+            p.row(i).setZero();
+            continue;
+          }
+          p.row(i).segment(lo, hi - lo).array() = (p.row(i).segment(lo, hi - lo).array() - l).exp();
+          p.row(i).head(lo).setZero();
+          p.row(i).tail(nk - hi).setZero();
         }
         if (dv) detail::attn_head_block(dv, j0, nk, g, d.hd, ldk).noalias() += p.transpose() * dob;
         if (!dq && !dk) continue;

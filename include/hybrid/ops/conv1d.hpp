@@ -60,18 +60,26 @@ void causal_conv1d_backward(CRef<S> u, CRef<S> w, CRef<S> dy, S* du, S* dw, S* d
   const Mat<S> wt = du ? Mat<S>(w.transpose()) : Mat<S>();  // (K, C): taps contiguous over channels
   par::for_ranges(C, par::threads_for(T * C * K), [&](Index c0, Index c1) {
     const Index nc = c1 - c0;
-    if (db) VecMap<S>(db + c0, nc) += dy.middleCols(c0, nc).colwise().sum().transpose();
+    // Sums over time run row by row (contiguous over channels, vectorised) into small
+    // accumulators: db (1, nc) and the taps' dw transposed, (K, nc).
+    if (db) {
+      RowVec<S> acc = RowVec<S>::Zero(nc);
+      for (Index t = 0; t < T; ++t) acc += dy.row(t).segment(c0, nc);
+      VecMap<S>(db + c0, nc) += acc.transpose();
+    }
+    Mat<S> dwt;
+    if (dw) dwt.setZero(K, nc);
     for (Index k = 0; k < K; ++k) {
       const Index o = K - 1 - k, n = T - o;  // n: output rows whose tap k lands inside u
       if (n <= 0) continue;
-      const auto dyk = dy.middleRows(o, n).middleCols(c0, nc).array();
       if (du)
         MatMap<S>(du, T, C).topRows(n).middleCols(c0, nc).array() +=
-            dyk.rowwise() * wt.row(k).segment(c0, nc).array();
+            dy.middleRows(o, n).middleCols(c0, nc).array().rowwise() * wt.row(k).segment(c0, nc).array();
       if (dw)
-        MatMap<S>(dw, C, K).col(k).segment(c0, nc) +=
-            (dyk * u.topRows(n).middleCols(c0, nc).array()).colwise().sum().transpose().matrix();
+        for (Index s = 0; s < n; ++s)
+          dwt.row(k).array() += dy.row(s + o).segment(c0, nc).array() * u.row(s).segment(c0, nc).array();
     }
+    if (dw) MatMap<S>(dw, C, K).middleRows(c0, nc) += dwt.transpose();
   }, 16);
 }
 
