@@ -23,14 +23,13 @@
 // converted to the model's scalar.
 #pragma once
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <set>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "../core/file.hpp"
 #include "../io/desc_json.hpp"
 #include "../io/safetensors.hpp"
 #include "../io/sharded.hpp"
@@ -127,15 +126,6 @@ inline bool ignorable(const std::string& name, bool tied) {
   return name.ends_with("rotary_emb.inv_freq");
 }
 
-inline std::string read_text(const fs::path& p, const char* what) {
-  std::ifstream in(p, std::ios::binary);
-  HYBRID_CHECK(in.good(), what, " '", p.string(), "' cannot be opened");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  HYBRID_CHECK(!in.bad(), what, " '", p.string(), "' could not be read");
-  return ss.str();
-}
-
 // Recursively the first difference between two JSON values, as "path: a vs b".
 inline std::string first_difference(const nlohmann::json& a, const nlohmann::json& b, const std::string& path) {
   if (a.is_object() && b.is_object()) {
@@ -175,7 +165,8 @@ class HfCheckpoint {
     HYBRID_CHECK(fs::is_directory(dir), "Hugging Face checkpoint '", dir, "' is not a directory");
     const fs::path cfg = fs::path(dir) / "config.json";
     const std::string where = "config.json '" + cfg.string() + "'";
-    config_ = config_from_json(parse_config_text(ckpt_detail::read_text(cfg, "config.json"), where), where, opt);
+    const std::string text = read_file(cfg, "config.json", "the checkpoint's Hugging Face config");
+    config_ = config_from_json(parse_config_text(text, where), where, opt);
     tensors_ = std::make_unique<SafetensorsSet>(dir);
     // LFM2: trust w1's shape over the ff-dim arithmetic (REFERENCE.md §3).
     if (config_.family == Family::Lfm2)

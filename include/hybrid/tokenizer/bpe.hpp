@@ -58,10 +58,8 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
-#include <fstream>
 #include <functional>
 #include <initializer_list>
-#include <iterator>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -74,6 +72,7 @@
 #include <utility>
 #include <vector>
 
+#include "../core/file.hpp"
 #include "../infer/tokenizer.hpp"
 
 namespace hybrid {
@@ -446,12 +445,7 @@ class BpeTokenizer final : public Tokenizer {
  public:
   // Reads a tokenizer.json file.
   explicit BpeTokenizer(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    HYBRID_CHECK(in.good(), "BpeTokenizer: cannot open '", path,
-                 "' (expected a Hugging Face tokenizer.json file)");
-    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    HYBRID_CHECK(!in.bad(), "BpeTokenizer: error reading '", path, "'");
-    load(text, path);
+    load(read_file(path, "BpeTokenizer", "a Hugging Face tokenizer.json file"), path);
   }
 
   // Parses the text of a tokenizer.json; `origin` names it in error messages.

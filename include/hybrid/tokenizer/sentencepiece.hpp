@@ -35,9 +35,6 @@
 #include <sentencepiece_processor.h>
 
 #include <cstdint>
-#include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <memory>
 #include <optional>
 #include <span>
@@ -45,6 +42,7 @@
 #include <string_view>
 #include <vector>
 
+#include "../core/file.hpp"
 #include "../infer/tokenizer.hpp"
 
 namespace hybrid {
@@ -54,14 +52,8 @@ class SentencePieceTokenizer final : public Tokenizer {
   // Loads a .model file.
   explicit SentencePieceTokenizer(const std::string& model_path) {
     // Our own checks first: they give clearer messages than the library's status.
-    std::error_code ec;
-    HYBRID_CHECK(std::filesystem::is_regular_file(model_path, ec), "SentencePieceTokenizer: '",
-                 model_path, "' is not a file (expected a SentencePiece .model file)");
-    std::ifstream in(model_path, std::ios::binary);
-    HYBRID_CHECK(in.good(), "SentencePieceTokenizer: cannot open '", model_path, "'");
-    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    HYBRID_CHECK(!in.bad(), "SentencePieceTokenizer: error reading '", model_path, "'");
-    load(bytes, "'" + model_path + "'");
+    load(read_file(model_path, "SentencePieceTokenizer", "a SentencePiece .model file"),
+         "'" + model_path + "'");
   }
 
   // Loads a model from its serialized bytes (the contents of a .model file); `origin`

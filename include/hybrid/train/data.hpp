@@ -18,8 +18,6 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <limits>
 #include <memory>
 #include <span>
@@ -30,6 +28,7 @@
 #include <vector>
 
 #include "../core/error.hpp"
+#include "../core/file.hpp"
 #include "../core/rng.hpp"
 #include "../core/tensor.hpp"
 #include "../infer/tokenizer.hpp"
@@ -190,13 +189,7 @@ inline Index train_split(Index n, double val_fraction) {
 }
 
 inline std::string read_file_bytes(const std::string& path, const char* who) {
-  std::error_code ec;
-  HYBRID_CHECK(std::filesystem::is_regular_file(path, ec), who, ": cannot open '", path,
-               "': no such file");
-  std::ifstream f(path, std::ios::binary);
-  HYBRID_CHECK(f.good(), who, ": cannot open '", path, "' for reading");
-  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  HYBRID_CHECK(!f.bad(), who, ": error while reading '", path, "'");
+  std::string s = read_file(path, who, "a text file");
   HYBRID_CHECK(!s.empty(), who, ": '", path, "' is empty");
   return s;
 }
