@@ -10,6 +10,8 @@
 #include <hybrid/core/rng.hpp>
 #include <hybrid/core/tensor.hpp>
 
+#include "test_util.hpp"
+
 namespace hybrid::testing {
 
 struct FdResult {
@@ -50,10 +52,7 @@ inline FdResult fd_check(double* x, const double* analytic, Index n,
 
 // A fixed random weighting r for L = sum(r ⊙ y).
 inline Mat<double> random_weights(Index rows, Index cols, std::uint64_t seed) {
-  Rng rng(seed);
-  Mat<double> r(rows, cols);
-  for (Index i = 0; i < r.size(); ++i) r.data()[i] = rng.normal();
-  return r;
+  return test_util::random_mat<double>(rows, cols, seed);
 }
 
 inline Mat<double> random_normal(Index rows, Index cols, std::uint64_t seed, double std = 1) {

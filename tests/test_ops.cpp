@@ -5,15 +5,12 @@
 #include <cmath>
 #include <hybrid/model.hpp>
 
+#include "test_util.hpp"
+
 using namespace hybrid;
 
 namespace {
-Mat<double> random_mat(Index r, Index c, std::uint64_t seed) {
-  Rng rng(seed);
-  Mat<double> m(r, c);
-  for (Index i = 0; i < m.size(); ++i) m.data()[i] = rng.normal();
-  return m;
-}
+using hybrid::test_util::random_mat;
 
 // Naive causal softmax attention, one head at a time, full (T x T) score matrix.
 Mat<double> naive_attention(const Mat<double>& q, const Mat<double>& k, const Mat<double>& v,

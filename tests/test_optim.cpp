@@ -4,48 +4,20 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
-#include <deque>
 #include <limits>
 #include <set>
-#include <tuple>
 
 #include <hybrid/model.hpp>
 #include <hybrid/train/optim.hpp>
 
+#include "test_util.hpp"
+
 using namespace hybrid;
 using namespace hybrid::train;
+using hybrid::test_util::random_mat;
+using hybrid::test_util::ToyModel;
 
 namespace {
-
-// A stand-in model: named tensors with chosen roles (a deque keeps their addresses fixed).
-template <class S = double>
-struct ToyModel {
-  std::deque<std::tuple<std::string, Mat<S>, ParamRole>> ps;
-  Mat<S>& add(const std::string& name, Index r, Index c, ParamRole role, std::uint64_t seed) {
-    Mat<S> m(r, c);
-    Rng rng(seed);
-    for (Index i = 0; i < m.size(); ++i) m.data()[i] = S(rng.normal());
-    ps.emplace_back(name, std::move(m), role);
-    return std::get<1>(ps.back());
-  }
-  Mat<S>& operator[](std::size_t i) { return std::get<1>(ps[i]); }
-  template <class F>
-  void visit(F&& f) {
-    for (auto& [n, m, r] : ps) f(n, m, r);
-  }
-  template <class F>
-  void visit(F&& f) const {
-    for (const auto& [n, m, r] : ps) f(n, m, r);
-  }
-};
-
-template <class S>
-Mat<S> random_mat(Index r, Index c, std::uint64_t seed) {
-  Mat<S> m(r, c);
-  Rng rng(seed);
-  for (Index i = 0; i < m.size(); ++i) m.data()[i] = S(rng.normal());
-  return m;
-}
 
 template <class S>
 MatMap<S> grad_of(GradStore<S>& g, const Mat<S>& w) {

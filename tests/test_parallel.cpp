@@ -8,10 +8,10 @@
 // a partial sum lost) gives errors of order one.
 #include <doctest/doctest.h>
 
-#include <deque>
 #include <hybrid/model.hpp>
 #include <hybrid/train/optim.hpp>
-#include <tuple>
+
+#include "test_util.hpp"
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -21,13 +21,7 @@ using namespace hybrid;
 
 namespace {
 
-template <class S>
-Mat<S> random_mat(Index r, Index c, std::uint64_t seed) {
-  Mat<S> m(r, c);
-  Rng rng(seed);
-  for (Index i = 0; i < m.size(); ++i) m.data()[i] = S(rng.normal());
-  return m;
-}
+using hybrid::test_util::random_mat;
 
 // Runs f() with one thread and with `threads` threads; restores the previous setting.
 template <class F>
@@ -72,15 +66,6 @@ Mat<double> naive_gemm(bool ta, bool tb, const Mat<double>& A, const Mat<double>
     }
   return out;
 }
-
-// Two named tensors for the optimiser.
-struct Toy {
-  std::deque<std::tuple<std::string, Mat<float>, ParamRole>> ps;
-  template <class F>
-  void visit(F&& f) {
-    for (auto& [n, m, r] : ps) f(n, m, r);
-  }
-};
 
 }  // namespace
 
@@ -243,9 +228,9 @@ TEST_CASE("parallel: norms and the causal conv; reduced weight gradients agree t
 
 TEST_CASE("parallel: fused AdamW agrees across thread counts; the gradient norm is identical") {
   auto run = [] {
-    Toy model;
-    model.ps.emplace_back("w", random_mat<float>(700, 300, 41), ParamRole::Matrix);
-    model.ps.emplace_back("b", random_mat<float>(1, 300, 42), ParamRole::Scalar);
+    test_util::ToyModel<float> model;
+    model.add("w", 700, 300, ParamRole::Matrix, 41);
+    model.add("b", 1, 300, ParamRole::Scalar, 42);
     GradStore<float> grads(model);
     train::OptimConfig cfg = train::OptimConfig::adamw(1e-2, 0.1);
     cfg.max_grad_norm = 1.0;  // clipping active: the norm is far above 1
@@ -256,8 +241,7 @@ TEST_CASE("parallel: fused AdamW agrees across thread counts; the gradient norm 
       std::copy(g.data(), g.data() + g.size(), grads.data());
       norms.push_back(opt.step().grad_norm);
     }
-    return std::make_tuple(Mat<float>(std::get<1>(model.ps[0])), Mat<float>(std::get<1>(model.ps[1])),
-                           norms);
+    return std::make_tuple(Mat<float>(model[0]), Mat<float>(model[1]), norms);
   };
   const auto [s, p] = serial_and_parallel(run);
   CHECK(close(std::get<0>(s), std::get<0>(p)));

@@ -1,17 +1,23 @@
 // Helpers shared by the test files: a self-removing temporary directory, whole-file read /
-// write, and checks on the message of a thrown hybrid::Error.
+// write, checks on the message of a thrown hybrid::Error, seeded random matrices and a
+// stand-in model of named tensors.
 #pragma once
 #include <doctest/doctest.h>
 #include <unistd.h>
 
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <initializer_list>
 #include <iterator>
 #include <string>
+#include <tuple>
 
 #include <hybrid/core/error.hpp>
+#include <hybrid/core/rng.hpp>
+#include <hybrid/core/tensor.hpp>
+#include <hybrid/layers/param.hpp>
 
 namespace hybrid::test_util {
 
@@ -66,5 +72,34 @@ inline void check_error(const std::function<void()>& f, std::initializer_list<st
   CHECK(!msg.empty());
   for (const auto& w : words) CHECK_MESSAGE(msg.find(w) != std::string::npos, "missing '", w, "'");
 }
+
+// An (r, c) matrix of standard normal draws from Rng(seed), drawn in double, stored as S.
+template <class S = double>
+Mat<S> random_mat(Index r, Index c, std::uint64_t seed) {
+  Mat<S> m(r, c);
+  Rng rng(seed);
+  for (Index i = 0; i < m.size(); ++i) m.data()[i] = S(rng.normal());
+  return m;
+}
+
+// A stand-in model for optimiser tests: named tensors with chosen roles and a visit() like
+// the real models' (a deque keeps their addresses fixed).
+template <class S = double>
+struct ToyModel {
+  std::deque<std::tuple<std::string, Mat<S>, ParamRole>> ps;
+  Mat<S>& add(const std::string& name, Index r, Index c, ParamRole role, std::uint64_t seed) {
+    ps.emplace_back(name, random_mat<S>(r, c, seed), role);
+    return std::get<1>(ps.back());
+  }
+  Mat<S>& operator[](std::size_t i) { return std::get<1>(ps[i]); }
+  template <class F>
+  void visit(F&& f) {
+    for (auto& [n, m, r] : ps) f(n, m, r);
+  }
+  template <class F>
+  void visit(F&& f) const {
+    for (const auto& [n, m, r] : ps) f(n, m, r);
+  }
+};
 
 }  // namespace hybrid::test_util
