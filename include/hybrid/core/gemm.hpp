@@ -33,19 +33,21 @@ void gemm(Op ta, Op tb, Index M, Index N, Index K, S alpha, const S* A, Index ld
           Index ldb, S beta, S* C, Index ldc) {
   if (M == 0 || N == 0) return;
 #if defined(HYBRID_HAVE_CBLAS)
-  if constexpr (std::is_same_v<S, float> || std::is_same_v<S, double>) if (K > 0) {
-    HYBRID_CHECK(M <= 0x7fffffff && N <= 0x7fffffff && K <= 0x7fffffff && lda <= 0x7fffffff &&
-                     ldb <= 0x7fffffff && ldc <= 0x7fffffff,
-                 "gemm: a dimension of (", M, ", ", N, ", ", K, ") exceeds the BLAS int range");
-    const auto a = ta == Op::T ? CblasTrans : CblasNoTrans;
-    const auto b = tb == Op::T ? CblasTrans : CblasNoTrans;
-    if constexpr (std::is_same_v<S, float>)
-      cblas_sgemm(CblasRowMajor, a, b, int(M), int(N), int(K), alpha, A, int(lda), B, int(ldb),
-                  beta, C, int(ldc));
-    else
-      cblas_dgemm(CblasRowMajor, a, b, int(M), int(N), int(K), alpha, A, int(lda), B, int(ldb),
-                  beta, C, int(ldc));
-    return;
+  if constexpr (std::is_same_v<S, float> || std::is_same_v<S, double>) {
+    if (K > 0) {  // K = 0 (C = beta C) goes to the Eigen path below
+      HYBRID_CHECK(M <= 0x7fffffff && N <= 0x7fffffff && K <= 0x7fffffff && lda <= 0x7fffffff &&
+                       ldb <= 0x7fffffff && ldc <= 0x7fffffff,
+                   "gemm: a dimension of (", M, ", ", N, ", ", K, ") exceeds the BLAS int range");
+      const auto a = ta == Op::T ? CblasTrans : CblasNoTrans;
+      const auto b = tb == Op::T ? CblasTrans : CblasNoTrans;
+      if constexpr (std::is_same_v<S, float>)
+        cblas_sgemm(CblasRowMajor, a, b, int(M), int(N), int(K), alpha, A, int(lda), B, int(ldb),
+                    beta, C, int(ldc));
+      else
+        cblas_dgemm(CblasRowMajor, a, b, int(M), int(N), int(K), alpha, A, int(lda), B, int(ldb),
+                    beta, C, int(ldc));
+      return;
+    }
   }
 #endif
   using Stride = Eigen::OuterStride<>;

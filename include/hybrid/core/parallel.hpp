@@ -39,19 +39,25 @@ inline int threads_for(std::int64_t work, std::int64_t min_per_thread = kMinPara
 }
 
 // Splits [0, n) into `parts` contiguous ranges, ends rounded up to multiples of `align`
-// (except the last), and calls f(begin, end) for each non-empty range, one per thread.
+// (except the last), and calls f(part, begin, end) for each non-empty range, one per thread.
 template <class F>
-void for_ranges(std::int64_t n, int parts, F&& f, std::int64_t align = 1) {
+void for_parts(std::int64_t n, int parts, F&& f, std::int64_t align = 1) {
   if (parts <= 1 || n <= align) {
-    if (n > 0) f(std::int64_t(0), n);
+    if (n > 0) f(0, std::int64_t(0), n);
     return;
   }
   const std::int64_t per = ((n + parts - 1) / parts + align - 1) / align * align;
   HYBRID_OMP(omp parallel for schedule(static) num_threads(parts))
   for (int p = 0; p < parts; ++p) {
     const std::int64_t b = std::min(n, p * per), e = std::min(n, b + per);
-    if (b < e) f(b, e);
+    if (b < e) f(p, b, e);
   }
+}
+
+// As for_parts, calling f(begin, end).
+template <class F>
+void for_ranges(std::int64_t n, int parts, F&& f, std::int64_t align = 1) {
+  for_parts(n, parts, [&](int, std::int64_t b, std::int64_t e) { f(b, e); }, align);
 }
 
 // Row-parallel: calls f(r0, r1) over row ranges of [0, rows) when rows * cols is large.
@@ -72,10 +78,7 @@ void for_rows_reduce(std::int64_t rows, std::int64_t cols, S* out, std::int64_t 
     return;
   }
   std::vector<S> acc(std::size_t(parts * n), S(0));
-  const std::int64_t per = (rows + parts - 1) / parts;
-  for_ranges(rows, parts, [&](std::int64_t b, std::int64_t e) {
-    f(b, e, acc.data() + (b / per) * n);
-  });
+  for_parts(rows, parts, [&](int p, std::int64_t b, std::int64_t e) { f(b, e, acc.data() + p * n); });
   for (int p = 0; p < parts; ++p)
     for (std::int64_t i = 0; i < n; ++i) out[i] += acc[std::size_t(p * n + i)];
 }

@@ -56,11 +56,16 @@ template <class A>
 auto silu_array(const A& x) {
   return x * sigmoid_array(x);
 }
+// silu'(x) from x and s = sigmoid(x), for callers that already hold s.
+template <class A, class B>
+auto silu_grad_given_sigmoid(const A& x, const B& s) {
+  using S = typename A::Scalar;
+  return s * (S(1) + x * (S(1) - s));
+}
 template <class A>
 auto silu_grad_array(const A& x) {
-  using S = typename A::Scalar;
   const auto s = sigmoid_array(x).eval();
-  return (s * (S(1) + x * (S(1) - s))).eval();
+  return silu_grad_given_sigmoid(x, s).eval();
 }
 
 // a, u, h: (R, F). h = silu(a) * u (the SwiGLU gate; a = gate branch, u = up branch).
@@ -84,7 +89,7 @@ void swiglu_backward(CRef<S> a, CRef<S> u, CRef<S> dh, S* da, S* du) {
     const auto D = dh.middleRows(r0, n).array();
     if (da)
       MatMap<S>(da, R, F).middleRows(r0, n).array() +=
-          D * u.middleRows(r0, n).array() * (sg * (S(1) + A * (S(1) - sg)));
+          D * u.middleRows(r0, n).array() * silu_grad_given_sigmoid(A, sg);
     if (du) MatMap<S>(du, R, F).middleRows(r0, n).array() += D * A * sg;
   });
 }

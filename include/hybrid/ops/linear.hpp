@@ -16,16 +16,13 @@ template <class S>
 void linear_forward(CRef<S> x, CRef<S> W, CRef<S> bias, Ref<S> y) {
   const Index R = x.rows(), out = W.rows(), in = W.cols();
   constexpr Index kGemvRows = 4;  // above this, one threaded GEMM
-  const int parts = R <= kGemvRows ? par::threads_for(out * in, Index(1) << 16) : 1;
-  if (parts > 1) {
+  if (R <= kGemvRows) {
     par::for_ranges(
-        out, parts,
+        out, par::threads_for(out * in, Index(1) << 16),
         [&](Index c0, Index c1) {  // Eigen's GEMV: BLAS GEMM with one row packs W first
           y.middleCols(c0, c1 - c0).noalias() = x * W.middleRows(c0, c1 - c0).transpose();
         },
         16);
-  } else if (R <= kGemvRows) {
-    y.noalias() = x * W.transpose();
   } else {
     blas::gemm<S>(blas::Op::N, blas::Op::T, R, out, in, S(1), x.data(), x.outerStride(), W.data(),
                   W.outerStride(), S(0), y.data(), y.outerStride());
