@@ -39,7 +39,7 @@ static double gemm_gflops(Index m, Index k, Index n, int reps) {
 template <class M>
 static Index matmul_params(M& model) {
   Index n = 0;
-  model.visit([&](const std::string& name, const Mat<float>& t, ParamRole r) {
+  model.visit([&](const std::string& name, const MatMap<float>& t, ParamRole r) {
     if (r == ParamRole::Matrix) n += t.size();
     if (name == "embed.weight" && model.spec().tied) n += t.size();  // the LM head
     if (name == "lm_head.weight") n += t.size();

@@ -1,6 +1,7 @@
-// Per-op benchmark: forward and backward time of every op in the op table at Golf15x3's
-// shapes (T = 1024, float), with GFLOP/s where the op is GEMM-like and the Eigen GEMM rate
-// measured in the same run. One JSON object per line.
+// Per-op benchmark: forward and backward time of the ops at Golf15x3's shapes (T = 1024,
+// float), with GFLOP/s where the op is GEMM-like and the Eigen GEMM rate measured in the
+// same run; then every row of the op-case table (autograd/op_cases.hpp) through the tape,
+// forward and backward ("table":true lines). One JSON object per line.
 //   bench_ops [--quick]
 #include <array>
 #include <chrono>
@@ -9,6 +10,7 @@
 #include <functional>
 #include <string>
 
+#include <hybrid/autograd/op_cases.hpp>
 #include <hybrid/model.hpp>
 #include <hybrid/ops/embedding.hpp>
 #include <hybrid/ops/loss.hpp>
@@ -58,7 +60,7 @@ int main(int argc, char** argv) {
   {  // linear: Mamba-2 in_proj
     Mat<float> dy = rnd(T, W), dx(T, D), dw(W, D);
     const double f = best_of([&] { ops::linear_forward<float>(a, w, Mat<float>(), y); });
-    const double b = best_of([&] { ops::linear_backward<float>(a, w, dy, dx.data(), dw.data(), nullptr); });
+    const double b = best_of([&] { ops::linear_backward<float>(a, w, dy, dx, dw, nullptr); });
     std::snprintf(shape, sizeof shape, "x(%lld,%lld) W(%lld,%lld)", (long long)T, (long long)D, (long long)W, (long long)D);
     report("linear", shape, f, b, 2.0 * T * D * W, gemm);
   }
@@ -66,16 +68,16 @@ int main(int argc, char** argv) {
     Mat<float> g = Mat<float>::Ones(1, D), bb = Mat<float>::Zero(1, D), out(T, D), dy = rnd(T, D), dx(T, D), dg(1, D), db(1, D);
     std::vector<float> rstd(T), mean(T);
     const double f = best_of([&] { ops::rmsnorm_forward<float>(a, g, 1e-5f, out, rstd.data()); });
-    const double b = best_of([&] { ops::rmsnorm_backward<float>(a, g, rstd.data(), dy, dx.data(), dg.data()); });
+    const double b = best_of([&] { ops::rmsnorm_backward<float>(a, g, rstd.data(), dy, dx, dg); });
     std::snprintf(shape, sizeof shape, "(%lld,%lld)", (long long)T, (long long)D);
     report("rmsnorm", shape, f, b, 0, gemm);
     const double f2 = best_of([&] { ops::layernorm_forward<float>(a, g, bb, 1e-5f, out, mean.data(), rstd.data()); });
-    const double b2 = best_of([&] { ops::layernorm_backward<float>(a, g, mean.data(), rstd.data(), dy, dx.data(), dg.data(), db.data()); });
+    const double b2 = best_of([&] { ops::layernorm_backward<float>(a, g, mean.data(), rstd.data(), dy, dx, dg, db); });
     report("layernorm", shape, f2, b2, 0, gemm);
     Mat<float> yy = rnd(T, Di), z = rnd(T, Di), gw = Mat<float>::Ones(1, Di), o(T, Di), dyy = rnd(T, Di), d1(T, Di), d2(T, Di), d3(1, Di);
     std::vector<float> rs(T);
     const double f3 = best_of([&] { ops::gated_rmsnorm_forward<float>(yy, z, gw, Di, 1e-5f, o, rs.data()); });
-    const double b3 = best_of([&] { ops::gated_rmsnorm_backward<float>(yy, z, gw, Di, rs.data(), dyy, d1.data(), d2.data(), d3.data()); });
+    const double b3 = best_of([&] { ops::gated_rmsnorm_backward<float>(yy, z, gw, Di, rs.data(), dyy, d1, d2, d3); });
     std::snprintf(shape, sizeof shape, "(%lld,%lld)", (long long)T, (long long)Di);
     report("gated_rmsnorm", shape, f3, b3, 0, gemm);
   }
@@ -83,7 +85,7 @@ int main(int argc, char** argv) {
     const Index C = Di + 2 * N;
     Mat<float> u = rnd(T, C), cw = rnd(C, 4), cb = rnd(1, C), out(T, C), dy = rnd(T, C), du(T, C), dw(C, 4), db(1, C);
     const double f = best_of([&] { ops::causal_conv1d_forward<float>(u, cw, cb, nullptr, out, nullptr); });
-    const double b = best_of([&] { ops::causal_conv1d_backward<float>(u, cw, dy, du.data(), dw.data(), db.data()); });
+    const double b = best_of([&] { ops::causal_conv1d_backward<float>(u, cw, dy, du, dw, db); });
     std::snprintf(shape, sizeof shape, "(%lld,%lld) K=4", (long long)T, (long long)C);
     report("causal_conv1d", shape, f, b, 0, gemm);
   }
@@ -125,26 +127,46 @@ int main(int argc, char** argv) {
     Mat<float> g = rnd(T, Hd), u = rnd(T, Hd), h(T, Hd), dh = rnd(T, Hd), dg(T, Hd), du(T, Hd);
     std::snprintf(shape, sizeof shape, "(%lld,%lld)", (long long)T, (long long)Hd);
     report("swiglu", shape, best_of([&] { ops::swiglu_forward<float>(g, u, h); }),
-           best_of([&] { ops::swiglu_backward<float>(g, u, dh, dg.data(), du.data()); }), 0, gemm);
+           best_of([&] { ops::swiglu_backward<float>(g, u, dh, dg, du); }), 0, gemm);
     report("relu2", shape, best_of([&] { ops::relu2_forward<float>(g, h); }),
-           best_of([&] { ops::relu2_backward<float>(g, dh, dg.data()); }), 0, gemm);
+           best_of([&] { ops::relu2_backward<float>(g, dh, dg); }), 0, gemm);
     Mat<float> raw = rnd(T, H), bias = rnd(1, H), dtv(T, H), ddt = rnd(T, H), draw(T, H), dbias(1, H);
     std::snprintf(shape, sizeof shape, "(%lld,%lld)", (long long)T, (long long)H);
     report("dt_softplus", shape, best_of([&] { ops::dt_softplus_forward<float>(raw, bias, 0.f, 1e30f, dtv); }),
-           best_of([&] { ops::dt_softplus_backward<float>(raw, bias, 0.f, 1e30f, ddt, draw.data(), dbias.data()); }), 0, gemm);
+           best_of([&] { ops::dt_softplus_backward<float>(raw, bias, 0.f, 1e30f, ddt, draw, dbias); }), 0, gemm);
     Mat<float> table = rnd(V, D), out(T, D), dout = rnd(T, D), dtable(V, D);
     std::vector<int> ids(T), tg(T);
     for (Index i = 0; i < T; ++i) ids[i] = int(i * 7 % V), tg[i] = int(i * 13 % V);
     std::snprintf(shape, sizeof shape, "V=%lld D=%lld R=%lld", (long long)V, (long long)D, (long long)T);
     report("embedding", shape, best_of([&] { ops::embedding_forward<float>(table, ids.data(), T, 1.f, out); }),
-           best_of([&] { ops::embedding_backward<float>(ids.data(), T, 1.f, dout, dtable.data()); }), 0, gemm);
+           best_of([&] { ops::embedding_backward<float>(ids.data(), T, 1.f, dout, dtable); }), 0, gemm);
     Mat<float> logits = rnd(T, V), dl(T, V), capped = logits;
     std::vector<float> lse(T);
     std::snprintf(shape, sizeof shape, "(%lld,%lld)", (long long)T, (long long)V);
     report("cross_entropy", shape, best_of([&] { ops::cross_entropy_forward<float>(logits, tg.data(), lse.data(), 0); }),
-           best_of([&] { ops::cross_entropy_backward<float>(logits, tg.data(), lse.data(), 1.0 / T, 0, dl.data()); }), 0, gemm);
+           best_of([&] { ops::cross_entropy_backward<float>(logits, tg.data(), lse.data(), 1.0 / T, 0, dl); }), 0, gemm);
     report("softcap", shape, best_of([&] { capped = logits; ops::softcap_forward<float>(capped, 30.f); }),
            best_of([&] { ops::softcap_backward<float>(capped, 30.f, dl); }), 0, gemm);
+  }
+  for (const OpCase& c : op_bench_cases(quick)) {  // the op table, through the tape
+    OpCaseRun<float> run(c, 1);
+    Tape<float> tape(true, &run.grads());
+    Var<float> y;
+    const double f = best_of([&] {
+      tape.rewind();
+      y = run.forward(tape);
+    });
+    const double b = best_of([&] {
+      tape.rewind();
+      y = run.forward(tape);
+      emap(y.gradient()).setOnes();
+      tape.sweep();
+    }) - f;
+    std::printf("{\"table\":true,\"op\":\"%s\",\"B\":%lld,\"T\":%lld,\"forward_ms\":%.3f,"
+                "\"backward_ms\":%.3f}\n",
+                std::string(op_name(c.op)).c_str(), (long long)c.d.B, (long long)c.d.T, f * 1e3,
+                std::max(b, 0.0) * 1e3);
+    std::fflush(stdout);
   }
   return 0;
 }

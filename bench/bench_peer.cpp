@@ -159,8 +159,8 @@ void print_line(const Args& a, int threads, const char* what, Index B, Index T, 
 // Every rep runs through all the weights in model order, so (as in the model) a weight is
 // not still in cache from its previous use when the model is larger than the cache.
 double projection_seconds(RuntimeModel<float>& model, Index R, int mode, int reps) {
-  std::vector<const Mat<float>*> ws;
-  model.visit([&](const std::string& name, const Mat<float>& t, ParamRole r) {
+  std::vector<const MatMap<float>*> ws;
+  model.visit([&](const std::string& name, const MatMap<float>& t, ParamRole r) {
     if (r == ParamRole::Matrix || name == "lm_head.weight" ||
         (name == "embed.weight" && model.spec().tied))
       ws.push_back(&t);
@@ -169,7 +169,7 @@ double projection_seconds(RuntimeModel<float>& model, Index R, int mode, int rep
     Mat<float> x, dy, y, dx, dw;
   };
   std::map<std::pair<Index, Index>, Buffers> bufs;  // one set per weight shape
-  for (const Mat<float>* w : ws) {
+  for (const MatMap<float>* w : ws) {
     const Index out = w->rows(), in = w->cols();
     auto [it, fresh] = bufs.try_emplace({out, in});
     if (!fresh) continue;
@@ -186,10 +186,10 @@ double projection_seconds(RuntimeModel<float>& model, Index R, int mode, int rep
   std::vector<double> t;
   for (int r = 0; r <= reps; ++r) {  // r == 0: warm-up, not counted
     const auto t0 = Clock::now();
-    for (const Mat<float>* w : ws) {
+    for (const MatMap<float>* w : ws) {
       Buffers& b = bufs.at({w->rows(), w->cols()});
       ops::linear_forward<float>(b.x, *w, none, b.y);
-      if (mode == 1) ops::linear_backward<float>(b.x, *w, b.dy, b.dx.data(), b.dw.data(), nullptr);
+      if (mode == 1) ops::linear_backward<float>(b.x, *w, b.dy, b.dx, b.dw, nullptr);
     }
     if (r > 0) t.push_back(seconds_since(t0));
   }

@@ -62,7 +62,7 @@ int main(int argc, char** argv) {
   // Model FLOPs per token of a training step: 6 x (projection weights, LM head included)
   // plus attention's 6 x T x d_attn per attention layer (causal: half of 12 T d).
   Index mm = 0;
-  model.visit([&](const std::string& name, const Mat<float>& t, ParamRole r) {
+  model.visit([&](const std::string& name, const MatMap<float>& t, ParamRole r) {
     if (r == ParamRole::Matrix || name == "embed.weight") mm += t.size();
   });
   const double attn = 3 * 6.0 * T * 8 * 64;  // 3 attention blocks, 8 heads x 64
@@ -104,8 +104,8 @@ int main(int argc, char** argv) {
   // Memory: parameters + gradients + optimiser state (+ arena = saved activations and
   // temporaries of one step) vs the process peak.
   Index params = 0, opt_state = 0;
-  model.visit([&](const std::string&, const Mat<float>& t, ParamRole) { params += t.size(); });
-  tr.optimizer().visit_state([&](const std::string&, Mat<float>& t) { opt_state += t.size(); });
+  model.visit([&](const std::string&, const MatMap<float>& t, ParamRole) { params += t.size(); });
+  tr.optimizer().visit_state([&](const std::string&, MatMap<float>& t) { opt_state += t.size(); });
   const double mb = 1.0 / (1 << 20);
   const double accounted = (2.0 * params + opt_state) * 4 + double(tr.arena_bytes());
   std::printf("{\"case\":\"train_memory\",\"params_mb\":%.1f,\"grads_mb\":%.1f,\"optimizer_mb\":%.1f,"

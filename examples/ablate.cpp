@@ -258,7 +258,7 @@ Result run_layout(const Layout& l, const Options& o, bool synthetic, bool measur
   r.train_tok_s = double(r.tokens) / std::max(r.train_seconds, 1e-12);
   r.rss_bytes = rss_ok ? peak_rss_bytes() : -1;
   std::size_t opt_elems = 0;
-  tr.optimizer().visit_state([&](const std::string&, const Mat<S>& m) { opt_elems += std::size_t(m.size()); });
+  tr.optimizer().visit_state([&](const std::string&, const MatMap<S>& m) { opt_elems += std::size_t(m.size()); });
   r.train_bytes = tr.arena_bytes() +
                   sizeof(S) * (2 * std::size_t(r.params) + opt_elems);  // weights + grads + state
 

@@ -131,9 +131,9 @@ int dump_grads(RuntimeModel<S>& model, data::Source& src, const Options& o) {
   std::vector<TensorRef> refs;
   std::vector<std::vector<std::int64_t>> shapes;
   for (const auto& e : grads.entries()) {
-    std::vector<std::int64_t> shape{e.value->rows(), e.value->cols()};
-    if (e.value->rows() == 1) shape = {e.value->cols()};
-    refs.push_back({e.name, dtype_of<S>(), shape, e.grad});
+    std::vector<std::int64_t> shape{e.rows, e.cols};
+    if (e.rows == 1) shape = {e.cols};
+    refs.push_back({e.name, dtype_of<S>(), shape, grads.grad_of(e)});
   }
   auto join = [](const std::vector<int>& v) {
     std::ostringstream os;

@@ -64,10 +64,10 @@ TEST_CASE("summary names every block kind with its state") {
 TEST_CASE("initialisation is seeded and deterministic") {
   TinyHybrid18x6 a(7), b(7), c(8);
   bool same = true, differ = false;
-  std::vector<const Mat<double>*> pa, pb, pc;
-  a.visit([&](const std::string&, const Mat<double>& t, ParamRole) { pa.push_back(&t); });
-  b.visit([&](const std::string&, const Mat<double>& t, ParamRole) { pb.push_back(&t); });
-  c.visit([&](const std::string&, const Mat<double>& t, ParamRole) { pc.push_back(&t); });
+  std::vector<const MatMap<double>*> pa, pb, pc;
+  a.visit([&](const std::string&, const MatMap<double>& t, ParamRole) { pa.push_back(&t); });
+  b.visit([&](const std::string&, const MatMap<double>& t, ParamRole) { pb.push_back(&t); });
+  c.visit([&](const std::string&, const MatMap<double>& t, ParamRole) { pc.push_back(&t); });
   for (size_t i = 0; i < pa.size(); ++i) {
     same = same && (*pa[i] == *pb[i]);
     differ = differ || !(*pa[i] == *pc[i]);

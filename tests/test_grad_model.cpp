@@ -36,8 +36,8 @@ void check_model_gradients(const char* name) {
   Index n_tensors = 0;
   for (const auto& e : grads.entries()) {
     CAPTURE(e.name);
-    Mat<double>& w = *e.value;
-    const double* g = e.grad;
+    MatMap<double> w = grads.value_of(e);
+    const double* g = grads.grad_of(e);
     // Sampled coordinates.
     const auto r = testing::fd_check(w.data(), g, w.size(), L, 3, 1e-6, 1e-4, derive_seed(9, e.name));
     CHECK(r.max_abs_err < 1e-7);
@@ -107,10 +107,11 @@ TEST_CASE("grad: no allocation inside a step after the first") {
 
 namespace {
 Eigen::VectorXd model_grad(RuntimeModel<double>& m, const std::vector<int>& toks,
-                           const std::vector<int>& tg, Index B, Index T) {
+                           const std::vector<int>& tg, Index B, Index T,
+                           const TrainingOptions& o = {}) {
   GradStore<double> grads(m);
   Tape<double> tape(true, &grads);
-  tape.backward(m.loss(tape, toks, tg, B, T));
+  tape.backward(m.loss(tape, toks, tg, B, T, 0, o));
   return Eigen::Map<const Eigen::VectorXd>(grads.data(), grads.size());
 }
 }  // namespace
@@ -120,8 +121,7 @@ TEST_CASE("grad: gradient checkpointing (recompute) gives the same gradients") {
   std::vector<int> toks(2 * 17), tg(2 * 17);
   for (int i = 0; i < 34; ++i) toks[i] = (i * 13 + 5) % 258, tg[i] = (i * 7 + 1) % 258;
   const Eigen::VectorXd plain = model_grad(m, toks, tg, 2, 17);
-  m.set_training_options({.recompute = true});
-  const Eigen::VectorXd re = model_grad(m, toks, tg, 2, 17);
+  const Eigen::VectorXd re = model_grad(m, toks, tg, 2, 17, {.recompute = true});
   CHECK((plain - re).cwiseAbs().maxCoeff() < 1e-12);
   CHECK(plain.norm() > 1e-3);
 }
@@ -131,24 +131,24 @@ TEST_CASE("grad: drop-path masks whole sequences per branch, and its gradient is
   std::vector<int> toks(3 * 11), tg(3 * 11);
   for (int i = 0; i < 33; ++i) toks[i] = (i * 17 + 3) % 258, tg[i] = (i * 5 + 2) % 258;
   const Eigen::VectorXd plain = model_grad(m, toks, tg, 3, 11);
-  m.set_training_options({.drop_path = 0.5, .drop_seed = 1});
-  const Eigen::VectorXd dropped = model_grad(m, toks, tg, 3, 11);
+  const TrainingOptions drop{.drop_path = 0.5, .drop_seed = 1};
+  const Eigen::VectorXd dropped = model_grad(m, toks, tg, 3, 11, drop);
   CHECK((plain - dropped).norm() > 1e-6);  // some branch was dropped
   // With the mask fixed (same seed), the tape's gradient matches finite differences.
   GradStore<double> grads(m);
   Tape<double> tape(true, &grads), eval(true);
-  tape.backward(m.loss(tape, toks, tg, 3, 11));
+  tape.backward(m.loss(tape, toks, tg, 3, 11, 0, drop));
   auto L = [&] {  // a recording tape (drop-path is a training-time op); its nodes are discarded
     eval.rewind();
-    return m.loss(eval, toks, tg, 3, 11).v[0];
+    return m.loss(eval, toks, tg, 3, 11, 0, drop).v[0];
   };
   for (const auto& e : grads.entries()) {
     if (e.name.find("blocks.1.") != 0 && e.name.find("blocks.14.") != 0) continue;
     CAPTURE(e.name);
-    const auto r = testing::fd_check(e.value->data(), e.grad, e.value->size(), L, 4);
+    const auto r = testing::fd_check(grads.value_of(e).data(), grads.grad_of(e), e.size(), L, 4);
     CHECK(r.max_rel_err < 1e-4);
   }
   // Recompute and drop-path together still give the same gradient.
-  m.set_training_options({.recompute = true, .drop_path = 0.5, .drop_seed = 1});
-  CHECK((model_grad(m, toks, tg, 3, 11) - dropped).cwiseAbs().maxCoeff() < 1e-12);
+  CHECK((model_grad(m, toks, tg, 3, 11, {.recompute = true, .drop_path = 0.5, .drop_seed = 1}) - dropped)
+            .cwiseAbs().maxCoeff() < 1e-12);
 }

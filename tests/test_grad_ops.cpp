@@ -98,7 +98,7 @@ TEST_CASE("grad: rmsnorm and layernorm") {
       Mat<S> y(R, D);
       std::vector<S> rstd(R);
       rmsnorm_forward<S>(in[0], in[1], S(1e-5), y, rstd.data());
-      rmsnorm_backward<S>(in[0], in[1], rstd.data(), d, g[0].data(), g[1].data());
+      rmsnorm_backward<S>(in[0], in[1], rstd.data(), d, g[0], g[1]);
     });
     check_grads("layernorm", {x, w, b}, GRAD_FWD {
       Mat<S> y(R, D);
@@ -108,8 +108,8 @@ TEST_CASE("grad: rmsnorm and layernorm") {
       Mat<S> y(R, D);
       std::vector<S> mean(R), rstd(R);
       layernorm_forward<S>(in[0], in[1], in[2], S(1e-5), y, mean.data(), rstd.data());
-      layernorm_backward<S>(in[0], in[1], mean.data(), rstd.data(), d, g[0].data(), g[1].data(),
-                            g[2].data());
+      layernorm_backward<S>(in[0], in[1], mean.data(), rstd.data(), d, g[0], g[1],
+                            g[2]);
     });
   }
 }
@@ -129,8 +129,8 @@ TEST_CASE("grad: gated_rmsnorm, per group and whole width") {
         Mat<S> o(R, W);
         std::vector<S> rstd(R * (W / grp));
         gated_rmsnorm_forward<S>(in[0], in[1], in[2], grp, S(1e-5), o, rstd.data());
-        gated_rmsnorm_backward<S>(in[0], in[1], in[2], grp, rstd.data(), d, g[0].data(), g[1].data(),
-                                  g[2].data());
+        gated_rmsnorm_backward<S>(in[0], in[1], in[2], grp, rstd.data(), d, g[0], g[1],
+                                  g[2]);
       });
   }
 }
@@ -147,7 +147,7 @@ TEST_CASE("grad: causal_conv1d from zero history, K = 1..4, T below and above K"
           causal_conv1d_forward<S>(in[0], in[1], in[2], nullptr, y, nullptr);
           return y;
         }, GRAD_BWD {
-          causal_conv1d_backward<S>(in[0], in[1], d, g[0].data(), g[1].data(), g[2].data());
+          causal_conv1d_backward<S>(in[0], in[1], d, g[0], g[1], g[2]);
         });
     }
 }
@@ -176,7 +176,7 @@ TEST_CASE("grad: swiglu and relu2") {
       Mat<S> h(R, F);
       swiglu_forward<S>(in[0], in[1], h);
       return h;
-    }, GRAD_BWD { swiglu_backward<S>(in[0], in[1], d, g[0].data(), g[1].data()); });
+    }, GRAD_BWD { swiglu_backward<S>(in[0], in[1], d, g[0], g[1]); });
     M x = random_normal(R, F, 43);  // relu2 has a kink in its derivative at 0: stay off it
     for (Index i = 0; i < x.size(); ++i)
       if (std::abs(x.data()[i]) < 1e-3) x.data()[i] = 0.5;
@@ -184,7 +184,7 @@ TEST_CASE("grad: swiglu and relu2") {
       Mat<S> y(R, F);
       relu2_forward<S>(in[0], y);
       return y;
-    }, GRAD_BWD { relu2_backward<S>(in[0], d, g[0].data()); });
+    }, GRAD_BWD { relu2_backward<S>(in[0], d, g[0]); });
   }
 }
 
@@ -210,7 +210,7 @@ TEST_CASE("grad: dt_softplus, clamped at both limits and unclamped") {
       dt_softplus_forward<S>(in[0], in[1], S(lo), S(hi), dt);
       return dt;
     };
-    auto bwd = GRAD_BWD { dt_softplus_backward<S>(in[0], in[1], S(lo), S(hi), d, g[0].data(), g[1].data()); };
+    auto bwd = GRAD_BWD { dt_softplus_backward<S>(in[0], in[1], S(lo), S(hi), d, g[0], g[1]); };
     check_grads("dt_softplus", {raw, bias}, fwd, bwd);
 
     const M dt = fwd(std::vector<M>{raw, bias});
@@ -242,7 +242,7 @@ TEST_CASE("grad: embedding with repeated ids and a multiplier") {
       return out;
     }, GRAD_BWD {
       (void)in;  // the table's value does not enter its gradient
-      embedding_backward<S>(ids.data(), R, S(1.7), d, g[0].data());
+      embedding_backward<S>(ids.data(), R, S(1.7), d, g[0]);
     });
   }
   const M table = random_normal(V, D, 62);
@@ -277,7 +277,7 @@ TEST_CASE("grad: cross_entropy with ignored targets, z_loss and softcap") {
         if (cap > 0) softcap_forward<S>(y, S(cap));
         std::vector<S> lse(R);
         cross_entropy_forward<S>(y, c.t.data(), lse.data(), z);
-        cross_entropy_backward<S>(y, c.t.data(), lse.data(), double(d(0, 0)), z, dy.data());
+        cross_entropy_backward<S>(y, c.t.data(), lse.data(), double(d(0, 0)), z, dy);
         if (cap > 0) softcap_backward<S>(y, S(cap), dy);
         g[0] += dy;
       });
@@ -296,8 +296,8 @@ TEST_CASE("grad: cross_entropy with ignored targets, z_loss and softcap") {
   M d1 = M::Zero(2, 3), d2 = M::Zero(2, 3);
   std::vector<double> lse(2);
   cross_entropy_forward<double>(x, t, lse.data(), 0.1);
-  cross_entropy_backward<double>(x, t, lse.data(), 0.5, 0.1, d1.data());
-  cross_entropy_backward<double>(x, t, nullptr, 0.5, 0.1, d2.data());
+  cross_entropy_backward<double>(x, t, lse.data(), 0.5, 0.1, d1);
+  cross_entropy_backward<double>(x, t, nullptr, 0.5, 0.1, d2);
   CHECK((d1 - d2).cwiseAbs().maxCoeff() < 1e-15);
 }
 
@@ -331,14 +331,14 @@ TEST_CASE("grad: cross_entropy is stable for large logits and rejects bad target
   M dl = M::Zero(R, V), dr = M::Zero(1, V);
   std::vector<double> lse(R);
   const double all = cross_entropy_forward<double>(xl, tl, lse.data(), 0.01);
-  cross_entropy_backward<double>(xl, tl, lse.data(), 0.5, 0.01, dl.data());
+  cross_entropy_backward<double>(xl, tl, lse.data(), 0.5, 0.01, dl);
   double rows = 0;
   for (Index r = 0; r < R; ++r) {
     double l1 = 0;
     rows += cross_entropy_forward<double>(xl.row(r), tl + r, &l1, 0.01);
     CHECK(l1 == lse[r]);
     dr.setZero();
-    cross_entropy_backward<double>(xl.row(r), tl + r, &l1, 0.5, 0.01, dr.data());
+    cross_entropy_backward<double>(xl.row(r), tl + r, &l1, 0.5, 0.01, dr);
     CHECK(dr == dl.row(r));
   }
   CHECK(all == doctest::Approx(rows).epsilon(1e-14));
@@ -349,7 +349,7 @@ TEST_CASE("grad: cross_entropy is stable for large logits and rejects bad target
                        doctest::Contains("target id 50 at row 1 is outside the vocabulary [0, 50)"), Error);
   CHECK_THROWS_WITH_AS(cross_entropy_forward<double>(x, bad_lo, nullptr),
                        doctest::Contains("target id -2 at row 0"), Error);
-  CHECK_THROWS_AS(cross_entropy_backward<double>(x, bad_hi, nullptr, 1.0, 0.0, dx.data()), Error);
+  CHECK_THROWS_AS(cross_entropy_backward<double>(x, bad_hi, nullptr, 1.0, 0.0, dx), Error);
 }
 
 TEST_CASE("grad: worst FD errors per op (printed with HYBRID_GRAD_REPORT=1)") {

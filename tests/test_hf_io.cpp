@@ -76,9 +76,9 @@ TEST_CASE("hf io: save_hf then load_hf gives the same model, for every fixture")
     CHECK(ck.config().family == hf::HfCheckpoint(e.path().string()).config().family);
     const RuntimeModel<float> b = hf::load_hf<float>(t.dir.string());
     CHECK(b.layout_string() == a.layout_string());
-    std::vector<const Mat<float>*> wa, wb;
-    a.visit([&](const std::string&, const Mat<float>& m, ParamRole) { wa.push_back(&m); });
-    b.visit([&](const std::string&, const Mat<float>& m, ParamRole) { wb.push_back(&m); });
+    std::vector<const MatMap<float>*> wa, wb;
+    a.visit([&](const std::string&, const MatMap<float>& m, ParamRole) { wa.push_back(&m); });
+    b.visit([&](const std::string&, const MatMap<float>& m, ParamRole) { wb.push_back(&m); });
     REQUIRE(wa.size() == wb.size());
     for (std::size_t i = 0; i < wa.size(); ++i) CHECK(*wa[i] == *wb[i]);
     // The written tensor names are exactly the original checkpoint's.

@@ -133,7 +133,7 @@ void check_checkpoint_round_trip(const TempDir& tmp) {
     CHECK(r.metadata().at("hybrid.format") == "hybrid-1");
     for (const auto& t : r.tensors()) CHECK(t.dtype == dtype_of<S>());
     std::size_t n = 0;
-    m.visit([&](const std::string&, const Mat<S>&, ParamRole) { ++n; });
+    m.visit([&](const std::string&, const MatMap<S>&, ParamRole) { ++n; });
     CHECK(r.tensors().size() == n);
   }
   const RuntimeModel<S> back = load_model<S>(path);
@@ -214,7 +214,7 @@ TEST_CASE("checkpoint: missing, extra and mis-shaped tensors, layout mismatch, N
 
   {  // drop the first tensor of block 13 (an attention block)
     std::string victim;
-    m.visit([&](const std::string& n, const Mat<double>&, ParamRole) {
+    m.visit([&](const std::string& n, const MatMap<double>&, ParamRole) {
       if (victim.empty() && n.rfind("blocks.13.", 0) == 0) victim = n;
     });
     rewrite(good, bad, [&](auto& refs, auto&) {
@@ -246,7 +246,7 @@ TEST_CASE("checkpoint: missing, extra and mis-shaped tensors, layout mismatch, N
               {"layout", "MMMMMMMMMMMMAAAMMM", "\"MMMM\""});
 
   TinyMamba nan_model(2);
-  nan_model.visit([](const std::string& n, Mat<double>& t, ParamRole) {
+  nan_model.visit([](const std::string& n, MatMap<double>& t, ParamRole) {
     if (n == "norm_f.weight") t(0, 3) = std::numeric_limits<double>::quiet_NaN();
   });
   save_model(nan_model, bad);

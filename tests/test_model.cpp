@@ -153,7 +153,7 @@ TEST_CASE("bad input gives clear errors") {
                        doctest::Contains("context of 9 tokens exceeds the model's maximum of 8"), Error);
 
   // NaN in weights.
-  m.visit([](const std::string& n, Mat<double>& t, ParamRole) {
+  m.visit([](const std::string& n, MatMap<double>& t, ParamRole) {
     if (n == "blocks.3.mixer.o_proj.weight") t(1, 2) = std::nan("");
   });
   CHECK_THROWS_WITH_AS(m.check_finite(), doctest::Contains("blocks.3.mixer.o_proj.weight"), Error);

@@ -125,8 +125,8 @@ TEST_CASE("causal depthwise conv equals the direct sum and carries its history")
     }
   // Split into two calls through the (C, K) history == one call.
   Mat<double> hist = Mat<double>::Zero(C, K), y1(2, C), y2(T - 2, C);
-  ops::causal_conv1d_forward<double>(Mat<double>(u.topRows(2)), w, b, &hist, y1, &hist);
-  ops::causal_conv1d_forward<double>(Mat<double>(u.bottomRows(T - 2)), w, b, &hist, y2, &hist);
+  ops::causal_conv1d_forward<double>(Mat<double>(u.topRows(2)), w, b, hist, y1, hist);
+  ops::causal_conv1d_forward<double>(Mat<double>(u.bottomRows(T - 2)), w, b, hist, y2, hist);
   CHECK((y1 - y.topRows(2)).cwiseAbs().maxCoeff() < 1e-12);
   CHECK((y2 - y.bottomRows(T - 2)).cwiseAbs().maxCoeff() < 1e-12);
   CHECK((hist.transpose() - u.bottomRows(K)).cwiseAbs().maxCoeff() == 0);

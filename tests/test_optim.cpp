@@ -19,8 +19,8 @@ using hybrid::test_util::ToyModel;
 
 namespace {
 
-template <class S>
-MatMap<S> grad_of(GradStore<S>& g, const Mat<S>& w) {
+template <class S, class W>
+MatMap<S> grad_of(GradStore<S>& g, const W& w) {
   return MatMap<S>(g.of(w), w.rows(), w.cols());
 }
 
@@ -31,7 +31,7 @@ constexpr double kPi = 3.14159265358979323846;
 
 TEST_CASE("optim: AdamW matches a hand-computed two-step example") {
   ToyModel<> model;
-  Mat<double>& p = model.add("x", 1, 3, ParamRole::Scalar, 1);
+  auto& p = model.add("x", 1, 3, ParamRole::Scalar, 1);
   p << 0.5, -1.0, 2.0;
   const Mat<double> p0 = p;
   GradStore<double> grads(model);
@@ -276,7 +276,7 @@ TEST_CASE("optim: a non-finite gradient skips the step and leaves everything unt
     CHECK(model[0] == m0);
     CHECK(model[1] == e0);
     CHECK(opt.steps() == 0);
-    opt.visit_state([](const std::string& n, Mat<double>& t) {
+    opt.visit_state([](const std::string& n, MatMap<double>& t) {
       CAPTURE(n);
       CHECK(t.cwiseAbs().maxCoeff() == 0);
     });
@@ -332,7 +332,7 @@ TEST_CASE("optim: schedule values at key steps") {
 
 TEST_CASE("optim: EMA follows the closed form and swaps values in place") {
   ToyModel<> model;
-  Mat<double>& w = model.add("w", 2, 2, ParamRole::Matrix, 1);
+  auto& w = model.add("w", 2, 2, ParamRole::Matrix, 1);
   model.add("b", 1, 2, ParamRole::Scalar, 2);
   w.setConstant(1.0);
   const double* addr = w.data();
@@ -346,7 +346,7 @@ TEST_CASE("optim: EMA follows the closed form and swaps values in place") {
   const double want = d * d * 1 + (1 - d) * d * 2 + (1 - d) * 4;
   CHECK(want == doctest::Approx(1.39));
   int n = 0;
-  ema.visit_state([&](const std::string& name, Mat<double>& t) {
+  ema.visit_state([&](const std::string& name, MatMap<double>& t) {
     if (n++ == 0) {
       CHECK(name == "ema.w");
       CHECK(max_abs(t - Mat<double>::Constant(2, 2, want)) < 1e-15);
@@ -378,11 +378,11 @@ TEST_CASE("optim: visit_state enumerates every buffer; a resumed optimiser match
     Optimizer<double> opt(grads, cfg);
     std::set<std::string> names;
     Index n_matrix = 0;
-    opt.visit_state([&](const std::string& n, Mat<double>&) { CHECK(names.insert(n).second); });
+    opt.visit_state([&](const std::string& n, MatMap<double>&) { CHECK(names.insert(n).second); });
     for (const auto& e : grads.entries()) {
       CAPTURE(e.name);
-      if (e.role == int(ParamRole::Matrix)) ++n_matrix;
-      if (muon && e.role == int(ParamRole::Matrix)) {
+      if (e.role == ParamRole::Matrix) ++n_matrix;
+      if (muon && e.role == ParamRole::Matrix) {
         CHECK(names.count("muon_mom." + e.name) == 1);
         CHECK(names.count("adam_m." + e.name) == 0);
       } else {
@@ -409,23 +409,23 @@ TEST_CASE("optim: visit_state enumerates every buffer; a resumed optimiser match
     };
     for (int s = 0; s < 3; ++s) grad_step(model, grads, opt);
     TinyHybrid18x6 model2(99);
-    model2.visit([&](const std::string& n, Mat<double>& t, ParamRole) {
-      model.visit([&](const std::string& n1, Mat<double>& t1, ParamRole) {
+    model2.visit([&](const std::string& n, MatMap<double>& t, ParamRole) {
+      model.visit([&](const std::string& n1, MatMap<double>& t1, ParamRole) {
         if (n1 == n) t = t1;
       });
     });
     GradStore<double> grads2(model2);
     Optimizer<double> opt2(grads2, cfg);
-    std::map<std::string, Mat<double>*> saved;
-    opt.visit_state([&](const std::string& n, Mat<double>& t) { saved[n] = &t; });
-    opt2.visit_state([&](const std::string& n, Mat<double>& t) { t = *saved.at(n); });
+    std::map<std::string, MatMap<double>*> saved;
+    opt.visit_state([&](const std::string& n, MatMap<double>& t) { saved[n] = &t; });
+    opt2.visit_state([&](const std::string& n, MatMap<double>& t) { t = *saved.at(n); });
     opt2.set_steps(opt.steps());
     CHECK(opt2.steps() == 3);
     grad_step(model, grads, opt);
     grad_step(model2, grads2, opt2);
     double diff = 0;
-    model2.visit([&](const std::string& n, Mat<double>& t, ParamRole) {
-      model.visit([&](const std::string& n1, Mat<double>& t1, ParamRole) {
+    model2.visit([&](const std::string& n, MatMap<double>& t, ParamRole) {
+      model.visit([&](const std::string& n1, MatMap<double>& t1, ParamRole) {
         if (n1 == n) diff = std::max(diff, max_abs(t - t1));
       });
     });

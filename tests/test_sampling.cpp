@@ -381,7 +381,7 @@ TEST_CASE("generate: bad inputs throw clear errors before running") {
             .tokens.size() == 6);
   // Non-finite weights → NaN logits → an error naming the sequence and the position.
   TinyTransformer broken(1);
-  broken.visit([](const std::string& n, Mat<double>& t, ParamRole) {
+  broken.visit([](const std::string& n, MatMap<double>& t, ParamRole) {
     if (n == "embed.weight") t(0, 0) = NAN;
   });
   expect_error([&] { generate(broken, tok, {5, 0, 7}, opt); },

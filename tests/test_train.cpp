@@ -74,14 +74,14 @@ TEST_CASE("train: a non-finite loss stops with the last good weights, or is skip
   train::Trainer<float> tr(model, *src, cfg);
   tr.step();
   std::vector<Mat<float>> before;
-  model.visit([&](const std::string&, const Mat<float>& t, ParamRole) { before.push_back(t); });
-  model.visit([](const std::string& n, Mat<float>& t, ParamRole) {
+  model.visit([&](const std::string&, const MatMap<float>& t, ParamRole) { before.push_back(t); });
+  model.visit([](const std::string& n, MatMap<float>& t, ParamRole) {
     if (n == "blocks.0.mixer.out_proj.weight") t(0, 0) = std::numeric_limits<float>::infinity();
   });
   CHECK_THROWS_WITH_AS(tr.step(), doctest::Contains("non-finite"), Error);
   std::size_t i = 0;
   bool untouched = true;
-  model.visit([&](const std::string& n, const Mat<float>& t, ParamRole) {
+  model.visit([&](const std::string& n, const MatMap<float>& t, ParamRole) {
     if (n != "blocks.0.mixer.out_proj.weight") untouched = untouched && t == before[i];
     ++i;
   });

@@ -82,23 +82,30 @@ Mat<S> random_mat(Index r, Index c, std::uint64_t seed) {
   return m;
 }
 
-// A stand-in model for optimiser tests: named tensors with chosen roles and a visit() like
-// the real models' (a deque keeps their addresses fixed).
+// A stand-in model for optimiser tests: named tensors with chosen roles in one parameter
+// table and store, as the real models keep them. The store is allocated once with room for
+// `capacity` values, so tensors added later do not move the earlier ones.
 template <class S = double>
 struct ToyModel {
-  std::deque<std::tuple<std::string, Mat<S>, ParamRole>> ps;
-  Mat<S>& add(const std::string& name, Index r, Index c, ParamRole role, std::uint64_t seed) {
-    ps.emplace_back(name, random_mat<S>(r, c, seed), role);
-    return std::get<1>(ps.back());
+  ParamTable table;
+  Buffer<S> values;
+  std::deque<MatMap<S>> maps;
+
+  explicit ToyModel(Index capacity = Index(1) << 18) : values(capacity) { values.zero(); }
+  ToyModel(const ToyModel&) = delete;
+  MatMap<S>& add(const std::string& name, Index r, Index c, ParamRole role, std::uint64_t seed) {
+    const Param p = table.add(name, r, c, role);
+    HYBRID_CHECK(table.total() <= values.size(), "ToyModel: more than ", values.size(), " values");
+    maps.emplace_back(values.data() + p.offset, r, c);
+    maps.back() = random_mat<S>(r, c, seed);
+    return maps.back();
   }
-  Mat<S>& operator[](std::size_t i) { return std::get<1>(ps[i]); }
+  MatMap<S>& operator[](std::size_t i) { return maps[i]; }
+  const ParamTable& param_table() const { return table; }
+  S* param_values() { return values.data(); }
   template <class F>
   void visit(F&& f) {
-    for (auto& [n, m, r] : ps) f(n, m, r);
-  }
-  template <class F>
-  void visit(F&& f) const {
-    for (const auto& [n, m, r] : ps) f(n, m, r);
+    for (std::size_t i = 0; i < maps.size(); ++i) f(table[i].name, maps[i], table[i].role);
   }
 };
 

@@ -8,4 +8,3 @@
 #include "runtime_model.hpp"
 #include "typed_model.hpp"
 #include "aliases.hpp"
-#include "ops/op_table.hpp"

@@ -18,21 +18,45 @@
 
 namespace hybrid {
 
+// Options of recorded (training) forwards, given per call by the trainer. recompute: keep
+// only each block's input on the tape and recompute the block's activations during backward
+// (gradient checkpointing: activation memory of one block instead of all). drop_path: each
+// residual branch of each sequence is dropped with this probability (kept ones scaled by
+// 1/(1-p)), with masks drawn from drop_seed (set it per step for reproducible runs).
+struct TrainingOptions {
+  bool recompute = false;
+  double drop_path = 0;
+  std::uint64_t drop_seed = 0;
+
+  void validate() const {
+    HYBRID_CHECK(drop_path >= 0 && drop_path < 1, "drop_path must be in [0, 1), got ", drop_path);
+  }
+};
+
 template <class S>
 class RuntimeModel {
  public:
   using Scalar = S;
+  using TrainingOptions = hybrid::TrainingOptions;
 
   explicit RuntimeModel(ModelDesc d, std::uint64_t seed = 0)
-      : desc_((validate(d), std::move(d))), final_norm_(desc_.model.d_model, desc_.model.norm,
-                                                        desc_.model.norm_eps) {
-    const auto& m = desc_.model;
-    embed_.setZero(m.vocab, m.d_model);
-    if (!m.tied) head_.setZero(m.vocab, m.d_model);
-    blocks_.reserve(desc_.blocks.size());
-    for (const auto& b : desc_.blocks) blocks_.emplace_back(b, m);
+      : desc_((validate(d), std::move(d))), final_norm_(declare(desc_, table_, embed_, head_, blocks_)),
+        store_(table_) {
+    bind_maps();
     init(seed);
   }
+  RuntimeModel(const RuntimeModel& o)
+      : desc_(o.desc_), table_(o.table_), embed_(o.embed_), head_(o.head_), blocks_(o.blocks_),
+        final_norm_(o.final_norm_), store_(o.store_) {
+    bind_maps();
+  }
+  RuntimeModel& operator=(const RuntimeModel& o) {
+    if (this != &o) *this = RuntimeModel(o);
+    return *this;
+  }
+  // Moves keep the store's allocation, so the maps stay valid.
+  RuntimeModel(RuntimeModel&&) = default;
+  RuntimeModel& operator=(RuntimeModel&&) = default;
 
   const ModelDesc& desc() const { return desc_; }
   const ModelSpec& spec() const { return desc_.model; }
@@ -40,35 +64,31 @@ class RuntimeModel {
   int n_blocks() const { return int(blocks_.size()); }
   const BlockLayer<S>& block(int i) const { return blocks_[i]; }
 
+  // The parameter table (name, offset, shape, role of every tensor) and the one allocation
+  // holding the values; gradient stores and optimiser state mirror the table.
+  const ParamTable& param_table() const { return table_; }
+  S* param_values() { return store_.data(); }
+  const S* param_values() const { return store_.data(); }
+  ParamStore<S>& params() { return store_; }
+  const ParamStore<S>& params() const { return store_; }
+
   // Seeded initialisation (REFERENCE.md §1): embedding N(0, init_std), projections
   // U(±1/sqrt(fan_in)), residual-branch outputs divided by sqrt(n_residuals * n_layer).
-  void init(std::uint64_t seed) {
-    init::normal(embed_, desc_.model.init_std, derive_seed(seed, "embed"));
-    if (!desc_.model.tied) init::normal(head_, desc_.model.init_std, derive_seed(seed, "head"));
-    final_norm_.init();
-    for (int i = 0; i < n_blocks(); ++i)
-      blocks_[i].init(derive_seed(seed, "block" + std::to_string(i)), n_blocks());
-  }
+  void init(std::uint64_t seed);
 
-  // f(name, Mat<S>&, ParamRole) for every parameter tensor, in a fixed order.
+  // f(name, MatMap<S>&, ParamRole) for every parameter tensor, in table order. The maps
+  // are the model's own (their addresses are stable for the model's lifetime).
   template <class F>
   void visit(F&& f) {
-    f(std::string("embed.weight"), embed_, ParamRole::Embedding);
-    for (int i = 0; i < n_blocks(); ++i) blocks_[i].visit("blocks." + std::to_string(i), f);
-    final_norm_.visit("norm_f", f);
-    if (!desc_.model.tied) f(std::string("lm_head.weight"), head_, ParamRole::Embedding);
+    for (std::size_t i = 0; i < table_.size(); ++i) f(table_[i].name, maps_[i], table_[i].role);
   }
   template <class F>
   void visit(F&& f) const {
-    const_cast<RuntimeModel*>(this)->visit(
-        [&](const std::string& n, Mat<S>& t, ParamRole r) { f(n, static_cast<const Mat<S>&>(t), r); });
+    for (std::size_t i = 0; i < table_.size(); ++i)
+      f(table_[i].name, static_cast<const MatMap<S>&>(maps_[i]), table_[i].role);
   }
 
-  Index param_count() const {
-    Index n = 0;
-    visit([&](const std::string&, const Mat<S>& t, ParamRole) { n += t.size(); });
-    return n;
-  }
+  Index param_count() const { return table_.count(); }
 
   std::string layout_string() const {
     std::string s;
@@ -78,7 +98,7 @@ class RuntimeModel {
 
   // Throws naming the first tensor and index holding NaN or Inf.
   void check_finite() const {
-    visit([](const std::string& n, const Mat<S>& t, ParamRole) {
+    visit([](const std::string& n, const MatMap<S>& t, ParamRole) {
       for (Index i = 0; i < t.size(); ++i)
         HYBRID_CHECK(std::isfinite(double(t.data()[i])), "weights: tensor '", n,
                      "' holds a non-finite value (", double(t.data()[i]), ") at flat index ",
@@ -95,159 +115,49 @@ class RuntimeModel {
 
   // tokens: B*T ids (sequence-major). states: nullptr (fresh sequences, nothing kept) or B
   // states to continue from; they are advanced by T. Returns logits (B*T, V), or (B, V)
-  // for the last position of each sequence when all_logits is false. Runs on an internal
-  // non-recording tape (so one model serves one thread at a time).
+  // for the last position of each sequence when all_logits is false. Safe to call from
+  // several threads at once (each call has its own non-recording tape); ctx: a tape the
+  // caller keeps between calls so that repeated calls reuse its memory.
   Mat<S> forward(std::span<const int> tokens, Index B, Index T,
-                 SequenceState<S>* const* states = nullptr, bool all_logits = true) const {
-    if (!infer_) infer_ = std::make_unique<Tape<S>>(false);
-    infer_->rewind();
-    const Var<S> l = logits(*infer_, tokens, B, T, states, all_logits);
-    Mat<S> out = l.val();
-    infer_->rewind();
-    return out;
-  }
+                 SequenceState<S>* const* states = nullptr, bool all_logits = true,
+                 Tape<S>* ctx = nullptr) const;
 
   // Intermediate activations of B sequences of T tokens, for comparisons with other
   // engines: the output of every block (after its residual adds) and, last, the output of
   // the final norm; each (B*T, D).
-  std::vector<Mat<S>> hidden_states(std::span<const int> tokens, Index B, Index T) const {
-    check_tokens(tokens, B, T, nullptr);
-    if (!infer_) infer_ = std::make_unique<Tape<S>>(false);
-    infer_->rewind();
-    std::vector<Mat<S>> out;
-    Var<S> x = ag::embedding(*infer_, embed_, tokens.data(), B * T, S(desc_.model.embedding_multiplier));
-    for (int l = 0; l < n_blocks(); ++l) {
-      x = blocks_[l].forward(*infer_, x, B, T, nullptr, nullptr);
-      out.push_back(x.val());
-    }
-    out.push_back(final_norm_.forward(*infer_, x).val());
-    infer_->rewind();
-    return out;
-  }
-
-  // Options of recorded (training) forwards. recompute: keep only each block's input on the
-  // tape and recompute the block's activations during backward (gradient checkpointing:
-  // activation memory of one block instead of all). drop_path: each residual branch of each
-  // sequence is dropped with this probability (kept ones scaled by 1/(1-p)), with masks
-  // drawn from drop_seed (set it per step for reproducible runs).
-  struct TrainingOptions {
-    bool recompute = false;
-    double drop_path = 0;
-    std::uint64_t drop_seed = 0;
-  };
-  void set_training_options(const TrainingOptions& o) {
-    HYBRID_CHECK(o.drop_path >= 0 && o.drop_path < 1, "drop_path must be in [0, 1), got ", o.drop_path);
-    train_opts_ = o;
-  }
-  const TrainingOptions& training_options() const { return train_opts_; }
+  std::vector<Mat<S>> hidden_states(std::span<const int> tokens, Index B, Index T) const;
 
   // The same forward on a caller's tape; when it records, backward() reaches every
   // parameter gradient in its GradStore. Returns logits (B*T, V) (or (B, V), see forward).
   Var<S> logits(Tape<S>& t, std::span<const int> tokens, Index B, Index T,
                 SequenceState<S>* const* states = nullptr, bool all_logits = true) const {
-    check_tokens(tokens, B, T, states);
-    const auto& m = desc_.model;
-    Var<S> x = ag::embedding(t, embed_, tokens.data(), B * T, S(m.embedding_multiplier));  // (B*T, D)
-    std::vector<LayerState<S>*> ls(states ? B : 0);
-    const bool train = t.recording();
-    for (int l = 0; l < n_blocks(); ++l) {
-      if (states)
-        for (Index b = 0; b < B; ++b) ls[b] = &states[b]->layers[l];
-      const S* keep = train && train_opts_.drop_path > 0 ? drop_mask(t, l, B, T) : nullptr;
-      if (train && train_opts_.recompute && !states) x = checkpointed_block(t, l, x, B, T, keep);
-      else x = blocks_[l].forward(t, x, B, T, states ? ls.data() : nullptr, keep);
-    }
-    if (states)
-      for (Index b = 0; b < B; ++b) states[b]->pos += T;
-    if (!all_logits && T > 1) {
-      std::vector<Index> last(B);
-      for (Index b = 0; b < B; ++b) last[b] = b * T + T - 1;
-      x = ag::gather_rows(t, x, last.data(), B);
-    }
-    return head(t, x);
+    return run(t, tokens, B, T, states, all_logits, TrainingOptions{});
+  }
+  // A recorded training forward with per-call options (recompute, drop-path).
+  Var<S> logits(Tape<S>& t, std::span<const int> tokens, Index B, Index T,
+                const TrainingOptions& o) const {
+    o.validate();
+    return run(t, tokens, B, T, nullptr, true, o);
   }
 
   // Mean next-token cross-entropy (nats) of B sequences of T tokens against targets (B*T
   // ids, -1 = not scored), plus z_loss * mean(logsumexp^2), as a 1x1 Var.
   Var<S> loss(Tape<S>& t, std::span<const int> tokens, std::span<const int> targets, Index B,
-              Index T, double z_loss = 0) const {
-    HYBRID_CHECK(Index(targets.size()) == B * T, "loss: got ", targets.size(),
-                 " targets, expected B*T = ", B * T);
-    for (Index i = 0; i < B * T; ++i)
-      HYBRID_CHECK(targets[i] >= -1 && targets[i] < vocab(), "target id ", targets[i],
-                   " at position ", i % T, " of sequence ", i / T, " is outside [0, ", vocab(),
-                   ") (or -1 to skip)");
-    return ag::cross_entropy(t, logits(t, tokens, B, T), targets.data(), z_loss);
-  }
+              Index T, double z_loss = 0, const TrainingOptions& o = {}) const;
 
   // Prompts of different lengths (each non-empty). Returns per prompt the logits (T_b, V)
   // (or (1, V) for the last position when all_logits is false); states receives one
   // SequenceState per prompt, ready for step().
   std::vector<Mat<S>> prefill(const std::vector<std::vector<int>>& prompts,
                               std::vector<SequenceState<S>>& states,
-                              bool all_logits = true) const {
-    std::vector<Mat<S>> out;
-    states.clear();
-    for (std::size_t i = 0; i < prompts.size(); ++i) {
-      HYBRID_CHECK(!prompts[i].empty(), "prefill: prompt ", i,
-                   " is empty; every prompt needs at least one token (e.g. BOS)");
-      states.push_back(new_state());
-    }
-    for (std::size_t i = 0; i < prompts.size(); ++i) {
-      SequenceState<S>* st = &states[i];
-      out.push_back(forward(prompts[i], 1, Index(prompts[i].size()), &st, all_logits));
-    }
-    return out;
-  }
+                              bool all_logits = true, Tape<S>* ctx = nullptr) const;
 
   // One token per sequence. Returns logits (B, V).
-  Mat<S> step(std::span<const int> tokens, std::vector<SequenceState<S>>& states) const {
-    HYBRID_CHECK(tokens.size() == states.size(), "step: got ", tokens.size(),
-                 " tokens for ", states.size(), " sequences; expected one token per sequence");
-    std::vector<SequenceState<S>*> p(states.size());
-    for (std::size_t i = 0; i < states.size(); ++i) p[i] = &states[i];
-    return forward(tokens, Index(tokens.size()), 1, p.data());
-  }
+  Mat<S> step(std::span<const int> tokens, std::vector<SequenceState<S>>& states,
+              Tape<S>* ctx = nullptr) const;
 
   // Per block kind: count, parameters, decode state. One screen.
-  std::string summary(const std::string& name = "model") const {
-    struct Row { int count = 0; Index params = 0; Index fixed = 0; Index per_token = 0; };
-    std::map<std::string, Row> rows;
-    for (int i = 0; i < n_blocks(); ++i) {
-      const auto& bd = desc_.blocks[i];
-      std::string kind = mixer_name(bd.mixer);
-      if (const auto* s = std::get_if<SwiGluSpec>(&bd.channel)) kind += " + SwiGLU(" + std::to_string(s->hidden) + ")";
-      if (const auto* s = std::get_if<Relu2Spec>(&bd.channel)) kind += " + ReLU2(" + std::to_string(s->hidden) + ")";
-      Row& r = rows[kind];
-      r.count++;
-      r.params += hybrid::param_count(bd, desc_.model);
-      std::visit(
-          [&](const auto& mx) {
-            using L = std::decay_t<decltype(mx)>;
-            if constexpr (std::is_same_v<L, GqaLayer<S>>) r.per_token += mx.state_bytes_per_token();
-            else r.fixed += mx.state_bytes();
-          },
-          blocks_[i].mixer());
-    }
-    std::string out;
-    char buf[256];
-    std::snprintf(buf, sizeof buf, "%s: %lld parameters, %d blocks, layout %s\n", name.c_str(),
-                  (long long)param_count(), n_blocks(), layout_string().c_str());
-    out += buf;
-    std::snprintf(buf, sizeof buf, "  %-34s %6s %14s %16s %14s\n", "block kind", "count",
-                  "parameters", "state B/seq", "KV B/token");
-    out += buf;
-    for (const auto& [k, r] : rows) {
-      std::snprintf(buf, sizeof buf, "  %-34s %6d %14lld %16lld %14lld\n", k.c_str(), r.count,
-                    (long long)r.params, (long long)r.fixed, (long long)r.per_token);
-      out += buf;
-    }
-    std::snprintf(buf, sizeof buf, "  %-34s %6s %14lld\n",
-                  desc_.model.tied ? "embedding (tied head)" : "embedding + head", "",
-                  (long long)embedding_params(desc_.model));
-    out += buf;
-    return out;
-  }
+  std::string summary(const std::string& name = "model") const;
 
  private:
   static std::string mixer_name(const MixerDesc& m) {
@@ -259,79 +169,259 @@ class RuntimeModel {
     return "ShortConv(L=" + std::to_string(std::get<ShortConvSpec>(m).L) + ")";
   }
 
-  // Row factors for drop-path of block l: one draw per sequence, seeded by (drop_seed, l).
-  const S* drop_mask(Tape<S>& t, int l, Index B, Index T) const {
-    S* keep = t.scratch(B * T);
-    Rng rng(derive_seed(train_opts_.drop_seed, "drop" + std::to_string(l)));
-    const double p = train_opts_.drop_path;
-    for (Index b = 0; b < B; ++b) {
-      const S f = rng.uniform() < p ? S(0) : S(1 / (1 - p));
-      std::fill(keep + b * T, keep + (b + 1) * T, f);
-    }
-    return keep;
+  // Declares every tensor in the table (embedding, blocks, final norm, head: the order of
+  // visit() and of the files) and returns the final norm.
+  static NormLayer<S> declare(const ModelDesc& d, ParamTable& tab, Param& embed, Param& head,
+                              std::vector<BlockLayer<S>>& blocks) {
+    const auto& m = d.model;
+    embed = tab.add("embed.weight", m.vocab, m.d_model, ParamRole::Embedding);
+    blocks.reserve(d.blocks.size());
+    for (std::size_t i = 0; i < d.blocks.size(); ++i)
+      blocks.emplace_back(d.blocks[i], m, tab, "blocks." + std::to_string(i));
+    NormLayer<S> fn(m.d_model, m.norm, m.norm_eps, tab, "norm_f");
+    if (!m.tied) head = tab.add("lm_head.weight", m.vocab, m.d_model, ParamRole::Embedding);
+    return fn;
   }
+
+  void bind_maps() {
+    maps_.clear();
+    maps_.reserve(table_.size());
+    for (const auto& e : table_.entries()) maps_.emplace_back(store_.data() + e.offset, e.rows, e.cols);
+  }
+
+  Var<S> run(Tape<S>& t, std::span<const int> tokens, Index B, Index T,
+             SequenceState<S>* const* states, bool all_logits, const TrainingOptions& o) const;
+
+  // Row factors for drop-path of block l: one draw per sequence, seeded by (drop_seed, l).
+  const S* drop_mask(Tape<S>& t, const TrainingOptions& o, int l, Index B, Index T) const;
 
   // Block l with only its input and output on the caller's tape; its backward re-runs the
-  // block on a private recording tape (same GradStore) and pushes the gradient through.
-  Var<S> checkpointed_block(Tape<S>& t, int l, Var<S> x, Index B, Index T, const S* keep) const {
-    if (!recompute_) recompute_ = std::make_unique<Tape<S>>(true);
-    recompute_->set_grads(t.grads());
-    Var<S> y = t.var(x.rows, x.cols);
-    recompute_->set_recording(false);
-    recompute_->rewind();
-    y.val() = blocks_[l].forward(*recompute_, x, B, T, nullptr, keep).val();
-    recompute_->rewind();
-    recompute_->set_recording(true);
-    Tape<S>* rt = recompute_.get();
-    const BlockLayer<S>* blk = &blocks_[l];
-    t.push([rt, blk, x, y, B, T, keep] {
-      rt->rewind();
-      Var<S> xi = rt->var(x.rows, x.cols);
-      xi.val() = x.val();
-      const Var<S> yo = blk->forward(*rt, xi, B, T, nullptr, keep);
-      yo.grad() += y.grad();
-      rt->sweep();
-      if (x.g) x.grad() += xi.grad();
-      rt->rewind();
-    });
-    return y;
-  }
+  // block on the tape's recompute tape (same GradStore) and pushes the gradient through.
+  Var<S> checkpointed_block(Tape<S>& t, int l, Var<S> x, Index B, Index T, const S* keep) const;
 
   void check_tokens(std::span<const int> tokens, Index B, Index T,
-                    SequenceState<S>* const* states) const {
-    HYBRID_CHECK(B > 0 && T > 0, "forward: need at least one sequence of at least one token, got B=",
-                 B, " T=", T);
-    HYBRID_CHECK(Index(tokens.size()) == B * T, "forward: got ", tokens.size(),
-                 " token ids, expected B*T = ", B * T);
-    const auto& m = desc_.model;
-    for (Index i = 0; i < B * T; ++i)
-      HYBRID_CHECK(tokens[i] >= 0 && tokens[i] < m.vocab, "token id ", tokens[i],
-                   " at position ", i % T, " of sequence ", i / T,
-                   " is outside the vocabulary [0, ", m.vocab, ")");
-    if (m.max_context > 0)
-      for (Index b = 0; b < B; ++b) {
-        const Index pos = states ? states[b]->pos : 0;
-        HYBRID_CHECK(pos + T <= m.max_context, "context of ", pos + T,
-                     " tokens exceeds the model's maximum of ", m.max_context);
-      }
-  }
+                    SequenceState<S>* const* states) const;
 
   // x: (R, D) → logits (R, V) after the final norm, LM head, divisor and soft-cap.
-  Var<S> head(Tape<S>& t, Var<S> x) const {
-    const auto& m = desc_.model;
-    Var<S> l = ag::linear(t, final_norm_.forward(t, x), m.tied ? embed_ : head_, Mat<S>());
-    if (m.logits_divisor != 1) l = ag::scale(t, l, S(1 / m.logits_divisor));
-    if (m.logit_softcap > 0) l = ag::softcap(t, l, S(m.logit_softcap));
-    return l;
-  }
+  Var<S> head(Tape<S>& t, Var<S> x) const;
 
   ModelDesc desc_;
-  Mat<S> embed_, head_;
+  ParamTable table_;
+  Param embed_, head_;
   std::vector<BlockLayer<S>> blocks_;
   NormLayer<S> final_norm_;
-  mutable std::unique_ptr<Tape<S>> infer_;      // reused by forward(): no allocation per call
-  mutable std::unique_ptr<Tape<S>> recompute_;  // gradient checkpointing's per-block tape
-  TrainingOptions train_opts_;
+  ParamStore<S> store_;           // every parameter value, one allocation
+  std::vector<MatMap<S>> maps_;   // one per table entry, for visit()
 };
 
+template <class S>
+void RuntimeModel<S>::init(std::uint64_t seed) {
+  init::normal(store_.view(embed_), desc_.model.init_std, derive_seed(seed, "embed"));
+  if (!desc_.model.tied) init::normal(store_.view(head_), desc_.model.init_std, derive_seed(seed, "head"));
+  final_norm_.init(store_);
+  for (int i = 0; i < n_blocks(); ++i)
+    blocks_[i].init(store_, derive_seed(seed, "block" + std::to_string(i)), n_blocks());
+}
+
+template <class S>
+Mat<S> RuntimeModel<S>::forward(std::span<const int> tokens, Index B, Index T, SequenceState<S>* const* states, bool all_logits, Tape<S>* ctx) const {
+  Tape<S> local(false);
+  Tape<S>& t = ctx ? *ctx : local;
+  HYBRID_CHECK(!t.recording(), "forward: the context tape must not record");
+  t.rewind();
+  const Var<S> l = logits(t, tokens, B, T, states, all_logits);
+  Mat<S> out = l.val();
+  t.rewind();
+  return out;
+}
+
+template <class S>
+std::vector<Mat<S>> RuntimeModel<S>::hidden_states(std::span<const int> tokens, Index B, Index T) const {
+  check_tokens(tokens, B, T, nullptr);
+  Tape<S> t(false);
+  t.bind_values(store_.data());
+  std::vector<Mat<S>> out;
+  Var<S> x = ag::embedding(t, embed_, tokens.data(), B * T, S(desc_.model.embedding_multiplier));
+  for (int l = 0; l < n_blocks(); ++l) {
+    x = blocks_[l].forward(t, x, B, T, nullptr, nullptr);
+    out.push_back(x.val());
+  }
+  out.push_back(final_norm_.forward(t, x).val());
+  return out;
+}
+
+template <class S>
+Var<S> RuntimeModel<S>::loss(Tape<S>& t, std::span<const int> tokens, std::span<const int> targets, Index B, Index T, double z_loss, const TrainingOptions& o) const {
+  HYBRID_CHECK(Index(targets.size()) == B * T, "loss: got ", targets.size(),
+               " targets, expected B*T = ", B * T);
+  for (Index i = 0; i < B * T; ++i)
+    HYBRID_CHECK(targets[i] >= -1 && targets[i] < vocab(), "target id ", targets[i],
+                 " at position ", i % T, " of sequence ", i / T, " is outside [0, ", vocab(),
+                 ") (or -1 to skip)");
+  return ag::cross_entropy(t, logits(t, tokens, B, T, o), targets.data(), z_loss);
+}
+
+template <class S>
+std::vector<Mat<S>> RuntimeModel<S>::prefill(const std::vector<std::vector<int>>& prompts, std::vector<SequenceState<S>>& states, bool all_logits, Tape<S>* ctx) const {
+  std::vector<Mat<S>> out;
+  states.clear();
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    HYBRID_CHECK(!prompts[i].empty(), "prefill: prompt ", i,
+                 " is empty; every prompt needs at least one token (e.g. BOS)");
+    states.push_back(new_state());
+  }
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    SequenceState<S>* st = &states[i];
+    out.push_back(forward(prompts[i], 1, Index(prompts[i].size()), &st, all_logits, ctx));
+  }
+  return out;
+}
+
+template <class S>
+Mat<S> RuntimeModel<S>::step(std::span<const int> tokens, std::vector<SequenceState<S>>& states, Tape<S>* ctx) const {
+  HYBRID_CHECK(tokens.size() == states.size(), "step: got ", tokens.size(),
+               " tokens for ", states.size(), " sequences; expected one token per sequence");
+  std::vector<SequenceState<S>*> p(states.size());
+  for (std::size_t i = 0; i < states.size(); ++i) p[i] = &states[i];
+  return forward(tokens, Index(tokens.size()), 1, p.data(), true, ctx);
+}
+
+template <class S>
+std::string RuntimeModel<S>::summary(const std::string& name) const {
+  struct Row { int count = 0; Index params = 0; Index fixed = 0; Index per_token = 0; };
+  std::map<std::string, Row> rows;
+  for (int i = 0; i < n_blocks(); ++i) {
+    const auto& bd = desc_.blocks[i];
+    std::string kind = mixer_name(bd.mixer);
+    if (const auto* s = std::get_if<SwiGluSpec>(&bd.channel)) kind += " + SwiGLU(" + std::to_string(s->hidden) + ")";
+    if (const auto* s = std::get_if<Relu2Spec>(&bd.channel)) kind += " + ReLU2(" + std::to_string(s->hidden) + ")";
+    Row& r = rows[kind];
+    r.count++;
+    r.params += hybrid::param_count(bd, desc_.model);
+    std::visit(
+        [&](const auto& mx) {
+          using L = std::decay_t<decltype(mx)>;
+          if constexpr (std::is_same_v<L, GqaLayer<S>>) r.per_token += mx.state_bytes_per_token();
+          else r.fixed += mx.state_bytes();
+        },
+        blocks_[i].mixer());
+  }
+  std::string out;
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "%s: %lld parameters, %d blocks, layout %s\n", name.c_str(),
+                (long long)param_count(), n_blocks(), layout_string().c_str());
+  out += buf;
+  std::snprintf(buf, sizeof buf, "  %-34s %6s %14s %16s %14s\n", "block kind", "count",
+                "parameters", "state B/seq", "KV B/token");
+  out += buf;
+  for (const auto& [k, r] : rows) {
+    std::snprintf(buf, sizeof buf, "  %-34s %6d %14lld %16lld %14lld\n", k.c_str(), r.count,
+                  (long long)r.params, (long long)r.fixed, (long long)r.per_token);
+    out += buf;
+  }
+  std::snprintf(buf, sizeof buf, "  %-34s %6s %14lld\n",
+                desc_.model.tied ? "embedding (tied head)" : "embedding + head", "",
+                (long long)embedding_params(desc_.model));
+  out += buf;
+  return out;
+}
+
+template <class S>
+Var<S> RuntimeModel<S>::run(Tape<S>& t, std::span<const int> tokens, Index B, Index T, SequenceState<S>* const* states, bool all_logits, const TrainingOptions& o) const {
+  check_tokens(tokens, B, T, states);
+  t.bind_values(store_.data());
+  const auto& m = desc_.model;
+  Var<S> x = ag::embedding(t, embed_, tokens.data(), B * T, S(m.embedding_multiplier));  // (B*T, D)
+  LayerState<S>** ls = states ? t.template scratch_as<LayerState<S>*>(B) : nullptr;
+  const bool train = t.recording();
+  for (int l = 0; l < n_blocks(); ++l) {
+    for (Index b = 0; states && b < B; ++b) ls[b] = &states[b]->layers[l];
+    const S* keep = train && o.drop_path > 0 ? drop_mask(t, o, l, B, T) : nullptr;
+    if (train && o.recompute && !states) x = checkpointed_block(t, l, x, B, T, keep);
+    else x = blocks_[l].forward(t, x, B, T, ls, keep);
+  }
+  if (states)
+    for (Index b = 0; b < B; ++b) states[b]->pos += T;
+  if (!all_logits && T > 1) {
+    Index* last = t.scratch_index(B);
+    for (Index b = 0; b < B; ++b) last[b] = b * T + T - 1;
+    x = ag::gather_rows(t, x, last, B);
+  }
+  return head(t, x);
+}
+
+template <class S>
+const S* RuntimeModel<S>::drop_mask(Tape<S>& t, const TrainingOptions& o, int l, Index B, Index T) const {
+  S* keep = t.scratch(B * T);
+  Rng rng(derive_seed(o.drop_seed, "drop" + std::to_string(l)));
+  const double p = o.drop_path;
+  for (Index b = 0; b < B; ++b) {
+    const S f = rng.uniform() < p ? S(0) : S(1 / (1 - p));
+    std::fill(keep + b * T, keep + (b + 1) * T, f);
+  }
+  return keep;
+}
+
+template <class S>
+Var<S> RuntimeModel<S>::checkpointed_block(Tape<S>& t, int l, Var<S> x, Index B, Index T, const S* keep) const {
+  Tape<S>* rt = &t.recompute_tape();
+  rt->bind_values(store_.data());
+  Var<S> y = t.var(x.rows, x.cols);
+  rt->set_recording(false);
+  rt->rewind();
+  ops::copy<S>(blocks_[l].forward(*rt, x, B, T, nullptr, keep).value(), y.value());
+  rt->rewind();
+  rt->set_recording(true);
+  const BlockLayer<S>* blk = &blocks_[l];
+  t.push(OpId::Checkpoint, [rt, blk, x, y, B, T, keep] {
+    rt->rewind();
+    Var<S> xi = rt->var(x.rows, x.cols);
+    ops::copy<S>(x.value(), xi.value());
+    const Var<S> yo = blk->forward(*rt, xi, B, T, nullptr, keep);
+    ops::add_backward<S>(y.gradient(), S(1), yo.gradient(), View<S>());
+    rt->sweep();
+    ops::add_backward<S>(xi.gradient(), S(1), x.gradient(), View<S>());
+    rt->rewind();
+  });
+  return y;
+}
+
+template <class S>
+void RuntimeModel<S>::check_tokens(std::span<const int> tokens, Index B, Index T, SequenceState<S>* const* states) const {
+  HYBRID_CHECK(B > 0 && T > 0, "forward: need at least one sequence of at least one token, got B=",
+               B, " T=", T);
+  HYBRID_CHECK(Index(tokens.size()) == B * T, "forward: got ", tokens.size(),
+               " token ids, expected B*T = ", B * T);
+  const auto& m = desc_.model;
+  for (Index i = 0; i < B * T; ++i)
+    HYBRID_CHECK(tokens[i] >= 0 && tokens[i] < m.vocab, "token id ", tokens[i],
+                 " at position ", i % T, " of sequence ", i / T,
+                 " is outside the vocabulary [0, ", m.vocab, ")");
+  if (m.max_context > 0)
+    for (Index b = 0; b < B; ++b) {
+      const Index pos = states ? states[b]->pos : 0;
+      HYBRID_CHECK(pos + T <= m.max_context, "context of ", pos + T,
+                   " tokens exceeds the model's maximum of ", m.max_context);
+    }
+}
+
+template <class S>
+Var<S> RuntimeModel<S>::head(Tape<S>& t, Var<S> x) const {
+  const auto& m = desc_.model;
+  Var<S> l = ag::linear(t, final_norm_.forward(t, x), m.tied ? embed_ : head_, Param{});
+  if (m.logits_divisor != 1) l = ag::scale(t, l, S(1 / m.logits_divisor));
+  if (m.logit_softcap > 0) l = ag::softcap(t, l, S(m.logit_softcap));
+  return l;
+}
+
+
 }  // namespace hybrid
+
+// The project's own programs compile RuntimeModel once (src/instances.cpp, CMake option
+// HYBRID_EXPLICIT_INSTANTIATION); a user of the header-only package needs nothing of it.
+#if defined(HYBRID_EXTERN_TEMPLATES)
+namespace hybrid {
+extern template class RuntimeModel<float>;
+extern template class RuntimeModel<double>;
+}  // namespace hybrid
+#endif

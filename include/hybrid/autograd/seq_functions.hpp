@@ -8,6 +8,7 @@
 #include "../config.hpp"
 #include "../ops/attention.hpp"
 #include "../ops/conv1d.hpp"
+#include "../ops/elementwise.hpp"
 #include "../ops/rope.hpp"
 #include "../ops/ssd.hpp"
 #include "../ops/ssd_backward.hpp"
@@ -15,24 +16,25 @@
 
 namespace hybrid::ag {
 
-// u: (B*T, C); w: (C, K); b: (1, C) or empty. hist: nullptr or B pointers to (C, K)
-// conv caches that the call starts from and updates.
+// u: (B*T, C), may be a column range; w: (C, K); b: (1, C) or absent. hist: nullptr or B
+// pointers to (C, K) conv caches that the call starts from and updates.
 template <class S>
-Var<S> causal_conv1d(Tape<S>& t, Var<S> u, const Mat<S>& w, const Mat<S>& b, Index B, Index T,
-                     Mat<S>* const* hist) {
+Var<S> causal_conv1d(Tape<S>& t, Var<S> u, const Param& w, const Param& b, Index B, Index T,
+                     S* const* hist) {
   HYBRID_CHECK(!(hist && t.recording()), "causal_conv1d: decode state cannot be used while recording");
+  const Var<S> wv = t.param(w), bv = t.param(b);
+  const Index C = u.cols, K = w.cols;
   Var<S> y = t.var(u.rows, u.cols);
   for (Index s = 0; s < B; ++s) {
-    Mat<S>* h = hist ? hist[s] : nullptr;
-    ops::causal_conv1d_forward<S>(u.val().middleRows(s * T, T), w, b, h,
-                                  y.val().middleRows(s * T, T), h);
+    const View<S> h = hist ? View<S>(hist[s], C, K) : View<S>();
+    ops::causal_conv1d_forward<S>(u.row_range(s * T, T).value(), wv.value(), bv.value(), h,
+                                  y.row_range(s * T, T).value(), h);
   }
-  const Var<S> wv = t.param(w), bv = b.size() ? t.param(b) : Var<S>{};
-  t.push([u, y, wv, bv, B, T] {
+  t.push(OpId::CausalConv1d, [u, y, wv, bv, B, T] {
     for (Index s = 0; s < B; ++s)
-      ops::causal_conv1d_backward<S>(u.val().middleRows(s * T, T), wv.val(),
-                                     y.grad().middleRows(s * T, T),
-                                     u.g ? u.g + s * T * u.cols : nullptr, wv.g, bv.g);
+      ops::causal_conv1d_backward<S>(u.row_range(s * T, T).value(), wv.value(),
+                                     y.row_range(s * T, T).gradient(),
+                                     u.row_range(s * T, T).gradient(), wv.gradient(), bv.gradient());
   });
   return y;
 }
@@ -42,37 +44,39 @@ struct SsdConfig {
   ScanPath path;
 };
 
-// The Mamba-2 scan with A = -exp(A_log) and D skip. x: (B*T, H*P); dt: (B*T, H);
-// Bm, Cm: (B*T, G*N); A_log, D: (1, H). states: nullptr or B pointers to (H, P*N) SSM
-// states to start from and update (inference only).
+// The Mamba-2 scan with A = -exp(A_log) and D skip. x: (B*T, H*P); dt: (B*T, H)
+// contiguous; Bm, Cm: (B*T, G*N) with one row stride (column ranges of one tensor); A_log,
+// D: (1, H). states: nullptr or B pointers to (H, P*N) SSM states to start from and update
+// (inference only).
 template <class S>
-Var<S> ssd(Tape<S>& t, Var<S> x, Var<S> dt, const Mat<S>& A_log, Var<S> Bm, Var<S> Cm,
-           const Mat<S>& Dskip, const SsdConfig& c, Index B, Index T, S* const* states) {
+Var<S> ssd(Tape<S>& t, Var<S> x, Var<S> dt, const Param& A_log, Var<S> Bm, Var<S> Cm,
+           const Param& Dskip, const SsdConfig& c, Index B, Index T, S* const* states) {
   HYBRID_CHECK(!(states && t.recording()), "ssd: decode state cannot be used while recording");
+  HYBRID_CHECK(dt.contiguous() && Bm.ld == Cm.ld, "ssd: dt must be contiguous and B, C share a row stride");
+  const Var<S> al = t.param(A_log), dv = t.param(Dskip);
   Var<S> y = t.var(x.rows, x.cols);
   S* A = t.scratch(c.H);
-  for (int h = 0; h < c.H; ++h) A[h] = -std::exp(A_log(0, h));
+  S* dA = t.recording() ? t.scratch(c.H) : nullptr;  // the backward's sum over sequences
+  for (int h = 0; h < c.H; ++h) A[h] = -std::exp(al.v[h]);
   const ops::SsdDims d{T, c.H, c.P, c.N, c.G};
-  const Index ldx = Index(c.H) * c.P, ldb = Index(c.G) * c.N;
+  const Index ldy = Index(c.H) * c.P;
   for (Index s = 0; s < B; ++s) {
     S* st = states ? states[s] : nullptr;
-    ops::SsdArgs<S> a{x.v + s * T * ldx, dt.v + s * T * c.H, A, Bm.v + s * T * ldb,
-                      Cm.v + s * T * ldb, Dskip.data(), st, y.v + s * T * ldx, st};
+    ops::SsdArgs<S> a{x.v + s * T * x.ld, dt.v + s * T * c.H, A, Bm.v + s * T * Bm.ld,
+                      Cm.v + s * T * Cm.ld, dv.v, st, y.v + s * T * ldy, st, x.ld, Bm.ld};
     ops::ssd_forward<S>(d, c.chunk, c.path, a);
   }
-  const Var<S> al = t.param(A_log), dv = t.param(Dskip);
-  t.push([x, dt, Bm, Cm, y, al, dv, A, c, B, T] {
+  t.push(OpId::Ssd, [x, dt, Bm, Cm, y, al, dv, A, dA, c, B, T, ldy] {
     const ops::SsdDims d{T, c.H, c.P, c.N, c.G};
-    const Index ldx = Index(c.H) * c.P, ldb = Index(c.G) * c.N;
     // dA accumulates over sequences; A = -exp(A_log) so dA_log = dA * A.
-    std::vector<S> dA(c.H, S(0));
+    std::fill(dA, dA + c.H, S(0));
     for (Index s = 0; s < B; ++s) {
-      ops::SsdArgs<S> a{x.v + s * T * ldx, dt.v + s * T * c.H, A, Bm.v + s * T * ldb,
-                        Cm.v + s * T * ldb, dv.v, nullptr, y.v + s * T * ldx, nullptr};
-      ops::SsdGrads<S> g{x.g ? x.g + s * T * ldx : nullptr, dt.g ? dt.g + s * T * c.H : nullptr,
-                         dA.data(), Bm.g ? Bm.g + s * T * ldb : nullptr,
-                         Cm.g ? Cm.g + s * T * ldb : nullptr, dv.g};
-      ops::ssd_backward<S>(d, c.chunk, a, y.g + s * T * ldx, g);
+      ops::SsdArgs<S> a{x.v + s * T * x.ld, dt.v + s * T * c.H, A, Bm.v + s * T * Bm.ld,
+                        Cm.v + s * T * Cm.ld, dv.v, nullptr, y.v + s * T * ldy, nullptr, x.ld, Bm.ld};
+      ops::SsdGrads<S> g{x.g ? x.g + s * T * x.ld : nullptr, dt.g ? dt.g + s * T * c.H : nullptr,
+                         dA, Bm.g ? Bm.g + s * T * Bm.ld : nullptr,
+                         Cm.g ? Cm.g + s * T * Cm.ld : nullptr, dv.g};
+      ops::ssd_backward<S>(d, c.chunk, a, y.g + s * T * ldy, g);
     }
     if (al.g)
       for (int h = 0; h < c.H; ++h) al.g[h] += dA[h] * A[h];
@@ -84,26 +88,28 @@ Var<S> ssd(Tape<S>& t, Var<S> x, Var<S> dt, const Mat<S>& A_log, Var<S> Bm, Var<
 template <class S>
 Var<S> rope(Tape<S>& t, Var<S> x, int H, int hd, Index B, Index T, const Index* pos0, double base) {
   Var<S> y = t.var(x.rows, x.cols);
-  y.val() = x.val();
+  ops::copy<S>(x.value(), y.value());
   Index* p = t.scratch_index(B);
   for (Index s = 0; s < B; ++s) {
     p[s] = pos0 ? pos0[s] : 0;
-    ops::rope_forward<S>(y.val().middleRows(s * T, T), H, hd, p[s], base);
+    ops::rope_forward<S>(y.row_range(s * T, T).value(), H, hd, p[s], base);
   }
-  t.push([x, y, H, hd, B, T, p, base] {
+  t.push(OpId::Rope, [x, y, H, hd, B, T, p, base] {
     if (!x.g) return;
     for (Index s = 0; s < B; ++s)  // y's gradient is consumed here only: rotate it in place
-      ops::rope_backward<S>(y.grad().middleRows(s * T, T), H, hd, p[s], base);
-    x.grad() += y.grad();
+      ops::rope_backward<S>(y.row_range(s * T, T).gradient(), H, hd, p[s], base);
+    ops::add_backward<S>(y.gradient(), S(1), x.gradient(), View<S>());
   });
   return y;
 }
 
 // Causal (optionally windowed) attention of B fresh sequences. q: (B*T, Hq*hd);
-// k, v: (B*T, Hkv*hd).
+// k, v: (B*T, Hkv*hd); all contiguous.
 template <class S>
 Var<S> attention(Tape<S>& t, Var<S> q, Var<S> k, Var<S> v, int Hq, int Hkv, int hd, Index B,
                  Index T, S scale, int window) {
+  HYBRID_CHECK(q.contiguous() && k.contiguous() && v.contiguous(),
+               "attention: q, k and v must be contiguous");
   Var<S> o = t.var(q.rows, q.cols);
   S* lse = t.recording() ? t.scratch(B * T * Hq) : nullptr;
   const ops::AttnDims d{T, T, Hq, Hkv, hd};
@@ -112,13 +118,32 @@ Var<S> attention(Tape<S>& t, Var<S> q, Var<S> k, Var<S> v, int Hq, int Hkv, int 
     ops::attention_forward<S>(q.v + s * T * ldq, k.v + s * T * ldk, v.v + s * T * ldk,
                               o.v + s * T * ldq, d, scale, 0, 0, window,
                               lse ? lse + s * T * Hq : nullptr);
-  t.push([q, k, v, o, lse, d, B, T, scale, window, ldq, ldk, Hq] {
+  t.push(OpId::Attention, [q, k, v, o, lse, d, B, T, scale, window, ldq, ldk, Hq] {
     for (Index s = 0; s < B; ++s)
       ops::attention_backward<S>(q.v + s * T * ldq, k.v + s * T * ldk, v.v + s * T * ldk,
                                  o.v + s * T * ldq, lse + s * T * Hq, o.g + s * T * ldq,
                                  q.g ? q.g + s * T * ldq : nullptr, k.g ? k.g + s * T * ldk : nullptr,
                                  v.g ? v.g + s * T * ldk : nullptr, d, scale, 0, 0, window);
   });
+  return o;
+}
+
+// Attention of B decoding sequences over their KV caches: q: (B*T, Hq*hd) contiguous,
+// queries of sequence b at positions qpos0[b] + [0, T); kv[b] the cache's (len, Hkv*hd)
+// keys and values starting at position kpos0[b]. Inference only (no node).
+template <class S>
+Var<S> attention_cached(Tape<S>& t, Var<S> q, int Hq, int Hkv, int hd, Index B, Index T,
+                        const S* const* keys, const S* const* values, const Index* len,
+                        const Index* qpos0, const Index* kpos0, S scale, int window) {
+  HYBRID_CHECK(!t.recording(), "attention: decode state cannot be used while recording");
+  HYBRID_CHECK(q.contiguous(), "attention: q must be contiguous");
+  Var<S> o = t.var(q.rows, q.cols);
+  const Index ldq = Index(Hq) * hd;
+  for (Index b = 0; b < B; ++b) {
+    const ops::AttnDims d{T, len[b], Hq, Hkv, hd};
+    ops::attention_forward<S>(q.v + b * T * ldq, keys[b], values[b], o.v + b * T * ldq, d, scale,
+                              qpos0[b], kpos0[b], window);
+  }
   return o;
 }
 

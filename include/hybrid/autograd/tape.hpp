@@ -8,74 +8,90 @@
 // passes before an optimiser step sum their gradients (micro-batch accumulation).
 #pragma once
 #include <cstring>
+#include <memory>
 #include <type_traits>
-#include <unordered_map>
 #include <vector>
 
 #include "../core/error.hpp"
 #include "../core/parallel.hpp"
+#include "../core/buffer.hpp"
 #include "../core/tensor.hpp"
+#include "../layers/param.hpp"
 #include "arena.hpp"
+#include "../ops/op_id.hpp"
 
 namespace hybrid {
 
-// A tensor on the tape: value and (when recording) gradient buffers, row-major (rows, cols).
+// A tensor on the tape: value and (when recording) gradient buffers, (rows, cols) with row
+// stride ld for both. A column range is a view with the parent's ld: free, no node.
 template <class S>
 struct Var {
   S* v = nullptr;
   S* g = nullptr;  // nullptr: no gradient wanted
-  Index rows = 0, cols = 0;
+  Index rows = 0, cols = 0, ld = 0;
 
   Index size() const { return rows * cols; }
-  MatMap<S> val() const { return MatMap<S>(v, rows, cols); }
-  MatMap<S> grad() const { return MatMap<S>(g, rows, cols); }
-  // Same buffers seen with another shape of the same size (free: no node).
+  bool contiguous() const { return ld == cols || rows <= 1; }
+  View<S> value() const { return View<S>(v, rows, cols, ld); }
+  View<S> gradient() const { return g ? View<S>(g, rows, cols, ld) : View<S>(); }
+  EMap<S> val() const { return emap(value()); }
+  EMap<S> grad() const { return emap(View<S>(g, rows, cols, ld)); }
+  // Columns [c0, c0 + n): the same buffers (free).
+  Var col_range(Index c0, Index n) const {
+    HYBRID_CHECK(c0 >= 0 && n >= 0 && c0 + n <= cols, "col_range: columns [", c0, ", ", c0 + n,
+                 ") of a (", rows, ", ", cols, ") tensor");
+    return Var{v + c0, g ? g + c0 : nullptr, rows, n, ld};
+  }
+  // Rows [r0, r0 + n) (free).
+  Var row_range(Index r0, Index n) const {
+    return Var{v + r0 * ld, g ? g + r0 * ld : nullptr, n, cols, ld};
+  }
+  // Same contiguous buffers seen with another shape of the same size (free: no node).
   Var reshape(Index r, Index c) const {
+    HYBRID_CHECK(contiguous(), "reshape: a (", rows, ", ", cols, ") view with ld ", ld,
+                 " is not contiguous");
     HYBRID_CHECK(r * c == size(), "reshape: (", rows, ", ", cols, ") has ", size(),
                  " entries, cannot view as (", r, ", ", c, ")");
-    return Var{v, g, r, c};
+    return Var{v, g, r, c, c};
   }
 };
 
-// Gradients of every parameter of a model in one contiguous buffer (zeroed by one memset),
-// found by the address of the parameter's value.
+// Gradients of every parameter of a model: one allocation shaped by the model's parameter
+// table (zeroed by one memset), a tensor's gradient at its parameter's offset.
 template <class S>
 class GradStore {
  public:
-  struct Entry {
-    std::string name;
-    Mat<S>* value;
-    S* grad;
-    int role;
-  };
-
   template <class Model>
-  explicit GradStore(Model& model) {
-    Index total = 0;
-    model.visit([&](const std::string&, Mat<S>& t, auto) { total += t.size(); });
-    buf_.assign(std::size_t(total), S(0));
-    Index off = 0;
-    model.visit([&](const std::string& name, Mat<S>& t, auto role) {
-      entries_.push_back({name, &t, buf_.data() + off, int(role)});
-      by_ptr_[t.data()] = buf_.data() + off;
-      off += t.size();
-    });
+  explicit GradStore(Model& model)
+      : table_(&model.param_table()), values_(model.param_values()), buf_(table_->total()) {
+    buf_.zero();
   }
 
-  S* of(const Mat<S>& value) const {
-    auto it = by_ptr_.find(value.data());
-    return it == by_ptr_.end() ? nullptr : it->second;
+  const ParamTable& table() const { return *table_; }
+  const std::vector<ParamInfo>& entries() const { return table_->entries(); }
+  // The values these gradients belong to (the model's store).
+  S* values() const { return values_; }
+  S* of(const Param& p) const { return p.present() ? const_cast<S*>(buf_.data()) + p.offset : nullptr; }
+  // The gradient of the tensor whose values start at `value` (a pointer into the model's
+  // store), nullptr for memory outside it.
+  S* of(const S* value) const {
+    if (value < values_ || value >= values_ + buf_.size()) return nullptr;
+    return const_cast<S*>(buf_.data()) + (value - values_);
   }
-  void zero() { std::memset(buf_.data(), 0, buf_.size() * sizeof(S)); }
-  const std::vector<Entry>& entries() const { return entries_; }
+  template <class E>
+  S* of(const E& tensor) const { return of(static_cast<const S*>(tensor.data())); }
+  // One tensor's values and gradient, by its table entry.
+  MatMap<S> value_of(const ParamInfo& e) const { return MatMap<S>(values_ + e.offset, e.rows, e.cols); }
+  S* grad_of(const ParamInfo& e) const { return const_cast<S*>(buf_.data()) + e.offset; }
+  void zero() { buf_.zero(); }
   S* data() { return buf_.data(); }
   const S* data() const { return buf_.data(); }
-  Index size() const { return Index(buf_.size()); }
+  Index size() const { return buf_.size(); }
 
  private:
-  std::vector<S> buf_;
-  std::vector<Entry> entries_;
-  std::unordered_map<const S*, S*> by_ptr_;
+  const ParamTable* table_;
+  S* values_;
+  Buffer<S> buf_;
 };
 
 template <class S>
@@ -93,10 +109,17 @@ class Tape {
   void set_recording(bool r) { recording_ = r; }
   void set_grads(GradStore<S>* g) { grads_ = g; }
   Arena& arena() { return arena_; }
+  // The parameter values Param handles resolve against (a model binds its store at the
+  // start of every call on the tape). With a GradStore, it must be that store's model.
+  void bind_values(const S* values) {
+    HYBRID_CHECK(!(recording_ && grads_ && grads_->values() != values),
+                 "tape: its GradStore was made for another model than the one running on it");
+    values_ = values;
+  }
 
   // A new activation; its gradient (when recording) starts at zero.
   Var<S> var(Index rows, Index cols) {
-    Var<S> x{arena_.alloc_array<S>(std::size_t(rows * cols)), nullptr, rows, cols};
+    Var<S> x{arena_.alloc_array<S>(std::size_t(rows * cols)), nullptr, rows, cols, cols};
     if (recording_) {
       x.g = arena_.alloc_array<S>(std::size_t(rows * cols));
       S* g = x.g;
@@ -106,27 +129,35 @@ class Tape {
     }
     return x;
   }
-  // A parameter as a Var: its value buffer and its GradStore gradient (nullptr if none).
-  Var<S> param(const Mat<S>& w) {
-    return Var<S>{const_cast<S*>(w.data()), recording_ && grads_ ? grads_->of(w) : nullptr,
-                  w.rows(), w.cols()};
+  // A parameter as a Var: its values in the bound store and its gradient (nullptr if none).
+  Var<S> param(const Param& p) const {
+    if (!p.present()) return Var<S>{};
+    HYBRID_CHECK(values_, "tape: no parameter values bound (RuntimeModel::logits binds them)");
+    return Var<S>{const_cast<S*>(values_) + p.offset, recording_ && grads_ ? grads_->of(p) : nullptr,
+                  p.rows, p.cols, p.cols};
   }
   // Scratch that lives until rewind() (saved statistics, per-call temporaries).
   S* scratch(Index n) { return arena_.alloc_array<S>(std::size_t(std::max<Index>(n, 1))); }
   Index* scratch_index(Index n) { return arena_.alloc_array<Index>(std::size_t(std::max<Index>(n, 1))); }
   int* scratch_int(Index n) { return arena_.alloc_array<int>(std::size_t(std::max<Index>(n, 1))); }
+  // n trivially destructible values of any type (per-call pointer tables).
+  template <class T>
+  T* scratch_as(Index n) {
+    static_assert(std::is_trivially_destructible_v<T>, "tape scratch holds trivial types only");
+    return arena_.alloc_array<T>(std::size_t(std::max<Index>(n, 1)));
+  }
 
   // Records a backward closure. It must be trivially destructible (capture Vars, pointers
   // and numbers, not owning containers): the arena never runs destructors.
   template <class F>
-  void push(F&& f) {
+  void push(OpId op, F&& f) {
     if (!recording_) return;
     using Fn = std::decay_t<F>;
     static_assert(std::is_trivially_destructible_v<Fn>,
                   "tape nodes must capture only trivially destructible values");
     void* mem = arena_.alloc(sizeof(Fn), alignof(Fn) > 64 ? alignof(Fn) : 64);
     Fn* obj = new (mem) Fn(std::forward<F>(f));
-    nodes_.push_back(Node{[](void* p) { (*static_cast<Fn*>(p))(); }, obj});
+    nodes_.push_back(Node{[](void* p) { (*static_cast<Fn*>(p))(); }, obj, op});
   }
 
   // Seeds d(total)/d(loss) = seed (1, or 1/n for one of n accumulated micro-batches) and
@@ -142,23 +173,37 @@ class Tape {
     for (auto it = nodes_.rbegin(); it != nodes_.rend(); ++it) it->call(it->obj);
   }
   GradStore<S>* grads() const { return grads_; }
+  // A second tape for gradient checkpointing (ops recomputed inside a node's backward),
+  // with this tape's GradStore; made on first use and kept, so its memory is reused.
+  Tape& recompute_tape() {
+    if (!recompute_) recompute_ = std::make_unique<Tape>(true, grads_);
+    recompute_->set_grads(grads_);
+    return *recompute_;
+  }
 
   // Drops every node and activation; memory is kept for the next step.
   void rewind() {
     nodes_.clear();
     arena_.rewind();
   }
-  std::size_t n_nodes() const { return nodes_.size(); }
+  // The op of every node recorded since the last rewind, in order (the op-table test).
+  template <class F>
+  void for_each_op(F&& f) const {
+    for (const auto& n : nodes_) f(n.op);
+  }
 
  private:
   struct Node {
     void (*call)(void*);
     void* obj;
+    OpId op;
   };
   bool recording_;
   GradStore<S>* grads_;
+  const S* values_ = nullptr;
   Arena arena_;
   std::vector<Node> nodes_;
+  std::unique_ptr<Tape> recompute_;
 };
 
 }  // namespace hybrid

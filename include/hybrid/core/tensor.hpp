@@ -4,6 +4,9 @@
 #include <Eigen/Dense>
 #include <cstdint>
 
+#include "index.hpp"
+#include "view.hpp"
+
 namespace hybrid {
 
 template <class S>
@@ -28,6 +31,19 @@ using CRef = Eigen::Ref<const Mat<S>>;
 template <class S>
 using Ref = Eigen::Ref<Mat<S>>;
 
-using Index = std::int64_t;
+// A host view as an Eigen matrix with its row stride: what CPU op bodies compute on.
+template <class S>
+using EMap = Eigen::Map<Mat<std::remove_const_t<S>>, 0, Eigen::OuterStride<>>;
+template <class S>
+using CEMap = Eigen::Map<const Mat<std::remove_const_t<S>>, 0, Eigen::OuterStride<>>;
+
+template <class S>
+EMap<S> emap(View<S, Cpu> v) {
+  return EMap<S>(v.data, v.rows, v.cols, Eigen::OuterStride<>(v.ld));
+}
+template <class S>
+CEMap<S> emap(View<const S, Cpu> v) {
+  return CEMap<S>(v.data, v.rows, v.cols, Eigen::OuterStride<>(v.ld));
+}
 
 }  // namespace hybrid

@@ -186,10 +186,10 @@ class HfCheckpoint {
     using namespace ckpt_detail;
     const Family f = config_.family;
     const ModelDesc& d = model.desc();
-    struct Item { std::string ours; Mat<S>* dst; Slot slot; };
+    struct Item { std::string ours; MatMap<S>* dst; Slot slot; };
     std::vector<Item> items;
     std::set<std::string> used;
-    model.visit([&](const std::string& n, Mat<S>& t, ParamRole) {
+    model.visit([&](const std::string& n, MatMap<S>& t, ParamRole) {
       items.push_back({n, &t, slot_for(n, t.rows(), t.cols(), d, f)});
     });
     // Everything is checked before any weight is touched.
@@ -263,7 +263,7 @@ void save_hf(const RuntimeModel<S>& model, const std::string& dir, std::optional
   const nlohmann::json cfg = config_to_json(d, f, tokens);
   // Gather tensors in float32; Granite's input_linear is assembled from w1 and w3.
   std::map<std::string, std::pair<std::vector<std::int64_t>, std::vector<float>>> out;
-  model.visit([&](const std::string& n, const Mat<S>& t, ParamRole) {
+  model.visit([&](const std::string& n, const MatMap<S>& t, ParamRole) {
     const Slot s = slot_for(n, t.rows(), t.cols(), d, f);
     auto& [shape, data] = out[s.hf];
     if (data.empty()) {

@@ -33,15 +33,15 @@ struct KvCache {
   Index next_pos() const { return start_pos + len; }
 
   // Appends T rows, growing geometrically.
-  void append(const Mat<S>& kn, const Mat<S>& vn) {
-    const Index need = len + kn.rows();
+  void append(CView<S> kn, CView<S> vn) {
+    const Index need = len + kn.rows;
     if (need > k.rows()) {
       const Index cap = std::max<Index>(need, std::max<Index>(16, 2 * k.rows()));
-      k.conservativeResize(cap, kn.cols());
-      v.conservativeResize(cap, vn.cols());
+      k.conservativeResize(cap, kn.cols);
+      v.conservativeResize(cap, vn.cols);
     }
-    k.middleRows(len, kn.rows()) = kn;
-    v.middleRows(len, vn.rows()) = vn;
+    k.middleRows(len, kn.rows) = emap(kn);
+    v.middleRows(len, vn.rows) = emap(vn);
     len = need;
   }
   // With a window, drop rows no future query can see once the buffer holds two windows,

@@ -37,13 +37,13 @@ inline std::string layout_of(const ModelDesc& d) {
 
 // [n] for a (1, n) parameter, else [R, C].
 template <class S>
-std::vector<std::int64_t> file_shape(const Mat<S>& t) {
+std::vector<std::int64_t> file_shape(const MatMap<S>& t) {
   if (t.rows() == 1) return {std::int64_t(t.cols())};
   return {std::int64_t(t.rows()), std::int64_t(t.cols())};
 }
 // A (1, n) parameter also accepts [1, n], as written by tools that keep 2-D shapes.
 template <class S>
-bool shape_matches(const std::vector<std::int64_t>& f, const Mat<S>& t) {
+bool shape_matches(const std::vector<std::int64_t>& f, const MatMap<S>& t) {
   return f == file_shape(t) || (t.rows() == 1 && f == std::vector<std::int64_t>{1, t.cols()});
 }
 
@@ -92,7 +92,7 @@ void save_model(const RuntimeModel<S>& model, const std::string& path,
   extra_metadata["hybrid.format"] = checkpoint_format;
   extra_metadata["hybrid.desc"] = to_json(model.desc()).dump();
   std::vector<TensorRef> refs;
-  model.visit([&](const std::string& n, const Mat<S>& t, ParamRole) {
+  model.visit([&](const std::string& n, const MatMap<S>& t, ParamRole) {
     refs.push_back({n, dtype_of<S>(), ckpt_detail::file_shape(t), t.data()});
   });
   for (const auto& t : extra_tensors) {
@@ -122,7 +122,7 @@ void load_weights(RuntimeModel<S>& model, const SafetensorsReader& r) {
     if (t.name.rfind(state_prefix, 0) != 0) in_file.emplace(t.name, &t);
   std::unordered_map<std::string, const TensorInfo*> used;
   std::size_t n_model = 0;
-  model.visit([&](const std::string& n, const Mat<S>& t, ParamRole) {
+  model.visit([&](const std::string& n, const MatMap<S>& t, ParamRole) {
     ++n_model;
     auto it = in_file.find(n);
     HYBRID_CHECK(it != in_file.end(), "checkpoint '", path, "': tensor '", n,
@@ -138,7 +138,7 @@ void load_weights(RuntimeModel<S>& model, const SafetensorsReader& r) {
     HYBRID_CHECK(used.count(t.name) || t.name.rfind(state_prefix, 0) == 0, "checkpoint '", path, "': tensor '", t.name,
                  "' in the file is not a parameter of the model (the file has ",
                  r.tensors().size(), " tensors, the model ", n_model, ")");
-  model.visit([&](const std::string& n, Mat<S>& t, ParamRole) { r.read(*used.at(n), t.data()); });
+  model.visit([&](const std::string& n, MatMap<S>& t, ParamRole) { r.read(*used.at(n), t.data()); });
   try {
     model.check_finite();
   } catch (const Error& e) {

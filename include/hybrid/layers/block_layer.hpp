@@ -22,33 +22,30 @@ class BlockLayer {
   using Mixer = std::variant<Mamba2Layer<S>, GqaLayer<S>, ShortConvLayer<S>>;
   using Channel = std::variant<SwiGluLayer<S>, Relu2Layer<S>>;
 
-  BlockLayer(const BlockDesc& d, const ModelSpec& m)
-      : desc_(d), mixer_(make_mixer(d, m)), norm1_(m.d_model, d.norm, m.norm_eps),
+  // Declares the block's tensors in `tab` under `prefix` in the order norm1, mixer, norm2,
+  // channel.
+  BlockLayer(const BlockDesc& d, const ModelSpec& m, ParamTable& tab, const std::string& prefix)
+      : desc_(d), norm1_(m.d_model, d.norm, m.norm_eps, tab, join_name(prefix, "norm1")),
+        mixer_(make_mixer(d, m, tab, join_name(prefix, "mixer"))),
         parallel_(m.parallel_residual), resid_(m.residual_multiplier) {
-    if (const auto* s = std::get_if<SwiGluSpec>(&d.channel)) channel_.emplace(SwiGluLayer<S>(m.d_model, *s));
-    if (const auto* s = std::get_if<Relu2Spec>(&d.channel)) channel_.emplace(Relu2Layer<S>(m.d_model, *s));
-    if (channel_ && !parallel_) norm2_.emplace(m.d_model, d.norm, m.norm_eps);
+    const bool has_channel = !std::holds_alternative<NoChannelSpec>(d.channel);
+    if (has_channel && !parallel_) norm2_.emplace(m.d_model, d.norm, m.norm_eps, tab, join_name(prefix, "norm2"));
+    const std::string cp = join_name(prefix, "channel");
+    if (const auto* s = std::get_if<SwiGluSpec>(&d.channel)) channel_.emplace(SwiGluLayer<S>(m.d_model, *s, tab, cp));
+    if (const auto* s = std::get_if<Relu2Spec>(&d.channel)) channel_.emplace(Relu2Layer<S>(m.d_model, *s, tab, cp));
   }
 
   const BlockDesc& desc() const { return desc_; }
   const Mixer& mixer() const { return mixer_; }
 
-  template <class F>
-  void visit(const std::string& p, F&& f) {
-    norm1_.visit(join_name(p, "norm1"), f);
-    std::visit([&](auto& m) { m.visit(join_name(p, "mixer"), f); }, mixer_);
-    if (norm2_) norm2_->visit(join_name(p, "norm2"), f);
-    if (channel_) std::visit([&](auto& c) { c.visit(join_name(p, "channel"), f); }, *channel_);
-  }
-
   // out_div: the residual-branch rescale sqrt(n_residuals_per_block * n_layer).
-  void init(std::uint64_t seed, int n_layer) {
+  void init(ParamStore<S>& w, std::uint64_t seed, int n_layer) const {
     const double out_div = std::sqrt(double((channel_ ? 2 : 1) * n_layer));
-    norm1_.init();
-    if (norm2_) norm2_->init();
-    std::visit([&](auto& m) { m.init(derive_seed(seed, "mixer"), out_div); }, mixer_);
+    norm1_.init(w);
+    if (norm2_) norm2_->init(w);
+    std::visit([&](const auto& m) { m.init(w, derive_seed(seed, "mixer"), out_div); }, mixer_);
     if (channel_)
-      std::visit([&](auto& c) { c.init(derive_seed(seed, "channel"), out_div); }, *channel_);
+      std::visit([&](const auto& c) { c.init(w, derive_seed(seed, "channel"), out_div); }, *channel_);
   }
 
   LayerState<S> make_state() const {
@@ -64,10 +61,9 @@ class BlockLayer {
     Var<S> y = std::visit(
         [&](const auto& m) {
           using State = typename std::decay_t<decltype(m)>::State;
-          std::vector<State*> st;
-          if (states)
-            for (Index b = 0; b < B; ++b) st.push_back(&std::get<State>(*states[b]));
-          return m.forward(t, h, B, T, states ? st.data() : nullptr);
+          State** st = states ? t.template scratch_as<State*>(B) : nullptr;
+          for (Index b = 0; states && b < B; ++b) st[b] = &std::get<State>(*states[b]);
+          return m.forward(t, h, B, T, st);
         },
         mixer_);
     if (parallel_ && channel_)
@@ -84,17 +80,17 @@ class BlockLayer {
   }
 
  private:
-  static Mixer make_mixer(const BlockDesc& d, const ModelSpec& m) {
-    if (const auto* s = std::get_if<Mamba2Spec>(&d.mixer)) return Mamba2Layer<S>(m.d_model, *s);
-    if (const auto* s = std::get_if<GqaSpec>(&d.mixer)) return GqaLayer<S>(m.d_model, *s, m.norm_eps);
-    return ShortConvLayer<S>(m.d_model, std::get<ShortConvSpec>(d.mixer));
+  static Mixer make_mixer(const BlockDesc& d, const ModelSpec& m, ParamTable& tab, const std::string& p) {
+    if (const auto* s = std::get_if<Mamba2Spec>(&d.mixer)) return Mamba2Layer<S>(m.d_model, *s, tab, p);
+    if (const auto* s = std::get_if<GqaSpec>(&d.mixer)) return GqaLayer<S>(m.d_model, *s, m.norm_eps, tab, p);
+    return ShortConvLayer<S>(m.d_model, std::get<ShortConvSpec>(d.mixer), tab, p);
   }
 
   BlockDesc desc_;
+  NormLayer<S> norm1_;  // members in declaration order = the order tensors are declared
   Mixer mixer_;
-  std::optional<Channel> channel_;
-  NormLayer<S> norm1_;
   std::optional<NormLayer<S>> norm2_;
+  std::optional<Channel> channel_;
   bool parallel_;
   double resid_;
 };

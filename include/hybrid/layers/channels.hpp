@@ -12,35 +12,25 @@ namespace hybrid {
 template <class S>
 class SwiGluLayer {
  public:
-  SwiGluLayer(int d_model, const MlpSpec& spec) : D_(d_model), sp_(spec) {
+  SwiGluLayer(int d_model, const MlpSpec& spec, ParamTable& tab, const std::string& p)
+      : D_(d_model), sp_(spec) {
     validate(spec, d_model);
-    w1_.setZero(spec.hidden, D_);
-    w3_.setZero(spec.hidden, D_);
-    w2_.setZero(D_, spec.hidden);
+    w1_ = tab.add(join_name(p, "w1.weight"), spec.hidden, D_, ParamRole::Matrix);  // gate
+    w3_ = tab.add(join_name(p, "w3.weight"), spec.hidden, D_, ParamRole::Matrix);  // up
+    w2_ = tab.add(join_name(p, "w2.weight"), D_, spec.hidden, ParamRole::Matrix);  // down
     if (spec.bias) {
-      b1_.setZero(1, spec.hidden);
-      b3_.setZero(1, spec.hidden);
-      b2_.setZero(1, D_);
+      b1_ = tab.add(join_name(p, "w1.bias"), 1, spec.hidden, ParamRole::Scalar);
+      b3_ = tab.add(join_name(p, "w3.bias"), 1, spec.hidden, ParamRole::Scalar);
+      b2_ = tab.add(join_name(p, "w2.bias"), 1, D_, ParamRole::Scalar);
     }
   }
   const MlpSpec& spec() const { return sp_; }
 
-  template <class F>
-  void visit(const std::string& p, F&& f) {
-    f(join_name(p, "w1.weight"), w1_, ParamRole::Matrix);  // gate
-    f(join_name(p, "w3.weight"), w3_, ParamRole::Matrix);  // up
-    f(join_name(p, "w2.weight"), w2_, ParamRole::Matrix);  // down
-    if (sp_.bias) {
-      f(join_name(p, "w1.bias"), b1_, ParamRole::Scalar);
-      f(join_name(p, "w3.bias"), b3_, ParamRole::Scalar);
-      f(join_name(p, "w2.bias"), b2_, ParamRole::Scalar);
-    }
-  }
-  void init(std::uint64_t seed, double out_div) {
-    init::uniform_fan_in(w1_, D_, derive_seed(seed, "w1"));
-    init::uniform_fan_in(w3_, D_, derive_seed(seed, "w3"));
-    init::uniform_fan_in(w2_, sp_.hidden, derive_seed(seed, "w2"), out_div);
-    for (Mat<S>* b : {&b1_, &b2_, &b3_}) b->setZero();
+  void init(ParamStore<S>& w, std::uint64_t seed, double out_div) const {
+    init::uniform_fan_in(w.view(w1_), D_, derive_seed(seed, "w1"));
+    init::uniform_fan_in(w.view(w3_), D_, derive_seed(seed, "w3"));
+    init::uniform_fan_in(w.view(w2_), sp_.hidden, derive_seed(seed, "w2"), out_div);
+    for (const Param* b : {&b1_, &b2_, &b3_}) init::fill(w.view(*b), S(0));
   }
   // x: (R, D) → (R, D)
   Var<S> forward(Tape<S>& t, Var<S> x) const {
@@ -51,37 +41,29 @@ class SwiGluLayer {
  private:
   int D_;
   MlpSpec sp_;
-  Mat<S> w1_, w3_, w2_, b1_, b3_, b2_;
+  Param w1_, w3_, w2_, b1_, b3_, b2_;
 };
 
 template <class S>
 class Relu2Layer {
  public:
-  Relu2Layer(int d_model, const MlpSpec& spec) : D_(d_model), sp_(spec) {
+  Relu2Layer(int d_model, const MlpSpec& spec, ParamTable& tab, const std::string& p)
+      : D_(d_model), sp_(spec) {
     validate(spec, d_model);
-    fc_.setZero(spec.hidden, D_);
-    proj_.setZero(D_, spec.hidden);
+    fc_ = tab.add(join_name(p, "fc.weight"), spec.hidden, D_, ParamRole::Matrix);
+    proj_ = tab.add(join_name(p, "proj.weight"), D_, spec.hidden, ParamRole::Matrix);
     if (spec.bias) {
-      bfc_.setZero(1, spec.hidden);
-      bproj_.setZero(1, D_);
+      bfc_ = tab.add(join_name(p, "fc.bias"), 1, spec.hidden, ParamRole::Scalar);
+      bproj_ = tab.add(join_name(p, "proj.bias"), 1, D_, ParamRole::Scalar);
     }
   }
   const MlpSpec& spec() const { return sp_; }
 
-  template <class F>
-  void visit(const std::string& p, F&& f) {
-    f(join_name(p, "fc.weight"), fc_, ParamRole::Matrix);
-    f(join_name(p, "proj.weight"), proj_, ParamRole::Matrix);
-    if (sp_.bias) {
-      f(join_name(p, "fc.bias"), bfc_, ParamRole::Scalar);
-      f(join_name(p, "proj.bias"), bproj_, ParamRole::Scalar);
-    }
-  }
-  void init(std::uint64_t seed, double out_div) {
-    init::uniform_fan_in(fc_, D_, derive_seed(seed, "fc"));
-    init::uniform_fan_in(proj_, sp_.hidden, derive_seed(seed, "proj"), out_div);
-    bfc_.setZero();
-    bproj_.setZero();
+  void init(ParamStore<S>& w, std::uint64_t seed, double out_div) const {
+    init::uniform_fan_in(w.view(fc_), D_, derive_seed(seed, "fc"));
+    init::uniform_fan_in(w.view(proj_), sp_.hidden, derive_seed(seed, "proj"), out_div);
+    init::fill(w.view(bfc_), S(0));
+    init::fill(w.view(bproj_), S(0));
   }
   // x: (R, D) → (R, D)
   Var<S> forward(Tape<S>& t, Var<S> x) const {
@@ -91,7 +73,7 @@ class Relu2Layer {
  private:
   int D_;
   MlpSpec sp_;
-  Mat<S> fc_, proj_, bfc_, bproj_;
+  Param fc_, proj_, bfc_, bproj_;
 };
 
 }  // namespace hybrid

@@ -19,25 +19,25 @@ class GqaLayer {
  public:
   using State = KvCache<S>;
 
-  GqaLayer(int d_model, const GqaSpec& spec, double norm_eps)
+  GqaLayer(int d_model, const GqaSpec& spec, double norm_eps, ParamTable& tab, const std::string& p)
       : D_(d_model), sp_(spec), eps_(norm_eps) {
     validate(spec, d_model);
     const Index q = Index(spec.n_heads) * spec.head_dim, kv = Index(spec.n_kv_heads) * spec.head_dim;
-    wq_.setZero(q, D_);
-    wk_.setZero(kv, D_);
-    wv_.setZero(kv, D_);
-    wo_.setZero(D_, q);
-    if (spec.output_gate) wg_.setZero(q, D_);
-    if (spec.qk_norm) {
-      qn_.setOnes(1, spec.head_dim);
-      kn_.setOnes(1, spec.head_dim);
+    wq_ = tab.add(join_name(p, "q_proj.weight"), q, D_, ParamRole::Matrix);
+    wk_ = tab.add(join_name(p, "k_proj.weight"), kv, D_, ParamRole::Matrix);
+    wv_ = tab.add(join_name(p, "v_proj.weight"), kv, D_, ParamRole::Matrix);
+    if (sp_.output_gate) wg_ = tab.add(join_name(p, "g_proj.weight"), q, D_, ParamRole::Matrix);
+    wo_ = tab.add(join_name(p, "o_proj.weight"), D_, q, ParamRole::Matrix);
+    if (sp_.qk_norm) {
+      qn_ = tab.add(join_name(p, "q_norm.weight"), 1, spec.head_dim, ParamRole::Scalar);
+      kn_ = tab.add(join_name(p, "k_norm.weight"), 1, spec.head_dim, ParamRole::Scalar);
     }
-    if (spec.bias) {
-      bq_.setZero(1, q);
-      bk_.setZero(1, kv);
-      bv_.setZero(1, kv);
-      bo_.setZero(1, D_);
-      if (spec.output_gate) bg_.setZero(1, q);
+    if (sp_.bias) {
+      bq_ = tab.add(join_name(p, "q_proj.bias"), 1, q, ParamRole::Scalar);
+      bk_ = tab.add(join_name(p, "k_proj.bias"), 1, kv, ParamRole::Scalar);
+      bv_ = tab.add(join_name(p, "v_proj.bias"), 1, kv, ParamRole::Scalar);
+      if (sp_.output_gate) bg_ = tab.add(join_name(p, "g_proj.bias"), 1, q, ParamRole::Scalar);
+      bo_ = tab.add(join_name(p, "o_proj.bias"), 1, D_, ParamRole::Scalar);
     }
   }
 
@@ -46,37 +46,15 @@ class GqaLayer {
     return sp_.scale != 0 ? S(sp_.scale) : S(1) / std::sqrt(S(sp_.head_dim));
   }
 
-  template <class F>
-  void visit(const std::string& p, F&& f) {
-    f(join_name(p, "q_proj.weight"), wq_, ParamRole::Matrix);
-    f(join_name(p, "k_proj.weight"), wk_, ParamRole::Matrix);
-    f(join_name(p, "v_proj.weight"), wv_, ParamRole::Matrix);
-    if (sp_.output_gate) f(join_name(p, "g_proj.weight"), wg_, ParamRole::Matrix);
-    f(join_name(p, "o_proj.weight"), wo_, ParamRole::Matrix);
-    if (sp_.qk_norm) {
-      f(join_name(p, "q_norm.weight"), qn_, ParamRole::Scalar);
-      f(join_name(p, "k_norm.weight"), kn_, ParamRole::Scalar);
-    }
-    if (sp_.bias) {
-      f(join_name(p, "q_proj.bias"), bq_, ParamRole::Scalar);
-      f(join_name(p, "k_proj.bias"), bk_, ParamRole::Scalar);
-      f(join_name(p, "v_proj.bias"), bv_, ParamRole::Scalar);
-      if (sp_.output_gate) f(join_name(p, "g_proj.bias"), bg_, ParamRole::Scalar);
-      f(join_name(p, "o_proj.bias"), bo_, ParamRole::Scalar);
-    }
-  }
-
-  void init(std::uint64_t seed, double out_div) {
-    init::uniform_fan_in(wq_, D_, derive_seed(seed, "wq"));
-    init::uniform_fan_in(wk_, D_, derive_seed(seed, "wk"));
-    init::uniform_fan_in(wv_, D_, derive_seed(seed, "wv"));
-    if (sp_.output_gate) init::uniform_fan_in(wg_, D_, derive_seed(seed, "wg"));
-    init::uniform_fan_in(wo_, wo_.cols(), derive_seed(seed, "wo"), out_div);
-    for (Mat<S>* b : {&bq_, &bk_, &bv_, &bo_, &bg_}) b->setZero();
-    if (sp_.qk_norm) {
-      qn_.setOnes();
-      kn_.setOnes();
-    }
+  void init(ParamStore<S>& w, std::uint64_t seed, double out_div) const {
+    init::uniform_fan_in(w.view(wq_), D_, derive_seed(seed, "wq"));
+    init::uniform_fan_in(w.view(wk_), D_, derive_seed(seed, "wk"));
+    init::uniform_fan_in(w.view(wv_), D_, derive_seed(seed, "wv"));
+    if (sp_.output_gate) init::uniform_fan_in(w.view(wg_), D_, derive_seed(seed, "wg"));
+    init::uniform_fan_in(w.view(wo_), wo_.cols, derive_seed(seed, "wo"), out_div);
+    for (const Param* b : {&bq_, &bk_, &bv_, &bo_, &bg_}) init::fill(w.view(*b), S(0));
+    init::fill(w.view(qn_), S(1));
+    init::fill(w.view(kn_), S(1));
   }
 
   State make_state() const {
@@ -100,26 +78,29 @@ class GqaLayer {
       q = ag::rmsnorm(t, q.reshape(q.size() / hd, hd), qn_, S(eps_)).reshape(B * T, Index(Hq) * hd);
       k = ag::rmsnorm(t, k.reshape(k.size() / hd, hd), kn_, S(eps_)).reshape(B * T, Index(Hkv) * hd);
     }
-    std::vector<Index> pos0(B, 0);
-    if (states)
-      for (Index b = 0; b < B; ++b) pos0[b] = states[b]->next_pos();
+    Index* pos0 = t.scratch_index(B);
+    for (Index b = 0; b < B; ++b) pos0[b] = states ? states[b]->next_pos() : 0;
     if (sp_.rope) {
-      q = ag::rope(t, q, Hq, hd, B, T, pos0.data(), sp_.rope_theta);
-      k = ag::rope(t, k, Hkv, hd, B, T, pos0.data(), sp_.rope_theta);
+      q = ag::rope(t, q, Hq, hd, B, T, pos0, sp_.rope_theta);
+      k = ag::rope(t, k, Hkv, hd, B, T, pos0, sp_.rope_theta);
     }
     Var<S> o;
-    if (states) {
-      HYBRID_CHECK(!t.recording(), "GQA: decode state cannot be used while recording");
-      o = t.var(B * T, Index(Hq) * hd);
-      const Index ldq = Index(Hq) * hd;
+    if (states) {  // extend each cache, attend over it, then drop what the window hides
+      const S** keys = t.template scratch_as<const S*>(B);
+      const S** vals = t.template scratch_as<const S*>(B);
+      Index* len = t.scratch_index(B);
+      Index* kpos0 = t.scratch_index(B);
       for (Index b = 0; b < B; ++b) {
         State& st = *states[b];
-        st.append(k.val().middleRows(b * T, T), v.val().middleRows(b * T, T));
-        const ops::AttnDims d{T, st.len, Hq, Hkv, hd};
-        ops::attention_forward<S>(q.v + b * T * ldq, st.k.data(), st.v.data(), o.v + b * T * ldq,
-                                  d, scale(), pos0[b], st.start_pos, sp_.window);
-        st.trim();
+        st.append(k.row_range(b * T, T).value(), v.row_range(b * T, T).value());
+        keys[b] = st.k.data();
+        vals[b] = st.v.data();
+        len[b] = st.len;
+        kpos0[b] = st.start_pos;
       }
+      o = ag::attention_cached(t, q, Hq, Hkv, hd, B, T, keys, vals, len, pos0, kpos0, scale(),
+                               sp_.window);
+      for (Index b = 0; b < B; ++b) states[b]->trim();
     } else {
       o = ag::attention(t, q, k, v, Hq, Hkv, hd, B, T, scale(), sp_.window);
     }
@@ -131,7 +112,7 @@ class GqaLayer {
   int D_;
   GqaSpec sp_;
   double eps_;
-  Mat<S> wq_, wk_, wv_, wo_, wg_, qn_, kn_, bq_, bk_, bv_, bo_, bg_;
+  Param wq_, wk_, wv_, wo_, wg_, qn_, kn_, bq_, bk_, bv_, bo_, bg_;
 };
 
 }  // namespace hybrid

@@ -20,62 +20,49 @@ class Mamba2Layer {
  public:
   using State = Mamba2State<S>;
 
-  Mamba2Layer(int d_model, const Mamba2Spec& spec) : D_(d_model), sp_(spec) {
+  Mamba2Layer(int d_model, const Mamba2Spec& spec, ParamTable& tab, const std::string& p)
+      : D_(d_model), sp_(spec) {
     validate(spec, d_model);
     Di_ = spec.d_inner(d_model);
     H_ = spec.nheads(d_model);
     GN_ = spec.ngroups * spec.d_state;
     Cd_ = spec.conv_dim(d_model);
-    in_proj_.setZero(spec.in_proj_dim(d_model), D_);
-    if (spec.bias) in_bias_.setZero(1, in_proj_.rows());
-    conv_w_.setZero(Cd_, spec.d_conv);
-    if (spec.conv_bias) conv_b_.setZero(1, Cd_);
-    dt_bias_.setZero(1, H_);
-    A_log_.setZero(1, H_);
-    D_skip_.setOnes(1, H_);
-    norm_w_.setOnes(1, Di_);
-    out_proj_.setZero(D_, Di_);
-    if (spec.bias) out_bias_.setZero(1, D_);
+    const Index in_dim = spec.in_proj_dim(d_model);
+    in_proj_ = tab.add(join_name(p, "in_proj.weight"), in_dim, D_, ParamRole::Matrix);
+    if (sp_.bias) in_bias_ = tab.add(join_name(p, "in_proj.bias"), 1, in_dim, ParamRole::Scalar);
+    conv_w_ = tab.add(join_name(p, "conv1d.weight"), Cd_, spec.d_conv, ParamRole::Scalar);
+    if (sp_.conv_bias) conv_b_ = tab.add(join_name(p, "conv1d.bias"), 1, Cd_, ParamRole::Scalar);
+    dt_bias_ = tab.add(join_name(p, "dt_bias"), 1, H_, ParamRole::Dynamics);
+    A_log_ = tab.add(join_name(p, "A_log"), 1, H_, ParamRole::Dynamics);
+    D_skip_ = tab.add(join_name(p, "D"), 1, H_, ParamRole::Dynamics);
+    norm_w_ = tab.add(join_name(p, "norm.weight"), 1, Di_, ParamRole::Scalar);
+    out_proj_ = tab.add(join_name(p, "out_proj.weight"), D_, Di_, ParamRole::Matrix);
+    if (sp_.bias) out_bias_ = tab.add(join_name(p, "out_proj.bias"), 1, D_, ParamRole::Scalar);
   }
 
   const Mamba2Spec& spec() const { return sp_; }
   int d_inner() const { return Di_; }
   int nheads() const { return H_; }
 
-  template <class F>
-  void visit(const std::string& p, F&& f) {
-    f(join_name(p, "in_proj.weight"), in_proj_, ParamRole::Matrix);
-    if (sp_.bias) f(join_name(p, "in_proj.bias"), in_bias_, ParamRole::Scalar);
-    f(join_name(p, "conv1d.weight"), conv_w_, ParamRole::Scalar);
-    if (sp_.conv_bias) f(join_name(p, "conv1d.bias"), conv_b_, ParamRole::Scalar);
-    f(join_name(p, "dt_bias"), dt_bias_, ParamRole::Dynamics);
-    f(join_name(p, "A_log"), A_log_, ParamRole::Dynamics);
-    f(join_name(p, "D"), D_skip_, ParamRole::Dynamics);
-    f(join_name(p, "norm.weight"), norm_w_, ParamRole::Scalar);
-    f(join_name(p, "out_proj.weight"), out_proj_, ParamRole::Matrix);
-    if (sp_.bias) f(join_name(p, "out_proj.bias"), out_bias_, ParamRole::Scalar);
-  }
-
   // REFERENCE.md §1 initialisation; out_proj is divided by out_div (residual rescale).
-  void init(std::uint64_t seed, double out_div) {
-    init::uniform_fan_in(in_proj_, D_, derive_seed(seed, "in_proj"));
-    init::uniform_fan_in(conv_w_, sp_.d_conv, derive_seed(seed, "conv_w"));
-    if (sp_.conv_bias) init::uniform_fan_in(conv_b_, sp_.d_conv, derive_seed(seed, "conv_b"));
-    init::uniform_fan_in(out_proj_, Di_, derive_seed(seed, "out_proj"), out_div);
-    if (sp_.bias) {
-      in_bias_.setZero();
-      out_bias_.setZero();
-    }
+  void init(ParamStore<S>& w, std::uint64_t seed, double out_div) const {
+    init::uniform_fan_in(w.view(in_proj_), D_, derive_seed(seed, "in_proj"));
+    init::uniform_fan_in(w.view(conv_w_), sp_.d_conv, derive_seed(seed, "conv_w"));
+    if (sp_.conv_bias) init::uniform_fan_in(w.view(conv_b_), sp_.d_conv, derive_seed(seed, "conv_b"));
+    init::uniform_fan_in(w.view(out_proj_), Di_, derive_seed(seed, "out_proj"), out_div);
+    init::fill(w.view(in_bias_), S(0));
+    init::fill(w.view(out_bias_), S(0));
+    const View<S> dt_bias = w.view(dt_bias_), A_log = w.view(A_log_);
     Rng rng(derive_seed(seed, "dynamics"));
     const double lmin = std::log(sp_.dt_min), lmax = std::log(sp_.dt_max);
     for (int h = 0; h < H_; ++h) {
       double dt = std::exp(rng.uniform() * (lmax - lmin) + lmin);
       dt = std::max(dt, sp_.dt_init_floor);
-      dt_bias_(0, h) = S(dt + std::log(-std::expm1(-dt)));  // inverse softplus
-      A_log_(0, h) = S(std::log(rng.uniform(sp_.A_init_lo, sp_.A_init_hi)));
+      dt_bias(0, h) = S(dt + std::log(-std::expm1(-dt)));  // inverse softplus
+      A_log(0, h) = S(std::log(rng.uniform(sp_.A_init_lo, sp_.A_init_hi)));
     }
-    D_skip_.setOnes();
-    norm_w_.setOnes();
+    init::fill(w.view(D_skip_), S(1));
+    init::fill(w.view(norm_w_), S(1));
   }
 
   State make_state() const {
@@ -94,24 +81,23 @@ class Mamba2Layer {
   // the call starts from and updates.
   Var<S> forward(Tape<S>& t, Var<S> x, Index B, Index T, State* const* states) const {
     const Var<S> zxbcdt = ag::linear(t, x, in_proj_, in_bias_);  // (B*T, 2Di + 2GN + H)
-    const Var<S> z = ag::cols(t, zxbcdt, 0, Di_);                // (B*T, Di)
-    std::vector<Mat<S>*> conv_st;
-    std::vector<S*> ssm_st;
-    if (states)
-      for (Index b = 0; b < B; ++b) {
-        conv_st.push_back(&states[b]->conv);
-        ssm_st.push_back(states[b]->ssm.data());
-      }
-    Var<S> xbc = ag::cols(t, zxbcdt, Di_, Cd_);  // (B*T, Cd) raw x | B | C
-    xbc = ag::silu(t, ag::causal_conv1d(t, xbc, conv_w_, conv_b_, B, T, states ? conv_st.data() : nullptr));
-    const Var<S> dt = ag::dt_softplus(t, ag::cols(t, zxbcdt, Di_ + Cd_, H_), dt_bias_,
+    const Var<S> z = zxbcdt.col_range(0, Di_);                   // (B*T, Di), a view
+    // Decode state pointers live on the tape's arena (no allocation per call).
+    S** conv_st = states ? t.template scratch_as<S*>(B) : nullptr;
+    S** ssm_st = states ? t.template scratch_as<S*>(B) : nullptr;
+    for (Index b = 0; states && b < B; ++b) {
+      conv_st[b] = states[b]->conv.data();
+      ssm_st[b] = states[b]->ssm.data();
+    }
+    const Var<S> xbc = ag::silu(t, ag::causal_conv1d(t, zxbcdt.col_range(Di_, Cd_), conv_w_, conv_b_,
+                                                     B, T, conv_st));  // (B*T, Cd) x | B | C
+    const Var<S> dt = ag::dt_softplus(t, zxbcdt.col_range(Di_ + Cd_, H_), dt_bias_,
                                       S(sp_.dt_limit_lo), S(sp_.dt_limit_hi));  // (B*T, H)
-    const Var<S> xs = ag::cols(t, xbc, 0, Di_);          // (B*T, H*P)
-    const Var<S> Bm = ag::cols(t, xbc, Di_, GN_);        // (B*T, G*N)
-    const Var<S> Cm = ag::cols(t, xbc, Di_ + GN_, GN_);  // (B*T, G*N)
+    const Var<S> xs = xbc.col_range(0, Di_);          // (B*T, H*P)
+    const Var<S> Bm = xbc.col_range(Di_, GN_);        // (B*T, G*N)
+    const Var<S> Cm = xbc.col_range(Di_ + GN_, GN_);  // (B*T, G*N)
     const ag::SsdConfig c{H_, sp_.headdim, sp_.d_state, sp_.ngroups, sp_.chunk, sp_.scan};
-    const Var<S> y = ag::ssd(t, xs, dt, A_log_, Bm, Cm, D_skip_, c, B, T,
-                             states ? ssm_st.data() : nullptr);  // (B*T, Di)
+    const Var<S> y = ag::ssd(t, xs, dt, A_log_, Bm, Cm, D_skip_, c, B, T, ssm_st);  // (B*T, Di)
     const Index group = sp_.norm_whole_width ? Di_ : Di_ / sp_.ngroups;
     const Var<S> g = ag::gated_rmsnorm(t, y, z, norm_w_, group, S(sp_.norm_eps));
     return ag::linear(t, g, out_proj_, out_bias_);  // (B*T, D)
@@ -120,7 +106,7 @@ class Mamba2Layer {
  private:
   int D_, Di_, H_, GN_, Cd_;
   Mamba2Spec sp_;
-  Mat<S> in_proj_, in_bias_, conv_w_, conv_b_, dt_bias_, A_log_, D_skip_, norm_w_, out_proj_,
+  Param in_proj_, in_bias_, conv_w_, conv_b_, dt_bias_, A_log_, D_skip_, norm_w_, out_proj_,
       out_bias_;
 };
 

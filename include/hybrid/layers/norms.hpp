@@ -11,20 +11,16 @@ namespace hybrid {
 template <class S>
 class NormLayer {
  public:
-  NormLayer(int d_model, NormKind kind, double eps) : kind_(kind), eps_(eps) {
-    w_.setOnes(1, d_model);
-    if (kind == NormKind::Layer) b_.setZero(1, d_model);
+  NormLayer(int d_model, NormKind kind, double eps, ParamTable& tab, const std::string& p)
+      : kind_(kind), eps_(eps) {
+    w_ = tab.add(join_name(p, "weight"), 1, d_model, ParamRole::Scalar);
+    if (kind == NormKind::Layer) b_ = tab.add(join_name(p, "bias"), 1, d_model, ParamRole::Scalar);
   }
   NormKind kind() const { return kind_; }
 
-  template <class F>
-  void visit(const std::string& p, F&& f) {
-    f(join_name(p, "weight"), w_, ParamRole::Scalar);
-    if (kind_ == NormKind::Layer) f(join_name(p, "bias"), b_, ParamRole::Scalar);
-  }
-  void init() {
-    w_.setOnes();
-    b_.setZero();
+  void init(ParamStore<S>& w) const {
+    init::fill(w.view(w_), S(1));
+    init::fill(w.view(b_), S(0));
   }
   Var<S> forward(Tape<S>& t, Var<S> x) const {
     if (kind_ == NormKind::RMS) return ag::rmsnorm(t, x, w_, S(eps_));
@@ -34,7 +30,7 @@ class NormLayer {
  private:
   NormKind kind_;
   double eps_;
-  Mat<S> w_, b_;
+  Param w_, b_;
 };
 
 }  // namespace hybrid

@@ -18,35 +18,24 @@ class ShortConvLayer {
  public:
   using State = ShortConvState<S>;
 
-  ShortConvLayer(int d_model, const ShortConvSpec& spec) : D_(d_model), sp_(spec) {
+  ShortConvLayer(int d_model, const ShortConvSpec& spec, ParamTable& tab, const std::string& p)
+      : D_(d_model), sp_(spec) {
     validate(spec, d_model);
-    in_proj_.setZero(3 * Index(D_), D_);
-    conv_w_.setZero(D_, spec.L);
-    if (spec.bias) {
-      conv_b_.setZero(1, D_);
-      in_b_.setZero(1, 3 * Index(D_));
-      out_b_.setZero(1, D_);
-    }
-    out_proj_.setZero(D_, D_);
+    in_proj_ = tab.add(join_name(p, "in_proj.weight"), 3 * Index(D_), D_, ParamRole::Matrix);
+    if (sp_.bias) in_b_ = tab.add(join_name(p, "in_proj.bias"), 1, 3 * Index(D_), ParamRole::Scalar);
+    conv_w_ = tab.add(join_name(p, "conv.weight"), D_, spec.L, ParamRole::Scalar);
+    if (sp_.bias) conv_b_ = tab.add(join_name(p, "conv.bias"), 1, D_, ParamRole::Scalar);
+    out_proj_ = tab.add(join_name(p, "out_proj.weight"), D_, D_, ParamRole::Matrix);
+    if (sp_.bias) out_b_ = tab.add(join_name(p, "out_proj.bias"), 1, D_, ParamRole::Scalar);
   }
 
   const ShortConvSpec& spec() const { return sp_; }
 
-  template <class F>
-  void visit(const std::string& p, F&& f) {
-    f(join_name(p, "in_proj.weight"), in_proj_, ParamRole::Matrix);
-    if (sp_.bias) f(join_name(p, "in_proj.bias"), in_b_, ParamRole::Scalar);
-    f(join_name(p, "conv.weight"), conv_w_, ParamRole::Scalar);
-    if (sp_.bias) f(join_name(p, "conv.bias"), conv_b_, ParamRole::Scalar);
-    f(join_name(p, "out_proj.weight"), out_proj_, ParamRole::Matrix);
-    if (sp_.bias) f(join_name(p, "out_proj.bias"), out_b_, ParamRole::Scalar);
-  }
-
-  void init(std::uint64_t seed, double out_div) {
-    init::uniform_fan_in(in_proj_, D_, derive_seed(seed, "in_proj"));
-    init::uniform_fan_in(conv_w_, sp_.L, derive_seed(seed, "conv_w"));
-    init::uniform_fan_in(out_proj_, D_, derive_seed(seed, "out_proj"), out_div);
-    for (Mat<S>* b : {&in_b_, &conv_b_, &out_b_}) b->setZero();
+  void init(ParamStore<S>& w, std::uint64_t seed, double out_div) const {
+    init::uniform_fan_in(w.view(in_proj_), D_, derive_seed(seed, "in_proj"));
+    init::uniform_fan_in(w.view(conv_w_), sp_.L, derive_seed(seed, "conv_w"));
+    init::uniform_fan_in(w.view(out_proj_), D_, derive_seed(seed, "out_proj"), out_div);
+    for (const Param* b : {&in_b_, &conv_b_, &out_b_}) init::fill(w.view(*b), S(0));
   }
 
   State make_state() const {
@@ -60,19 +49,19 @@ class ShortConvLayer {
   // and update.
   Var<S> forward(Tape<S>& t, Var<S> x, Index B, Index T, State* const* states) const {
     const Var<S> bcx = ag::linear(t, x, in_proj_, in_b_);  // (B*T, 3D): B | C | x
-    const Var<S> bx = ag::mul(t, ag::cols(t, bcx, 0, D_), ag::cols(t, bcx, 2 * Index(D_), D_));
-    std::vector<Mat<S>*> hist;
-    if (states)
-      for (Index b = 0; b < B; ++b) hist.push_back(&states[b]->conv);
-    const Var<S> cv = ag::causal_conv1d(t, bx, conv_w_, conv_b_, B, T, states ? hist.data() : nullptr);
-    const Var<S> y = ag::mul(t, ag::cols(t, bcx, D_, D_), cv);
+    const Index D = D_;
+    const Var<S> bx = ag::mul(t, bcx.col_range(0, D), bcx.col_range(2 * D, D));
+    S** hist = states ? t.template scratch_as<S*>(B) : nullptr;
+    for (Index b = 0; states && b < B; ++b) hist[b] = states[b]->conv.data();
+    const Var<S> cv = ag::causal_conv1d(t, bx, conv_w_, conv_b_, B, T, hist);
+    const Var<S> y = ag::mul(t, bcx.col_range(D, D), cv);
     return ag::linear(t, y, out_proj_, out_b_);
   }
 
  private:
   int D_;
   ShortConvSpec sp_;
-  Mat<S> in_proj_, in_b_, conv_w_, conv_b_, out_proj_, out_b_;
+  Param in_proj_, in_b_, conv_w_, conv_b_, out_proj_, out_b_;
 };
 
 }  // namespace hybrid

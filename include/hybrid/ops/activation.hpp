@@ -1,7 +1,7 @@
 // Activations shared by the layers: scalar SiLU, softplus (PyTorch's threshold at 20),
 // sigmoid, ReLU² and their derivatives; row-wise SwiGLU, ReLU² and the Mamba-2 dt map as
 // forward/backward pairs. Backward accumulates (+=) into every gradient it is given;
-// nullptr skips one. Gradient buffers are contiguous row-major, shaped as documented.
+// an empty view skips one. Every buffer is a view (possibly strided), shaped as documented.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -71,8 +71,11 @@ auto silu_grad_array(const A& x) {
 // a, u, h: (R, F). h = silu(a) * u (the SwiGLU gate; a = gate branch, u = up branch).
 // Row-wise ops here split their rows across threads when large (par::for_rows).
 template <class S>
-void swiglu_forward(CRef<S> a, CRef<S> u, Ref<S> h) {
-  par::for_rows(a.rows(), a.cols(), [&](Index r0, Index r1) {
+void swiglu_forward(CView<S> av, CView<S> uv, View<S> hv) {
+  const auto a = emap(av);
+  const auto u = emap(uv);
+  auto h = emap(hv);
+  par::for_rows(av.rows, av.cols, [&](Index r0, Index r1) {
     const Index n = r1 - r0;
     h.middleRows(r0, n).array() = silu_array(a.middleRows(r0, n).array()) * u.middleRows(r0, n).array();
   });
@@ -80,56 +83,52 @@ void swiglu_forward(CRef<S> a, CRef<S> u, Ref<S> h) {
 
 // dh: (R, F). da (R, F) += dh * u * silu'(a); du (R, F) += dh * silu(a).
 template <class S>
-void swiglu_backward(CRef<S> a, CRef<S> u, CRef<S> dh, S* da, S* du) {
-  const Index R = a.rows(), F = a.cols();
-  par::for_rows(R, F, [&](Index r0, Index r1) {
+void swiglu_backward(CView<S> av, CView<S> uv, CView<S> dhv, View<S> da, View<S> du) {
+  const auto a = emap(av);
+  const auto u = emap(uv);
+  const auto dh = emap(dhv);
+  par::for_rows(av.rows, av.cols, [&](Index r0, Index r1) {
     const Index n = r1 - r0;
     const auto A = a.middleRows(r0, n).array();
     const auto sg = sigmoid_array(A).eval();
     const auto D = dh.middleRows(r0, n).array();
-    if (da)
-      MatMap<S>(da, R, F).middleRows(r0, n).array() +=
-          D * u.middleRows(r0, n).array() * silu_grad_given_sigmoid(A, sg);
-    if (du) MatMap<S>(du, R, F).middleRows(r0, n).array() += D * A * sg;
+    if (da) emap(da).middleRows(r0, n).array() += D * u.middleRows(r0, n).array() * silu_grad_given_sigmoid(A, sg);
+    if (du) emap(du).middleRows(r0, n).array() += D * A * sg;
   });
 }
 
 // x, y: (R, F), y may alias x. y = relu(x)^2.
 template <class S>
-void relu2_forward(CRef<S> x, Ref<S> y) {
-  y = x.unaryExpr([](S v) { return relu2(v); });
+void relu2_forward(CView<S> x, View<S> y) {
+  emap(y) = emap(x).unaryExpr([](S v) { return relu2(v); });
 }
 
 // dy: (R, F). dx (R, F) += dy * 2 relu(x).
 template <class S>
-void relu2_backward(CRef<S> x, CRef<S> dy, S* dx) {
-  if (dx)
-    MatMap<S>(dx, x.rows(), x.cols()).array() +=
-        dy.array() * x.unaryExpr([](S v) { return relu2_grad(v); }).array();
+void relu2_backward(CView<S> x, CView<S> dy, View<S> dx) {
+  if (dx) emap(dx).array() += emap(dy).array() * emap(x).unaryExpr([](S v) { return relu2_grad(v); }).array();
 }
 
 // Mamba-2 step size. raw: (R, H) from the input projection; bias: (1, H); dt: (R, H).
 // dt = clamp(softplus(raw + bias), lo, hi); hi may be +infinity (upstream's default limit).
 template <class S>
-void dt_softplus_forward(CRef<S> raw, CRef<S> bias, S lo, S hi, Ref<S> dt) {
-  for (Index r = 0; r < raw.rows(); ++r)
-    for (Index h = 0; h < raw.cols(); ++h)
-      dt(r, h) = std::clamp(softplus(raw(r, h) + bias(0, h)), lo, hi);
+void dt_softplus_forward(CView<S> raw, CView<S> bias, S lo, S hi, View<S> dt) {
+  for (Index r = 0; r < raw.rows; ++r)
+    for (Index h = 0; h < raw.cols; ++h) dt(r, h) = std::clamp(softplus(raw(r, h) + bias(0, h)), lo, hi);
 }
 
-// ddt: (R, H). draw (R, H) += ddt * softplus'(raw + bias); dbias (H) += its column sums.
+// ddt: (R, H). draw (R, H) += ddt * softplus'(raw + bias); dbias (1, H) += its column sums.
 // Where the clamp is active the gradient is zero; on the limit itself it passes (as
 // torch.clamp's backward, so the two agree when dt lands exactly on a limit).
 template <class S>
-void dt_softplus_backward(CRef<S> raw, CRef<S> bias, S lo, S hi, CRef<S> ddt, S* draw,
-                          S* dbias) {
-  const Index R = raw.rows(), H = raw.cols();
-  for (Index r = 0; r < R; ++r)
-    for (Index h = 0; h < H; ++h) {
+void dt_softplus_backward(CView<S> raw, CView<S> bias, S lo, S hi, CView<S> ddt, View<S> draw,
+                          View<S> dbias) {
+  for (Index r = 0; r < raw.rows; ++r)
+    for (Index h = 0; h < raw.cols; ++h) {
       const S v = raw(r, h) + bias(0, h), sp = softplus(v);
       const S g = (sp >= lo && sp <= hi) ? ddt(r, h) * softplus_grad(v) : S(0);
-      if (draw) draw[r * H + h] += g;
-      if (dbias) dbias[h] += g;
+      if (draw) draw(r, h) += g;
+      if (dbias) dbias(0, h) += g;
     }
 }
 

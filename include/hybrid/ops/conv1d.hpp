@@ -3,34 +3,40 @@
 //   y_t[c] = b[c] + sum_k w[c, k] * u_{t-K+1+k}[c]
 // Samples before t = 0 come from `hist` (the previous call's last K raw inputs, oldest
 // first — the decode cache) or are zero.
-// Backward accumulates (+=) into every gradient it is given; nullptr skips one.
+// Every buffer is a view (u may be a column range of a wider projection). Backward
+// accumulates (+=) into every gradient it is given; an empty view skips one.
 // Channels are independent, so both directions split the channels across threads.
 #pragma once
 #include <algorithm>
 
+#include "../core/error.hpp"
 #include "../core/parallel.hpp"
 #include "../core/tensor.hpp"
 
 namespace hybrid::ops {
 
-// u: (T, C) raw input; w: (C, K); bias: (1, C) or empty; hist: (C, K) or nullptr.
+// u: (T, C) raw input; w: (C, K); bias: (1, C) or empty; hist: (C, K) or empty (zeros).
 // y: (T, C), sized by the caller. If hist_out is given it receives the last K raw inputs (C, K), oldest first,
 // zero-padded on the left when fewer than K were ever seen; it may alias hist.
 template <class S>
-void causal_conv1d_forward(CRef<S> u, CRef<S> w, CRef<S> bias, const Mat<S>* hist, Ref<S> y,
-                           Mat<S>* hist_out) {
-  const Index T = u.rows(), C = u.cols(), K = w.cols();
+void causal_conv1d_forward(CView<S> uv, CView<S> wv, CView<S> biasv, CView<S> hist, View<S> yv,
+                           View<S> hist_out) {
+  const Index T = uv.rows, C = uv.cols, K = wv.cols;
+  const auto u = emap(uv);
+  const auto w = emap(wv);
+  auto y = emap(yv);
+  const bool has_bias = !biasv.empty();
   // window(t, j) = raw sample at time t - (K-1) + j, j in [0, K)
   auto sample = [&](Index t, Index c) -> S {
     if (t >= 0) return u(t, c);
-    return hist ? (*hist)(c, K + t) : S(0);  // t in [-K+1, -1] -> hist column K + t
+    return hist ? hist(c, K + t) : S(0);  // t in [-K+1, -1] -> hist column K + t
   };
   const Mat<S> wt = w.transpose();  // (K, C): taps contiguous over channels
   par::for_ranges(C, par::threads_for(T * C * K), [&](Index c0, Index c1) {
     const Index n = c1 - c0;
     for (Index t = 0; t < T; ++t) {
       auto yt = y.row(t).segment(c0, n);
-      if (bias.size()) yt = bias.row(0).segment(c0, n); else yt.setZero();
+      if (has_bias) yt = emap(biasv).row(0).segment(c0, n); else yt.setZero();
       if (t >= K - 1) {
         for (Index k = 0; k < K; ++k)  // every tap inside u: vectorised over channels
           yt.array() += wt.row(k).segment(c0, n).array() * u.row(t - K + 1 + k).segment(c0, n).array();
@@ -40,13 +46,13 @@ void causal_conv1d_forward(CRef<S> u, CRef<S> w, CRef<S> bias, const Mat<S>* his
       }
     }
   }, 16);
-  if (hist_out) {
-    Mat<S> h(C, K);
+  if (hist_out) {  // ascending j: column j reads history column T + j > j, not yet written
+    HYBRID_CHECK(hist_out.rows == C && hist_out.cols == K, "causal_conv1d: history is (",
+                 hist_out.rows, ", ", hist_out.cols, "), expected (C, K) = (", C, ", ", K, ")");
     for (Index j = 0; j < K; ++j) {
       const Index t = T - K + j;
-      for (Index c = 0; c < C; ++c) h(c, j) = sample(t, c);
+      for (Index c = 0; c < C; ++c) hist_out(c, j) = sample(t, c);
     }
-    *hist_out = std::move(h);
   }
 }
 
@@ -55,8 +61,12 @@ void causal_conv1d_forward(CRef<S> u, CRef<S> w, CRef<S> bias, const Mat<S>* his
 // s = t - o, o = K-1-k, so for each tap the whole sum is one shifted block of rows.
 // dy: (T, C). du: (T, C) += sum_k w[:, k] * dy_{s+o}; dw: (C, K); db: (C).
 template <class S>
-void causal_conv1d_backward(CRef<S> u, CRef<S> w, CRef<S> dy, S* du, S* dw, S* db) {
-  const Index T = u.rows(), C = u.cols(), K = w.cols();
+void causal_conv1d_backward(CView<S> uv, CView<S> wv, CView<S> dyv, View<S> du, View<S> dw,
+                            View<S> db) {
+  const Index T = uv.rows, C = uv.cols, K = wv.cols;
+  const auto u = emap(uv);
+  const auto w = emap(wv);
+  const auto dy = emap(dyv);
   const Mat<S> wt = du ? Mat<S>(w.transpose()) : Mat<S>();  // (K, C): taps contiguous over channels
   par::for_ranges(C, par::threads_for(T * C * K), [&](Index c0, Index c1) {
     const Index nc = c1 - c0;
@@ -65,7 +75,7 @@ void causal_conv1d_backward(CRef<S> u, CRef<S> w, CRef<S> dy, S* du, S* dw, S* d
     if (db) {
       RowVec<S> acc = RowVec<S>::Zero(nc);
       for (Index t = 0; t < T; ++t) acc += dy.row(t).segment(c0, nc);
-      VecMap<S>(db + c0, nc) += acc.transpose();
+      emap(db).row(0).segment(c0, nc) += acc;
     }
     Mat<S> dwt;
     if (dw) dwt.setZero(K, nc);
@@ -73,13 +83,13 @@ void causal_conv1d_backward(CRef<S> u, CRef<S> w, CRef<S> dy, S* du, S* dw, S* d
       const Index o = K - 1 - k, n = T - o;  // n: output rows whose tap k lands inside u
       if (n <= 0) continue;
       if (du)
-        MatMap<S>(du, T, C).topRows(n).middleCols(c0, nc).array() +=
+        emap(du).topRows(n).middleCols(c0, nc).array() +=
             dy.middleRows(o, n).middleCols(c0, nc).array().rowwise() * wt.row(k).segment(c0, nc).array();
       if (dw)
         for (Index s = 0; s < n; ++s)
           dwt.row(k).array() += dy.row(s + o).segment(c0, nc).array() * u.row(s).segment(c0, nc).array();
     }
-    if (dw) MatMap<S>(dw, C, K).middleRows(c0, nc) += dwt.transpose();
+    if (dw) emap(dw).middleRows(c0, nc) += dwt.transpose();
   }, 16);
 }
 

@@ -1,5 +1,5 @@
 // Token embedding: out = mult * table[ids] (mult: Granite's embedding_multiplier, else 1).
-// Backward accumulates (+=) into the table gradient; nullptr skips it.
+// Backward accumulates (+=) into the table gradient; an empty view skips it.
 #pragma once
 #include "../core/error.hpp"
 #include "../core/tensor.hpp"
@@ -8,8 +8,10 @@ namespace hybrid::ops {
 
 // table: (V, D); ids: (R) in [0, V), else hybrid::Error naming the row; out: (R, D).
 template <class S>
-void embedding_forward(CRef<S> table, const int* ids, Index R, S mult, Ref<S> out) {
-  const Index V = table.rows();
+void embedding_forward(CView<S> tablev, const int* ids, Index R, S mult, View<S> outv) {
+  const Index V = tablev.rows;
+  const auto table = emap(tablev);
+  auto out = emap(outv);
   for (Index r = 0; r < R; ++r) {
     HYBRID_CHECK(ids[r] >= 0 && ids[r] < V, "embedding: token id ", ids[r], " at row ", r,
                  " is outside the vocabulary [0, ", V, ")");
@@ -20,10 +22,11 @@ void embedding_forward(CRef<S> table, const int* ids, Index R, S mult, Ref<S> ou
 // dout: (R, D). dtable (V, D): row ids[r] += mult * dout[r]; repeated ids accumulate.
 // V is not passed: the ids are the ones embedding_forward already checked.
 template <class S>
-void embedding_backward(const int* ids, Index R, S mult, CRef<S> dout, S* dtable) {
+void embedding_backward(const int* ids, Index R, S mult, CView<S> doutv, View<S> dtable) {
   if (!dtable) return;
-  const Index D = dout.cols();
-  for (Index r = 0; r < R; ++r) VecMap<S>(dtable + Index(ids[r]) * D, D) += mult * dout.row(r).transpose();
+  const auto dout = emap(doutv);
+  auto dt = emap(dtable);
+  for (Index r = 0; r < R; ++r) dt.row(ids[r]) += mult * dout.row(r);
 }
 
 }  // namespace hybrid::ops

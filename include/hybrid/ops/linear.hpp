@@ -1,8 +1,10 @@
 // Linear layer: y = x W^T (+ b). x: (R, in), W: (out, in) row-major as in PyTorch, y: (R, out).
-// Backward accumulates (+=) into every gradient it is given; nullptr skips one.
+// Views may be strided (a column range of a wider activation). Backward accumulates (+=)
+// into every gradient it is given; an empty view (nullptr) skips one.
 #pragma once
 #include "../core/gemm.hpp"
 #include "../core/parallel.hpp"
+#include "../core/error.hpp"
 #include "../core/tensor.hpp"
 
 namespace hybrid::ops {
@@ -13,8 +15,14 @@ namespace hybrid::ops {
 // output columns (rows of W) are split across the threads here, each reading its own slice
 // of W once.
 template <class S>
-void linear_forward(CRef<S> x, CRef<S> W, CRef<S> bias, Ref<S> y) {
-  const Index R = x.rows(), out = W.rows(), in = W.cols();
+void linear_forward(CView<S> xv, CView<S> Wv, CView<S> bias, View<S> yv) {
+  HYBRID_CHECK(xv.cols == Wv.cols && yv.rows == xv.rows && yv.cols == Wv.rows,
+               "linear: x (", xv.rows, ", ", xv.cols, "), W (", Wv.rows, ", ", Wv.cols, "), y (",
+               yv.rows, ", ", yv.cols, "); expected x (R, in), W (out, in), y (R, out)");
+  const Index R = xv.rows, out = Wv.rows, in = Wv.cols;
+  const auto x = emap(xv);
+  const auto W = emap(Wv);
+  auto y = emap(yv);
   constexpr Index kGemvRows = 4;  // above this, one threaded GEMM
   if (R <= kGemvRows) {
     par::for_ranges(
@@ -24,23 +32,23 @@ void linear_forward(CRef<S> x, CRef<S> W, CRef<S> bias, Ref<S> y) {
         },
         16);
   } else {
-    blas::gemm<S>(blas::Op::N, blas::Op::T, R, out, in, S(1), x.data(), x.outerStride(), W.data(),
-                  W.outerStride(), S(0), y.data(), y.outerStride());
+    blas::gemm<S>(blas::Op::N, blas::Op::T, R, out, in, S(1), xv.data, xv.ld, Wv.data, Wv.ld, S(0),
+                  yv.data, yv.ld);
   }
-  if (bias.size()) y.rowwise() += bias.row(0);
+  if (!bias.empty()) y.rowwise() += emap(bias).row(0);
 }
 
 // dy: (R, out). dx (R, in) += dy W; dW (out, in) += dy^T x; db (out) += column sums of dy.
 template <class S>
-void linear_backward(CRef<S> x, CRef<S> W, CRef<S> dy, S* dx, S* dW, S* db) {
-  const Index R = x.rows(), in = x.cols(), out = W.rows();
+void linear_backward(CView<S> x, CView<S> W, CView<S> dy, View<S> dx, View<S> dW, View<S> db) {
+  const Index R = x.rows, in = x.cols, out = W.rows;
   if (dx)
-    blas::gemm<S>(blas::Op::N, blas::Op::N, R, in, out, S(1), dy.data(), dy.outerStride(),
-                  W.data(), W.outerStride(), S(1), dx, in);
+    blas::gemm<S>(blas::Op::N, blas::Op::N, R, in, out, S(1), dy.data, dy.ld, W.data, W.ld, S(1),
+                  dx.data, dx.ld);
   if (dW)
-    blas::gemm<S>(blas::Op::T, blas::Op::N, out, in, R, S(1), dy.data(), dy.outerStride(),
-                  x.data(), x.outerStride(), S(1), dW, in);
-  if (db) VecMap<S>(db, out) += dy.colwise().sum().transpose();
+    blas::gemm<S>(blas::Op::T, blas::Op::N, out, in, R, S(1), dy.data, dy.ld, x.data, x.ld, S(1),
+                  dW.data, dW.ld);
+  if (db) emap(db).row(0) += emap(dy).colwise().sum();
 }
 
 }  // namespace hybrid::ops

@@ -1,6 +1,6 @@
 // Language-model loss: softmax cross-entropy over rows of logits with an optional z-loss
 // (PaLM: z * lse^2 keeps the log-normaliser near 0), and Gemma-style logit soft-capping.
-// cross_entropy_backward accumulates (+=) into dlogits (nullptr skips it); softcap_backward
+// cross_entropy_backward accumulates (+=) into dlogits (empty skips it); softcap_backward
 // is the exception: it rescales a gradient in place, as the chain rule's next factor.
 #pragma once
 #include <algorithm>
@@ -38,8 +38,9 @@ double row_lse(const Row& x) {
 // log-sum-exp for the backward. Returns the SUM over scored rows of
 // lse - logit[target] + z_loss * lse^2, accumulated in double; the caller divides.
 template <class S>
-double cross_entropy_forward(CRef<S> logits, const int* targets, S* lse, double z_loss = 0) {
-  const Index R = logits.rows(), V = logits.cols();
+double cross_entropy_forward(CView<S> lv, const int* targets, S* lse, double z_loss = 0) {
+  const Index R = lv.rows, V = lv.cols;
+  const auto logits = emap(lv);
   detail::check_targets(targets, R, V);  // throws, so outside the parallel region
   double total = 0;
   HYBRID_LOSS_OMP(omp parallel for schedule(static) reduction(+ : total) if (R * V > (1 << 16)))
@@ -54,12 +55,13 @@ double cross_entropy_forward(CRef<S> logits, const int* targets, S* lse, double 
 // dloss: dL/d(returned sum), e.g. 1/n_scored. lse: (R) from the forward, or nullptr to
 // recompute. dlogits (R, V) += dloss * ((1 + 2 z_loss lse) softmax(row) - onehot(target)).
 template <class S>
-void cross_entropy_backward(CRef<S> logits, const int* targets, const S* lse, double dloss,
-                            double z_loss, S* dlogits) {
+void cross_entropy_backward(CView<S> lv, const int* targets, const S* lse, double dloss,
+                            double z_loss, View<S> dlogits) {
   if (!dlogits) return;
-  const Index R = logits.rows(), V = logits.cols();
+  const Index R = lv.rows, V = lv.cols;
+  const auto logits = emap(lv);
   detail::check_targets(targets, R, V);
-  MatMap<S> d(dlogits, R, V);
+  auto d = emap(dlogits);
   HYBRID_LOSS_OMP(omp parallel for schedule(static) if (R * V > (1 << 16)))
   for (Index r = 0; r < R; ++r) {
     const int t = targets[r];
@@ -73,15 +75,16 @@ void cross_entropy_backward(CRef<S> logits, const int* targets, const S* lse, do
 
 // logits: (R, V), in place: x -> cap * tanh(x / cap).
 template <class S>
-void softcap_forward(Ref<S> logits, S cap) {
-  logits = logits.unaryExpr([cap](S v) { return cap * std::tanh(v / cap); });
+void softcap_forward(View<S> logits, S cap) {
+  auto l = emap(logits);
+  l = l.unaryExpr([cap](S v) { return cap * std::tanh(v / cap); });
 }
 
 // capped: (R, V), softcap_forward's output y. dlogits: (R, V), in place: dL/dy -> dL/dx,
 // multiplying by dy/dx = 1 - (y / cap)^2 (no tanh recomputed).
 template <class S>
-void softcap_backward(CRef<S> capped, S cap, Ref<S> dlogits) {
-  dlogits.array() *= S(1) - (capped.array() / cap).square();
+void softcap_backward(CView<S> capped, S cap, View<S> dlogits) {
+  emap(dlogits).array() *= S(1) - (emap(capped).array() / cap).square();
 }
 
 }  // namespace hybrid::ops

@@ -1,6 +1,7 @@
 // Normalisations over the last dimension of row-major activations (rows = tokens). Rows are
 // split across threads (par::for_rows); the weight gradients are summed per row range and
-// then added in range order (par::for_rows_reduce).
+// then added in range order (par::for_rows_reduce). Activations and their gradients are
+// views (possibly strided); backward accumulates (+=), an empty view skips a gradient.
 //   RMSNorm:   y = w * x * rsqrt(mean(x^2) + eps)
 //   LayerNorm: y = w * (x - mean) * rsqrt(var + eps) + b
 //   Gated RMSNorm (Mamba-2, gate before norm): v = y * silu(z), normalised per group of
@@ -17,8 +18,11 @@ namespace hybrid::ops {
 // x, y: (R, D), y sized by the caller, may alias x; w: (1, D).
 // rstd: (R) or nullptr — receives 1/sqrt(mean(x^2) + eps) per row for the backward.
 template <class S>
-void rmsnorm_forward(CRef<S> x, CRef<S> w, S eps, Ref<S> y, S* rstd = nullptr) {
-  const Index R = x.rows(), D = x.cols();
+void rmsnorm_forward(CView<S> xv, CView<S> wv, S eps, View<S> yv, S* rstd = nullptr) {
+  const Index R = xv.rows, D = xv.cols;
+  const auto x = emap(xv);
+  const auto w = emap(wv);
+  auto y = emap(yv);
   par::for_rows(R, D, [&](Index r0, Index r1) {
     for (Index r = r0; r < r1; ++r) {
       const S ms = x.row(r).squaredNorm() / S(D);
@@ -31,9 +35,13 @@ void rmsnorm_forward(CRef<S> x, CRef<S> w, S eps, Ref<S> y, S* rstd = nullptr) {
 
 // x, y: (R, D); w, b: (1, D). mean, rstd: (R) or nullptr, saved for the backward.
 template <class S>
-void layernorm_forward(CRef<S> x, CRef<S> w, CRef<S> b, S eps, Ref<S> y, S* mean = nullptr,
+void layernorm_forward(CView<S> xv, CView<S> wv, CView<S> bv, S eps, View<S> yv, S* mean = nullptr,
                        S* rstd = nullptr) {
-  const Index R = x.rows(), D = x.cols();
+  const Index R = xv.rows, D = xv.cols;
+  const auto x = emap(xv);
+  const auto w = emap(wv);
+  const auto b = emap(bv);
+  auto y = emap(yv);
   for (Index r = 0; r < R; ++r) {
     const S mu = x.row(r).sum() / S(D);
     const auto c = (x.row(r).array() - mu);
@@ -48,9 +56,13 @@ void layernorm_forward(CRef<S> x, CRef<S> w, CRef<S> b, S eps, Ref<S> y, S* mean
 // y, z: (R, W) with W = n_groups * group; w: (1, W). out: (R, W), sized by the caller.
 // rstd: (R, W / group) or nullptr, saved for the backward.
 template <class S>
-void gated_rmsnorm_forward(CRef<S> y, CRef<S> z, CRef<S> w, Index group, S eps, Ref<S> out,
-                           S* rstd = nullptr) {
-  const Index R = y.rows(), W = y.cols(), ng = W / group;
+void gated_rmsnorm_forward(CView<S> yv, CView<S> zv, CView<S> wv, Index group, S eps,
+                           View<S> outv, S* rstd = nullptr) {
+  const Index R = yv.rows, W = yv.cols, ng = W / group;
+  const auto y = emap(yv);
+  const auto z = emap(zv);
+  const auto w = emap(wv);
+  auto out = emap(outv);
   par::for_rows(R, W, [&](Index r0, Index r1) {
     for (Index r = r0; r < r1; ++r) {
       out.row(r).array() = y.row(r).array() * silu_array(z.row(r).array());
@@ -66,18 +78,22 @@ void gated_rmsnorm_forward(CRef<S> y, CRef<S> z, CRef<S> w, Index group, S eps, 
 
 // With g = dy * w and xh = x * rstd (the normalised row):
 //   dx = rstd * (g - xh * mean(g * xh)),  dw = sum over rows of dy * xh.
-// rstd: (R) from rmsnorm_forward. dy: (R, D). dx: (R, D); dw: (D).
+// rstd: (R) from rmsnorm_forward. dy: (R, D). dx: (R, D); dw: (1, D).
 template <class S>
-void rmsnorm_backward(CRef<S> x, CRef<S> w, const S* rstd, CRef<S> dy, S* dx, S* dw) {
-  const Index R = x.rows(), D = x.cols();
-  par::for_rows_reduce(R, D, dw, D, [&](Index r0, Index r1, S* dw_part) {
+void rmsnorm_backward(CView<S> xv, CView<S> wv, const S* rstd, CView<S> dyv, View<S> dx,
+                      View<S> dw) {
+  const Index R = xv.rows, D = xv.cols;
+  const auto x = emap(xv);
+  const auto w = emap(wv);
+  const auto dy = emap(dyv);
+  par::for_rows_reduce(R, D, dw.data, D, [&](Index r0, Index r1, S* dw_part) {
     for (Index r = r0; r < r1; ++r) {
       const auto xh = x.row(r).array() * rstd[r];
       if (dw_part) VecMap<S>(dw_part, D).array() += (dy.row(r).array() * xh).transpose();
       if (dx) {
         const auto g = dy.row(r).array() * w.row(0).array();
         const S m = (g * xh).sum() / S(D);
-        MatMap<S>(dx, R, D).row(r).array() += rstd[r] * (g - xh * m);
+        emap(dx).row(r).array() += rstd[r] * (g - xh * m);
       }
     }
   });
@@ -87,17 +103,20 @@ void rmsnorm_backward(CRef<S> x, CRef<S> w, const S* rstd, CRef<S> dy, S* dx, S*
 //   dx = rstd * (g - mean(g) - xh * mean(g * xh)),  db = sum over rows of dy.
 // mean, rstd: (R) from layernorm_forward. dx: (R, D); dw, db: (D).
 template <class S>
-void layernorm_backward(CRef<S> x, CRef<S> w, const S* mean, const S* rstd, CRef<S> dy, S* dx,
-                        S* dw, S* db) {
-  const Index R = x.rows(), D = x.cols();
-  if (db) VecMap<S>(db, D) += dy.colwise().sum().transpose();
+void layernorm_backward(CView<S> xv, CView<S> wv, const S* mean, const S* rstd, CView<S> dyv,
+                        View<S> dx, View<S> dw, View<S> db) {
+  const Index R = xv.rows, D = xv.cols;
+  const auto x = emap(xv);
+  const auto w = emap(wv);
+  const auto dy = emap(dyv);
+  if (db) emap(db).row(0) += dy.colwise().sum();
   for (Index r = 0; r < R; ++r) {
     const auto xh = (x.row(r).array() - mean[r]) * rstd[r];
-    if (dw) VecMap<S>(dw, D).array() += (dy.row(r).array() * xh).transpose();
+    if (dw) VecMap<S>(dw.data, D).array() += (dy.row(r).array() * xh).transpose();
     if (dx) {
       const auto g = dy.row(r).array() * w.row(0).array();
       const S mg = g.sum() / S(D), mgx = (g * xh).sum() / S(D);
-      MatMap<S>(dx, R, D).row(r).array() += rstd[r] * (g - mg - xh * mgx);
+      emap(dx).row(r).array() += rstd[r] * (g - mg - xh * mgx);
     }
   }
 }
@@ -106,10 +125,14 @@ void layernorm_backward(CRef<S> x, CRef<S> w, const S* mean, const S* rstd, CRef
 //   dy += dv * silu(z),  dz += dv * y * silu'(z).
 // rstd: (R, W / group) from gated_rmsnorm_forward. dout: (R, W). dy, dz: (R, W); dw: (W).
 template <class S>
-void gated_rmsnorm_backward(CRef<S> y, CRef<S> z, CRef<S> w, Index group, const S* rstd,
-                            CRef<S> dout, S* dy, S* dz, S* dw) {
-  const Index R = y.rows(), W = y.cols(), ng = W / group;
-  par::for_rows_reduce(R, W, dw, W, [&](Index r0, Index r1, S* dw_part) {
+void gated_rmsnorm_backward(CView<S> yv, CView<S> zv, CView<S> wv, Index group, const S* rstd,
+                            CView<S> doutv, View<S> dy, View<S> dz, View<S> dw) {
+  const Index R = yv.rows, W = yv.cols, ng = W / group;
+  const auto y = emap(yv);
+  const auto z = emap(zv);
+  const auto w = emap(wv);
+  const auto dout = emap(doutv);
+  par::for_rows_reduce(R, W, dw.data, W, [&](Index r0, Index r1, S* dw_part) {
     RowVec<S> sz(W), vh(W), dv(W);  // silu(z), normalised v, dL/dv of one row
     for (Index r = r0; r < r1; ++r) {
       sz.array() = silu_array(z.row(r).array());
@@ -123,9 +146,9 @@ void gated_rmsnorm_backward(CRef<S> y, CRef<S> z, CRef<S> w, Index group, const 
         dv.segment(c0, group).array() = inv * (gs - vhs.array() * m);
       }
       if (dw_part) VecMap<S>(dw_part, W).array() += (dout.row(r).array() * vh.array()).transpose();
-      if (dy) MatMap<S>(dy, R, W).row(r).array() += dv.array() * sz.array();
+      if (dy) emap(dy).row(r).array() += dv.array() * sz.array();
       if (dz)
-        MatMap<S>(dz, R, W).row(r).array() +=
+        emap(dz).row(r).array() +=
             dv.array() * y.row(r).array() * silu_grad_array(z.row(r).array());
     }
   });

@@ -16,15 +16,15 @@ namespace detail {
 // backward's rotation is exactly the transpose of the forward's. sign = +1 rotates by
 // +angle, -1 by -angle (the inverse).
 template <class S>
-void rope_rotate(Ref<S> x, int n_heads, int hd, Index pos0, double base, S sign) {
+void rope_rotate(View<S> x, int n_heads, int hd, Index pos0, double base, S sign) {
   HYBRID_CHECK(hd % 2 == 0, "rope: head dim ", hd, " must be even");
-  HYBRID_CHECK(x.cols() == Index(n_heads) * hd, "rope: x has ", x.cols(),
+  HYBRID_CHECK(x.cols == Index(n_heads) * hd, "rope: x has ", x.cols,
                " columns, expected n_heads * hd = ", Index(n_heads) * hd);
   const int half = hd / 2;
   Vec<S> inv_freq(half);
   for (int i = 0; i < half; ++i)
     inv_freq[i] = S(1) / std::pow(S(base), S(2 * i) / S(hd));
-  const Index T = x.rows();
+  const Index T = x.rows;
   Vec<S> c(half), s(half);
   for (Index t = 0; t < T; ++t) {
     const S pos = S(pos0 + t);
@@ -47,14 +47,14 @@ void rope_rotate(Ref<S> x, int n_heads, int hd, Index pos0, double base, S sign)
 
 // x: (T, n_heads * hd), rotated in place; row t has position pos0 + t.
 template <class S>
-void rope_forward(Ref<S> x, int n_heads, int hd, Index pos0, double base) {
+void rope_forward(View<S> x, int n_heads, int hd, Index pos0, double base) {
   detail::rope_rotate<S>(x, n_heads, hd, pos0, base, S(1));
 }
 
 // dx: (T, n_heads * hd), on entry dL/d(rotated x), on return dL/dx (same arguments as the
 // forward). Rotating back by -angle is R^T, the exact adjoint of the forward.
 template <class S>
-void rope_backward(Ref<S> dx, int n_heads, int hd, Index pos0, double base) {
+void rope_backward(View<S> dx, int n_heads, int hd, Index pos0, double base) {
   detail::rope_rotate<S>(dx, n_heads, hd, pos0, base, S(-1));
 }
 

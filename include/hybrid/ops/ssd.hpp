@@ -29,18 +29,24 @@ struct SsdDims {
   int H, P, N, G;
 };
 
-// All buffers contiguous row-major.
+// Row-major buffers; x, B and C may be column ranges of wider rows (Mamba-2's conv output
+// x | B | C), given by their row strides.
 template <class S>
 struct SsdArgs {
-  const S* x = nullptr;         // (T, H*P)  un-discretised x
+  const S* x = nullptr;         // (T, H*P)  un-discretised x, row stride ldx
   const S* dt = nullptr;        // (T, H)    softplus'd and clamped, >= 0
   const S* A = nullptr;         // (H)       negative, A = -exp(A_log)
-  const S* B = nullptr;         // (T, G*N)
-  const S* C = nullptr;         // (T, G*N)
+  const S* B = nullptr;         // (T, G*N)  row stride ldbc
+  const S* C = nullptr;         // (T, G*N)  row stride ldbc
   const S* D = nullptr;         // (H) or nullptr: y += D[h] * x
   const S* state_in = nullptr;  // (H, P, N) or nullptr (zeros)
-  S* y = nullptr;               // (T, H*P)  overwritten
+  S* y = nullptr;               // (T, H*P)  overwritten, contiguous
   S* state_out = nullptr;       // (H, P, N) or nullptr; may alias state_in
+  Index ldx = 0;                // row stride of x; 0: H*P
+  Index ldbc = 0;               // row stride of B and C; 0: G*N
+
+  Index x_stride(const SsdDims& d) const { return ldx ? ldx : Index(d.H) * d.P; }
+  Index bc_stride(const SsdDims& d) const { return ldbc ? ldbc : Index(d.G) * d.N; }
 };
 
 // Calls with T <= kSsdShortT tokens run the recurrence on the state in place, (H, P, N),
@@ -186,12 +192,12 @@ template <class S>
 using Buffer = Vec<S>;  // aligned, not initialised
 
 // One chunk of one head, given the chunk's C B^T for the head's group.
-//   cb (L, L), ld Qp     x, y (L, P), row stride xs = H*P     Bg, Cg (L, N), row stride bs
+//   cb (L, L), ld Qp     x, y (L, P), row strides xs, ys     Bg, Cg (L, N), row stride bs
 //   dt (L), stride dts   rs (N+L, P): [S^T ; X], S^T on entry, updated to the exit state
 // y = [Wc | M] [S^T ; X]: M = CB ∘ decay ∘ dt_s (+ D on the diagonal: the skip) gives the
 // intra-chunk and skip terms, Wc[t] = exp(cum_t) C_t the inter-chunk term.
 template <class S>
-void chunk_head(const ChunkLayout& lay, int L, int P, int N, Index xs, Index bs, Index dts,
+void chunk_head(const ChunkLayout& lay, int L, int P, int N, Index xs, Index ys, Index bs, Index dts,
                 S A, S Dh, const S* cb, const S* x, const S* dt, const S* Bg, const S* Cg,
                 S* y, S* rs, S* work) {
   const int Qp = lay.Qp, K = lay.K, Lp = int(pad(L));
@@ -217,7 +223,7 @@ void chunk_head(const ChunkLayout& lay, int L, int P, int N, Index xs, Index bs,
 
   MatMap<S> R(rs, N + L, P);
   R.bottomRows(L) = CStrided<S>(x, L, P, Eigen::OuterStride<>(xs));
-  Strided<S> Y(y, L, P, Eigen::OuterStride<>(xs));
+  Strided<S> Y(y, L, P, Eigen::OuterStride<>(ys));
   Y.noalias() = CStrided<S>(M - N, L, N + L, Eigen::OuterStride<>(K)) * R;
 
   // chunk state: S = exp(cum_last) S + sum_s exp(segsum[L-1][s]) dt_s x_s ⊗ B_s
@@ -319,8 +325,8 @@ inline void recurrent_token_pn(int N, int P, S e, S dt, S Dh, const S* x, const 
 //   x, y (T, H*P)   st (H, P, N)
 template <class S>
 void recurrent_short(const SsdDims& d, const SsdArgs<S>& args) {
-  const int H = d.H, P = d.P, N = d.N, G = d.G, hpg = H / G;
-  const Index xs = Index(H) * P, bs = Index(G) * N, hs = Index(N) * P;
+  const int H = d.H, P = d.P, N = d.N, hpg = H / d.G;
+  const Index xs = args.x_stride(d), ys = Index(H) * P, bs = args.bc_stride(d), hs = Index(N) * P;
   std::vector<S> own;
   S* st = args.state_out;
   if (!st) {
@@ -338,7 +344,7 @@ void recurrent_short(const SsdDims& d, const SsdArgs<S>& args) {
       const S dt = args.dt[t * H + h];
       recurrent_token_pn(N, P, std::exp(dt * args.A[h]), dt, args.D ? args.D[h] : S(0),
                          args.x + t * xs + Index(h) * P, args.B + t * bs + go,
-                         args.C + t * bs + go, sh, args.y + t * xs + Index(h) * P);
+                         args.C + t * bs + go, sh, args.y + t * ys + Index(h) * P);
     }
   }
 }
@@ -354,8 +360,9 @@ void ssd_recurrent(const SsdDims& d, const SsdArgs<S>& args) {
   ssd_detail::check_args(d, args);
   if (d.T == 0) return ssd_detail::pass_state(d, args);
   if (d.T <= kSsdShortT) return ssd_detail::recurrent_short(d, args);
-  const int H = d.H, P = d.P, N = d.N, G = d.G, hpg = H / G;
-  const Index T = d.T, xs = Index(H) * P, bs = Index(G) * N, hs = Index(N) * P;
+  const int H = d.H, P = d.P, N = d.N, hpg = H / d.G;
+  const Index T = d.T, xs = args.x_stride(d), ys = Index(H) * P, bs = args.bc_stride(d),
+              hs = Index(N) * P;
   constexpr int kTb = 64;       // tokens per block
   constexpr Index kAhead = kTb;  // tokens prefetched ahead: 8 or 32 left T = 4096 slower
   ssd_detail::Buffer<S> states(Index(H) * hs);  // (H, N, P): transposed states
@@ -380,10 +387,10 @@ void ssd_recurrent(const SsdDims& d, const SsdArgs<S>& args) {
         ssd_detail::ArrMap<S>(e.data(), nb) = ssd_detail::ArrMap<S>(e.data(), nb).exp();
         for (Index t = t0; t < t0 + nb; ++t) {
           const S* xt = args.x + t * xs + Index(h) * P;
-          S* yt = args.y + t * xs + Index(h) * P;
+          S* yt = args.y + t * ys + Index(h) * P;
           if (t + kAhead < T) {
             ssd_detail::prefetch<0>(xt + kAhead * xs, P);
-            ssd_detail::prefetch<1>(yt + kAhead * xs, P);
+            ssd_detail::prefetch<1>(yt + kAhead * ys, P);
           }
           ssd_detail::recurrent_token(N, P, e[t - t0], args.dt[t * H + h], Dh, xt,
                                       args.B + t * bs + go, args.C + t * bs + go, st, yt);
@@ -410,7 +417,7 @@ void ssd_chunked(const SsdDims& d, int Q, const SsdArgs<S>& args) {
   HYBRID_CHECK(Q > 0, "ssd_chunked: chunk length Q = ", Q, ", expected > 0");
   if (d.T == 0) return ssd_detail::pass_state(d, args);
   const int H = d.H, P = d.P, N = d.N, G = d.G, hpg = H / G;
-  const Index T = d.T, xs = Index(H) * P, bs = Index(G) * N;
+  const Index T = d.T, xs = args.x_stride(d), ys = Index(H) * P, bs = args.bc_stride(d);
   Q = int(std::min<Index>(Q, T));
   const ssd_detail::ChunkLayout lay(Q, P, N);
   const int Qp = lay.Qp, nc = int((T + Q - 1) / Q);
@@ -449,10 +456,10 @@ void ssd_chunked(const SsdDims& d, int Q, const SsdArgs<S>& args) {
         for (Index t = t0 + Q; t < std::min(T, t0 + 2 * Index(Q)); ++t)  // next chunk's x
           ssd_detail::prefetch<0>(args.x + t * xs + Index(h) * P, P);
         ssd_detail::chunk_head<S>(
-            lay, L, P, N, xs, bs, H, args.A[h], args.D ? args.D[h] : S(0),
+            lay, L, P, N, xs, ys, bs, H, args.A[h], args.D ? args.D[h] : S(0),
             cb.data() + (Index(g) * nc + c) * Q * Qp, args.x + t0 * xs + Index(h) * P,
             args.dt + t0 * H + h, args.B + t0 * bs + Index(g) * N,
-            args.C + t0 * bs + Index(g) * N, args.y + t0 * xs + Index(h) * P,
+            args.C + t0 * bs + Index(g) * N, args.y + t0 * ys + Index(h) * P,
             rs.data() + h * lay.rs, work.data());
       }
     }

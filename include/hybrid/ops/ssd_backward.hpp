@@ -16,6 +16,7 @@
 
 namespace hybrid::ops {
 
+// dx, dB and dC have the row strides of x, B and C (SsdArgs::ldx, ldbc).
 template <class S>
 struct SsdGrads {
   S* dx = nullptr;   // (T, H*P)
@@ -31,7 +32,8 @@ template <class S>
 void ssd_backward(const SsdDims& d, int Q, const SsdArgs<S>& a, const S* dy, const SsdGrads<S>& g) {
   HYBRID_CHECK(Q > 0, "ssd_backward: chunk length must be positive, got ", Q);
   HYBRID_CHECK(d.G > 0 && d.H % d.G == 0, "ssd_backward: G ", d.G, " does not divide H ", d.H);
-  const Index T = d.T, P = d.P, N = d.N, H = d.H, GN = Index(d.G) * N, HP = H * P;
+  const Index T = d.T, P = d.P, N = d.N, H = d.H, GN = a.bc_stride(d), HP = H * P,
+              XS = a.x_stride(d);
   if (T <= 0) return;
   using Strided = Eigen::Map<const Mat<S>, 0, Eigen::OuterStride<>>;
   using StridedOut = Eigen::Map<Mat<S>, 0, Eigen::OuterStride<>>;
@@ -43,7 +45,7 @@ void ssd_backward(const SsdDims& d, int Q, const SsdArgs<S>& a, const S* dy, con
 #pragma omp parallel for schedule(dynamic) if (work > 200000)
   for (Index h = 0; h < H; ++h) {
     const Index grp = h / (H / d.G);
-    const Strided X(a.x + h * P, T, P, Eigen::OuterStride<>(HP));
+    const Strided X(a.x + h * P, T, P, Eigen::OuterStride<>(XS));
     const Strided Bg(a.B + grp * N, T, N, Eigen::OuterStride<>(GN));
     const Strided Cg(a.C + grp * N, T, N, Eigen::OuterStride<>(GN));
     const Strided dY(dy + h * P, T, P, Eigen::OuterStride<>(HP));
@@ -143,7 +145,7 @@ void ssd_backward(const SsdDims& d, int Q, const SsdArgs<S>& a, const S* dy, con
         dAh += rev * dt[tt];
         if (g.ddt) g.ddt[tt * H + h] += rev * Ah + X.row(tt).dot(dXt.row(t));
         if (g.dx) {
-          Eigen::Map<RowVec<S>> dxr(g.dx + tt * HP + h * P, P);
+          Eigen::Map<RowVec<S>> dxr(g.dx + tt * XS + h * P, P);
           dxr += dt[tt] * dXt.row(t);
         }
       }
@@ -153,7 +155,7 @@ void ssd_backward(const SsdDims& d, int Q, const SsdArgs<S>& a, const S* dy, con
       for (Index t = 0; t < T; ++t) {
         dDh += dY.row(t).dot(X.row(t));
         if (g.dx) {
-          Eigen::Map<RowVec<S>> dxr(g.dx + t * HP + h * P, P);
+          Eigen::Map<RowVec<S>> dxr(g.dx + t * XS + h * P, P);
           dxr += a.D[h] * dY.row(t);
         }
       }

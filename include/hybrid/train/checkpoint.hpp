@@ -38,12 +38,12 @@ inline std::vector<std::string> list(const std::string& dir) {
 template <class S>
 void save_training(Trainer<S>& tr, const std::string& path) {
   std::vector<TensorRef> extra;
-  auto add = [&](const std::string& name, const Mat<S>& t) {
+  auto add = [&](const std::string& name, const MatMap<S>& t) {
     extra.push_back({std::string(state_prefix) + name, dtype_of<S>(),
                      {std::int64_t(t.rows()), std::int64_t(t.cols())}, t.data()});
   };
-  tr.optimizer().visit_state([&](const std::string& n, Mat<S>& t) { add("optim." + n, t); });
-  if (tr.ema()) tr.ema()->visit_state([&](const std::string& n, Mat<S>& t) { add(n, t); });  // "ema.<param>"
+  tr.optimizer().visit_state([&](const std::string& n, MatMap<S>& t) { add("optim." + n, t); });
+  if (tr.ema()) tr.ema()->visit_state([&](const std::string& n, MatMap<S>& t) { add(n, t); });  // "ema.<param>"
   save_model(tr.model(), path,
              {{"train.step", std::to_string(tr.optimizer().steps())},
               {"train.data_state", tr.data().state()},
@@ -81,7 +81,7 @@ template <class S>
 void load_training(Trainer<S>& tr, const std::string& path) {
   SafetensorsReader r(path);
   load_weights(tr.model(), r);
-  auto restore = [&](const std::string& name, Mat<S>& t) {
+  auto restore = [&](const std::string& name, MatMap<S>& t) {
     const std::string full = std::string(state_prefix) + name;
     const TensorInfo* info = r.find(full);
     HYBRID_CHECK(info, "checkpoint '", path, "': training state tensor '", full,
@@ -92,8 +92,8 @@ void load_training(Trainer<S>& tr, const std::string& path) {
                  " in this run");
     r.read(*info, t.data());
   };
-  tr.optimizer().visit_state([&](const std::string& n, Mat<S>& t) { restore("optim." + n, t); });
-  if (tr.ema()) tr.ema()->visit_state([&](const std::string& n, Mat<S>& t) { restore(n, t); });
+  tr.optimizer().visit_state([&](const std::string& n, MatMap<S>& t) { restore("optim." + n, t); });
+  if (tr.ema()) tr.ema()->visit_state([&](const std::string& n, MatMap<S>& t) { restore(n, t); });
   const auto& md = r.metadata();
   auto step = md.find("train.step");
   auto data = md.find("train.data_state");

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "../autograd/tape.hpp"
+#include "../core/buffer.hpp"
 #include "../core/parallel.hpp"
 #include "../core/error.hpp"
 #include "../core/tensor.hpp"
@@ -166,18 +167,26 @@ class Optimizer {
     bool skipped = false;  // non-finite gradient norm: no parameter or state was touched
   };
 
+  // The state (Muon momenta, AdamW moments) is one allocation: per tensor, one or two
+  // blocks laid out as the parameter table lays out the values.
   Optimizer(GradStore<S>& grads, const OptimConfig& cfg) : grads_(grads), cfg_(cfg) {
     cfg_.validate();
     std::map<std::pair<Index, Index>, int> work_of_shape;
+    Index total = 0;
+    auto block = [&](Index n) {
+      const Index off = total;
+      total += (n + ParamTable::kAlign - 1) / ParamTable::kAlign * ParamTable::kAlign;
+      return off;
+    };
     for (const auto& e : grads_.entries()) {
-      HYBRID_CHECK(e.role >= 0 && e.role <= int(ParamRole::Dynamics), "Optimizer: parameter '",
-                   e.name, "' has unknown role ", e.role);
+      HYBRID_CHECK(int(e.role) >= 0 && int(e.role) <= int(ParamRole::Dynamics), "Optimizer: parameter '",
+                   e.name, "' has unknown role ", int(e.role));
       Slot s;
-      s.role = ParamRole(e.role);
+      s.role = e.role;
       s.muon = s.role == ParamRole::Matrix && cfg_.matrix_optimizer == MatrixOptimizer::Muon;
-      const Index r = e.value->rows(), c = e.value->cols();
+      const Index r = e.rows, c = e.cols;
+      s.a = block(r * c);  // Muon: momentum; AdamW: first moment
       if (s.muon) {
-        s.a.setZero(r, c);  // momentum
         const auto key = std::make_pair(std::min(r, c), std::max(r, c));
         auto it = work_of_shape.find(key);
         if (it == work_of_shape.end()) {
@@ -186,10 +195,25 @@ class Optimizer {
         }
         s.work = it->second;
       } else {
-        s.a.setZero(r, c);  // first moment
-        s.b.setZero(r, c);  // second moment
+        s.b = block(r * c);  // second moment
       }
-      slots_.push_back(std::move(s));
+      slots_.push_back(s);
+    }
+    state_ = Buffer<S>(total);
+    state_.zero();
+    const auto& entries = grads_.entries();
+    for (std::size_t i = 0; i < slots_.size(); ++i) {
+      const Slot& sl = slots_[i];
+      const ParamInfo& e = entries[i];
+      if (sl.muon) {
+        names_.push_back("muon_mom." + e.name);
+        maps_.emplace_back(state_.data() + sl.a, e.rows, e.cols);
+      } else {
+        names_.push_back("adam_m." + e.name);
+        maps_.emplace_back(state_.data() + sl.a, e.rows, e.cols);
+        names_.push_back("adam_v." + e.name);
+        maps_.emplace_back(state_.data() + sl.b, e.rows, e.cols);
+      }
     }
   }
   // Not copyable: two optimisers stepping the same parameters would both apply updates.
@@ -229,8 +253,9 @@ class Optimizer {
     const auto& entries = grads_.entries();
     for (std::size_t i = 0; i < slots_.size(); ++i) {
       Slot& s = slots_[i];
-      Mat<S>& p = *entries[i].value;
-      const MatMap<S> g(entries[i].grad, p.rows(), p.cols());
+      const ParamInfo& e = entries[i];
+      MatMap<S> p(grads_.values() + e.offset, e.rows, e.cols);
+      const MatMap<S> g(grads_.data() + e.offset, e.rows, e.cols);
       const GroupConfig& gc = cfg_.group(s.role);
       const double lr = gc.lr * lr_factor;
       if (s.muon) {
@@ -244,36 +269,31 @@ class Optimizer {
     return info;
   }
 
-  // f(name, Mat<S>&) for every state tensor, in parameter order: "adam_m.<param>",
+  // f(name, MatMap<S>&) for every state tensor, in parameter order: "adam_m.<param>",
   // "adam_v.<param>" (AdamW) or "muon_mom.<param>" (Muon). Shapes equal the parameter's.
   template <class F>
   void visit_state(F&& f) {
-    const auto& entries = grads_.entries();
-    for (std::size_t i = 0; i < slots_.size(); ++i) {
-      if (slots_[i].muon) {
-        f("muon_mom." + entries[i].name, slots_[i].a);
-      } else {
-        f("adam_m." + entries[i].name, slots_[i].a);
-        f("adam_v." + entries[i].name, slots_[i].b);
-      }
-    }
+    for (std::size_t i = 0; i < maps_.size(); ++i) f(names_[i], maps_[i]);
   }
+  // Values of the one state allocation (with alignment padding).
+  Index state_size() const { return state_.size(); }
 
  private:
   struct Slot {
     ParamRole role = ParamRole::Scalar;
     bool muon = false;
-    Mat<S> a, b;  // Muon: a = momentum; AdamW: a = m, b = v
+    Index a = -1, b = -1;  // offsets in state_. Muon: a = momentum; AdamW: a = m, b = v
     int work = -1;
   };
 
-  void muon_update(Slot& s, Mat<S>& p, const MatMap<S>& g, double lr) {
+  void muon_update(Slot& s, MatMap<S>& p, const MatMap<S>& g, double lr) {
     const S mu = S(cfg_.muon_momentum);
-    s.a = mu * s.a + g;
+    MatMap<S> mom(state_.data() + s.a, p.rows(), p.cols());
+    mom = mu * mom + g;
     NsWork<S>& w = work_[std::size_t(s.work)];
     // Nesterov: orthogonalise the look-ahead g + mu * buf rather than buf itself.
-    if (cfg_.nesterov) newton_schulz(g + mu * s.a, w, cfg_.ns_steps);
-    else newton_schulz(s.a, w, cfg_.ns_steps);
+    if (cfg_.nesterov) newton_schulz(g + mu * mom, w, cfg_.ns_steps);
+    else newton_schulz(mom, w, cfg_.ns_steps);
     const S step = S(lr * muon_scale(p.rows(), p.cols()));
     if (w.transposed) p.noalias() -= step * w.X.transpose();
     else p.noalias() -= step * w.X;
@@ -306,14 +326,14 @@ class Optimizer {
   // across threads; every element sees the same operations in the same order as
   //   p *= 1 - lr wd;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
   //   p -= (lr / bc1) m / (sqrt(v / bc2) + eps)      (PyTorch's placement of eps)
-  void adamw_update(Slot& s, Mat<S>& p, const MatMap<S>& g, double lr, double wd, double bc1,
+  void adamw_update(Slot& s, MatMap<S>& p, const MatMap<S>& g, double lr, double wd, double bc1,
                     double bc2) {
     const S b1 = S(cfg_.beta1), b2 = S(cfg_.beta2), decay = S(1 - lr * wd), step = S(lr / bc1),
             c2 = S(bc2), eps = S(cfg_.eps);
     const bool use_decay = wd > 0;
     S* pp = p.data();
-    S* mp = s.a.data();
-    S* vp = s.b.data();
+    S* mp = state_.data() + s.a;
+    S* vp = state_.data() + s.b;
     const S* gp = g.data();
     par::for_ranges(p.size(), par::threads_for(p.size()), [&](Index b, Index e) {
       auto P = VecMap<S>(pp + b, e - b).array();
@@ -330,6 +350,9 @@ class Optimizer {
   GradStore<S>& grads_;
   OptimConfig cfg_;
   std::vector<Slot> slots_;     // one per GradStore entry, same order
+  Buffer<S> state_;             // every moment / momentum, one allocation
+  std::vector<std::string> names_;
+  std::vector<MatMap<S>> maps_;  // views of state_ for visit_state()
   std::vector<NsWork<S>> work_;  // one per distinct (min, max) shape among Muon tensors
   std::int64_t steps_ = 0;
 };
@@ -408,68 +431,66 @@ struct Schedule {
 
 // ---- exponential moving average of the weights ---------------------------------------
 
-// ema ← decay · ema + (1 − decay) · w for every parameter (model.visit order). swap()
-// exchanges the values in place, so evaluation runs on the averaged weights through the
-// same tensors (the GradStore and tapes find parameters by address; addresses never move).
+// ema ← decay · ema + (1 − decay) · w for every parameter, kept in one allocation laid out
+// as the model's parameter store. swap() exchanges the values in place, so evaluation runs
+// on the averaged weights through the same store.
 template <class S>
 class Ema {
  public:
   template <class M>
-  Ema(M& model, double decay) : decay_(decay) {
+  Ema(M& model, double decay)
+      : decay_(decay), table_(model.param_table()), copy_(table_.total()) {
     HYBRID_CHECK(decay >= 0 && decay <= 1, "Ema: decay is ", decay, "; expected [0, 1]");
-    model.visit([&](const std::string& name, const Mat<S>& t, auto) {
-      names_.push_back(name);
-      copy_.push_back(t);
-    });
+    std::copy(model.param_values(), model.param_values() + table_.total(), copy_.data());
+    for (const auto& e : table_.entries()) maps_.emplace_back(copy_.data() + e.offset, e.rows, e.cols);
   }
 
   double decay() const { return decay_; }
 
   template <class M>
   void update(M& model) {
+    check(model);
     const S d = S(decay_), e = S(1 - decay_);
-    std::size_t i = 0;
-    model.visit([&](const std::string& name, const Mat<S>& t, auto) {
-      Mat<S>& c = check(i++, name, t);
-      c = d * c + e * t;
-    });
-    HYBRID_CHECK(i == copy_.size(), "Ema: the model has ", i, " tensors, the EMA ", copy_.size());
+    const S* w = model.param_values();
+    S* c = copy_.data();
+    const Index n = copy_.size();
+    par::for_ranges(n, par::threads_for(n), [&](Index b, Index end) {
+      VecMap<S>(c + b, end - b) = d * VecMap<S>(c + b, end - b) + e * CVecMap<S>(w + b, end - b);
+    }, 16);
   }
 
   // Exchanges EMA and live values; call again to swap back.
   template <class M>
   void swap(M& model) {
-    std::size_t i = 0;
-    model.visit([&](const std::string& name, Mat<S>& t, auto) {
-      Mat<S>& c = check(i++, name, t);
-      // Element-wise: Eigen's Matrix::swap would exchange the buffers and move the model's
-      // parameter addresses.
-      S* a = t.data();
-      S* b = c.data();
-      for (Index k = 0; k < t.size(); ++k) std::swap(a[k], b[k]);
-    });
-    HYBRID_CHECK(i == copy_.size(), "Ema: the model has ", i, " tensors, the EMA ", copy_.size());
+    check(model);
+    S* a = model.param_values();
+    S* b = copy_.data();
+    for (Index k = 0; k < copy_.size(); ++k) std::swap(a[k], b[k]);
   }
 
-  // f(name, Mat<S>&) with names "ema.<param>".
+  // f(name, MatMap<S>&) with names "ema.<param>".
   template <class F>
   void visit_state(F&& f) {
-    for (std::size_t i = 0; i < copy_.size(); ++i) f("ema." + names_[i], copy_[i]);
+    for (std::size_t i = 0; i < maps_.size(); ++i) f("ema." + table_[i].name, maps_[i]);
   }
 
  private:
-  Mat<S>& check(std::size_t i, const std::string& name, const Mat<S>& t) {
-    HYBRID_CHECK(i < copy_.size() && names_[i] == name && copy_[i].rows() == t.rows() &&
-                     copy_[i].cols() == t.cols(),
-                 "Ema: model tensor ", i, " '", name, "' (", t.rows(), ", ", t.cols(),
-                 ") does not match the EMA's ",
-                 i < copy_.size() ? "'" + names_[i] + "'" : std::string("(none)"));
-    return copy_[i];
+  template <class M>
+  void check(M& model) const {
+    const ParamTable& t = model.param_table();
+    HYBRID_CHECK(t.size() == table_.size() && t.total() == table_.total(), "Ema: the model has ",
+                 t.size(), " tensors (", t.total(), " values), the EMA ", table_.size(), " (",
+                 table_.total(), ")");
+    for (std::size_t i = 0; i < t.size(); ++i)
+      HYBRID_CHECK(t[i].name == table_[i].name && t[i].rows == table_[i].rows && t[i].cols == table_[i].cols,
+                   "Ema: model tensor ", i, " '", t[i].name, "' (", t[i].rows, ", ", t[i].cols,
+                   ") does not match the EMA's '", table_[i].name, "'");
   }
 
   double decay_;
-  std::vector<std::string> names_;
-  std::vector<Mat<S>> copy_;
+  ParamTable table_;
+  Buffer<S> copy_;
+  std::vector<MatMap<S>> maps_;
 };
 
 }  // namespace hybrid::train

@@ -70,11 +70,10 @@ class Trainer {
     double loss_sum = 0;
     for (Index m = 0; m < cfg_.grad_accum; ++m) {
       const data::Batch b = data_.train_batch(cfg_.batch, cfg_.seq_len);
-      model_.set_training_options(
-          {cfg_.recompute, cfg_.drop_path,
-           derive_seed(cfg_.seed, std::to_string(opt_.steps()) + "/" + std::to_string(m))});
+      const TrainingOptions o{cfg_.recompute, cfg_.drop_path,
+                              derive_seed(cfg_.seed, std::to_string(opt_.steps()) + "/" + std::to_string(m))};
       tape_.rewind();
-      const Var<S> loss = model_.loss(tape_, b.tokens, b.targets, b.B, b.T, cfg_.z_loss);
+      const Var<S> loss = model_.loss(tape_, b.tokens, b.targets, b.B, b.T, cfg_.z_loss, o);
       loss_sum += double(loss.v[0]);
       tape_.backward(loss, S(1) / S(cfg_.grad_accum));  // each micro-batch: 1/n of the mean
       r.tokens += b.B * b.T;
@@ -118,7 +117,7 @@ class Trainer {
       for (int tgt : b.targets) n += tgt != -1;
       if (n == 0) continue;
       S* lse = t.scratch(logits.rows);
-      nats += ops::cross_entropy_forward<S>(logits.val(), b.targets.data(), lse, 0);
+      nats += ops::cross_entropy_forward<S>(logits.value(), b.targets.data(), lse, 0);
       correct += data::accuracy(logits.val(), b) * double(n);
       scored += n;
       e.tokens += b.B * b.T;

@@ -1,0 +1,59 @@
+// An owning, 64-byte-aligned, uninitialised array on a device: the one allocation behind a
+// parameter store, a gradient store or an arena block. The host version is here; the CUDA
+// one (cudaMalloc) is a specialisation in kernels/.
+#pragma once
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <utility>
+
+#include "device.hpp"
+#include "index.hpp"
+
+namespace hybrid {
+
+template <class S, class Dev = Cpu>
+class Buffer;
+
+template <class S>
+class Buffer<S, Cpu> {
+ public:
+  Buffer() = default;
+  explicit Buffer(Index n) : n_(n) {
+    if (n > 0) {
+      const std::size_t bytes = (std::size_t(n) * sizeof(S) + 63) / 64 * 64;
+      p_.reset(static_cast<S*>(std::aligned_alloc(64, bytes)));
+      if (!p_) throw std::bad_alloc();
+    }
+  }
+  Buffer(const Buffer& o) : Buffer(o.n_) {
+    if (n_) std::memcpy(p_.get(), o.p_.get(), std::size_t(n_) * sizeof(S));
+  }
+  Buffer& operator=(const Buffer& o) {
+    if (this != &o) *this = Buffer(o);
+    return *this;
+  }
+  Buffer(Buffer&& o) noexcept : p_(std::move(o.p_)), n_(std::exchange(o.n_, 0)) {}
+  Buffer& operator=(Buffer&& o) noexcept {
+    p_ = std::move(o.p_);
+    n_ = std::exchange(o.n_, 0);
+    return *this;
+  }
+
+  S* data() { return p_.get(); }
+  const S* data() const { return p_.get(); }
+  Index size() const { return n_; }
+  void zero() {
+    if (n_) std::memset(static_cast<void*>(p_.get()), 0, std::size_t(n_) * sizeof(S));
+  }
+
+ private:
+  struct Free {
+    void operator()(S* p) const { std::free(p); }
+  };
+  std::unique_ptr<S[], Free> p_;
+  Index n_ = 0;
+};
+
+}  // namespace hybrid
