@@ -29,6 +29,7 @@
 #include <filesystem>
 #include <memory>
 
+#include <hybrid/core/atomic_file.hpp>
 #include <hybrid/hf/checkpoint.hpp>
 #include <hybrid/infer/generate.hpp>
 #include <hybrid/io/checkpoint.hpp>
@@ -263,49 +264,29 @@ class TextSink {
   std::size_t need_ = 0;
 };
 
-// Raw little-endian float32 [T, V], written to FILE.tmp and renamed so that a reader never
-// sees a partial file. The temp file is opened before generating, so a bad path fails early.
+// Raw little-endian float32 [T, V], replaced atomically (core/atomic_file.hpp) so that a
+// reader never sees a partial file. The temporary is opened before generating, so a bad
+// path fails early.
 class LogitsFile {
  public:
-  explicit LogitsFile(std::string path) : path_(std::move(path)), tmp_(path_ + ".tmp") {
-    f_ = std::fopen(tmp_.c_str(), "wb");
-    HYBRID_CHECK(f_, "--dump-logits: cannot open '", tmp_, "' for writing: ", std::strerror(errno));
-  }
-  LogitsFile(const LogitsFile&) = delete;
-  LogitsFile& operator=(const LogitsFile&) = delete;
-  ~LogitsFile() {
-    if (f_) std::fclose(f_), std::remove(tmp_.c_str());  // not committed: leave nothing behind
-  }
+  explicit LogitsFile(const std::string& path) : f_(path, "--dump-logits: '" + path + "'") {}
 
   void commit(const hybrid::Mat<float>& logits) {  // (T, V)
     std::vector<std::uint32_t> buf(std::size_t(logits.cols()));
-    bool ok = true;
-    for (hybrid::Index t = 0; t < logits.rows() && ok; ++t) {
+    for (hybrid::Index t = 0; t < logits.rows(); ++t) {
       for (hybrid::Index v = 0; v < logits.cols(); ++v) {
         std::uint32_t u = std::bit_cast<std::uint32_t>(logits(t, v));
         if constexpr (std::endian::native == std::endian::big)
           u = (u >> 24) | ((u >> 8) & 0xFF00u) | ((u << 8) & 0xFF0000u) | (u << 24);
         buf[std::size_t(v)] = u;
       }
-      ok = std::fwrite(buf.data(), sizeof(std::uint32_t), buf.size(), f_) == buf.size();
+      f_.write(buf.data(), buf.size() * sizeof(std::uint32_t));
     }
-    ok = (std::fclose(f_) == 0) && ok;
-    f_ = nullptr;
-    if (!ok) {
-      const std::string why = std::strerror(errno);
-      std::remove(tmp_.c_str());
-      fail("--dump-logits: writing '", tmp_, "' failed: ", why);
-    }
-    if (std::rename(tmp_.c_str(), path_.c_str()) != 0) {
-      const std::string why = std::strerror(errno);
-      std::remove(tmp_.c_str());
-      fail("--dump-logits: cannot rename '", tmp_, "' to '", path_, "': ", why);
-    }
+    f_.commit();
   }
 
  private:
-  std::string path_, tmp_;
-  std::FILE* f_ = nullptr;
+  hybrid::AtomicFile f_;
 };
 
 template <class S>

@@ -27,6 +27,7 @@
 #include <utility>
 #include <vector>
 
+#include "../core/atomic_file.hpp"
 #include "../core/error.hpp"
 #include "../core/file.hpp"
 #include "../core/rng.hpp"
@@ -537,21 +538,9 @@ inline constexpr Index kShardHeaderBytes = 256 * 4;
 
 namespace detail {
 inline std::string errno_text() { return std::strerror(errno); }
-
-inline void write_all(int fd, const void* data, std::size_t n, const std::string& path) {
-  const char* p = static_cast<const char*>(data);
-  while (n > 0) {
-    const ssize_t w = ::write(fd, p, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) fail("write_shard: writing '", path, "' failed: ", errno_text());
-    p += w;
-    n -= std::size_t(w);
-  }
-}
 }  // namespace detail
 
-// Writes path atomically: the data goes to a temp file beside it, which is fsync'd and then
-// renamed over path, so a reader never sees a half-written shard.
+// Writes path atomically (core/atomic_file.hpp), so a reader never sees a half-written shard.
 inline void write_shard(const std::string& path, std::span<const std::uint16_t> tokens) {
   HYBRID_CHECK(tokens.size() <= std::size_t(std::numeric_limits<std::int32_t>::max()),
                "write_shard: '", path, "': ", tokens.size(),
@@ -561,13 +550,10 @@ inline void write_shard(const std::string& path, std::span<const std::uint16_t> 
   for (int f = 0; f < 3; ++f)
     for (int k = 0; k < 4; ++k) header[4 * f + k] = (std::uint32_t(fields[f]) >> (8 * k)) & 0xFF;
 
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  HYBRID_CHECK(fd >= 0, "write_shard: cannot create '", tmp, "': ", detail::errno_text());
-  try {
-    detail::write_all(fd, header, sizeof(header), tmp);
+  write_file_atomic(path, "write_shard: '" + path + "'", [&](AtomicFile& f) {
+    f.write(header, sizeof(header));
     if constexpr (std::endian::native == std::endian::little) {
-      detail::write_all(fd, tokens.data(), tokens.size_bytes(), tmp);
+      f.write(tokens.data(), tokens.size_bytes());
     } else {
       std::vector<unsigned char> buf;
       for (std::size_t i = 0; i < tokens.size(); i += 1 << 16) {
@@ -577,34 +563,10 @@ inline void write_shard(const std::string& path, std::span<const std::uint16_t> 
           buf[2 * j] = tokens[i + j] & 0xFF;
           buf[2 * j + 1] = tokens[i + j] >> 8;
         }
-        detail::write_all(fd, buf.data(), buf.size(), tmp);
+        f.write(buf.data(), buf.size());
       }
     }
-    HYBRID_CHECK(::fsync(fd) == 0, "write_shard: fsync of '", tmp,
-                 "' failed: ", detail::errno_text());
-  } catch (...) {
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  if (::close(fd) != 0) {
-    const std::string why = detail::errno_text();
-    ::unlink(tmp.c_str());
-    fail("write_shard: closing '", tmp, "' failed: ", why);
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const std::string why = detail::errno_text();
-    ::unlink(tmp.c_str());
-    fail("write_shard: renaming '", tmp, "' to '", path, "' failed: ", why);
-  }
-  // Make the rename itself durable; best effort (some file systems refuse to fsync a dir).
-  std::string dir = std::filesystem::path(path).parent_path().string();
-  if (dir.empty()) dir = ".";
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    (void)::fsync(dfd);
-    ::close(dfd);
-  }
+  });
 }
 
 // A validated, read-only memory map of one shard. Move-only.
