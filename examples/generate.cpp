@@ -30,6 +30,7 @@
 #include <memory>
 
 #include <hybrid/core/atomic_file.hpp>
+#include <hybrid/core/utf8.hpp>
 #include <hybrid/hf/checkpoint.hpp>
 #include <hybrid/infer/generate.hpp>
 #include <hybrid/io/checkpoint.hpp>
@@ -239,17 +240,14 @@ class TextSink {
       else escape(c);
       return;
     }
-    need_ = (c >= 0xC2 && c <= 0xDF) ? 2 : (c >= 0xE0 && c <= 0xEF) ? 3 : (c >= 0xF0 && c <= 0xF4) ? 4 : 0;
+    need_ = hybrid::utf8_lead(c).len;
     if (need_ == 0) escape(c);
     else pending_.assign(1, char(c));
   }
   void complete() {
-    const auto b = [&](std::size_t i) { return std::uint32_t(static_cast<unsigned char>(pending_[i])); };
-    std::uint32_t cp = need_ == 2 ? b(0) & 0x1F : need_ == 3 ? b(0) & 0x0F : b(0) & 0x07;
-    for (std::size_t i = 1; i < need_; ++i) cp = (cp << 6) | (b(i) & 0x3F);
-    const bool ok = need_ == 2   ? cp >= 0xA0  // U+0080..U+009F are C1 controls
-                    : need_ == 3 ? cp >= 0x800 && (cp < 0xD800 || cp > 0xDFFF)
-                                 : cp >= 0x10000 && cp <= 0x10FFFF;
+    std::uint32_t cp = 0;
+    const bool ok = hybrid::next_utf8(pending_, 0, cp) == need_ &&
+                    cp >= 0xA0;  // U+0080..U+009F are C1 controls
     if (ok) std::fwrite(pending_.data(), 1, pending_.size(), stdout), pending_.clear();
     else escape_pending();
   }

@@ -73,6 +73,8 @@
 #include <vector>
 
 #include "../core/file.hpp"
+#include "../core/json.hpp"
+#include "../core/utf8.hpp"
 #include "../infer/tokenizer.hpp"
 
 namespace hybrid {
@@ -90,24 +92,6 @@ struct ByteAlphabet {
   std::array<int, 0x144> byte_of_char{};      // code point -> byte, -1 if not in the alphabet
 };
 
-inline void append_utf8(std::string& out, std::uint32_t cp) {
-  if (cp < 0x80) {
-    out += char(cp);
-  } else if (cp < 0x800) {
-    out += char(0xC0 | (cp >> 6));
-    out += char(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += char(0xE0 | (cp >> 12));
-    out += char(0x80 | ((cp >> 6) & 0x3F));
-    out += char(0x80 | (cp & 0x3F));
-  } else {
-    out += char(0xF0 | (cp >> 18));
-    out += char(0x80 | ((cp >> 12) & 0x3F));
-    out += char(0x80 | ((cp >> 6) & 0x3F));
-    out += char(0x80 | (cp & 0x3F));
-  }
-}
-
 inline const ByteAlphabet& byte_alphabet() {
   static const ByteAlphabet table = [] {
     ByteAlphabet t;
@@ -122,27 +106,6 @@ inline const ByteAlphabet& byte_alphabet() {
     return t;
   }();
   return table;
-}
-
-// Decodes one UTF-8 character at s[i]; returns its length, or 0 if it is not valid UTF-8.
-inline std::size_t next_utf8(std::string_view s, std::size_t i, std::uint32_t& cp) {
-  const auto c = [&](std::size_t k) { return std::uint32_t(static_cast<unsigned char>(s[k])); };
-  const std::uint32_t b0 = c(i);
-  std::size_t n;
-  if (b0 < 0x80) { cp = b0; return 1; }
-  if (b0 >= 0xC2 && b0 <= 0xDF) { n = 2; cp = b0 & 0x1F; }
-  else if (b0 >= 0xE0 && b0 <= 0xEF) { n = 3; cp = b0 & 0x0F; }
-  else if (b0 >= 0xF0 && b0 <= 0xF4) { n = 4; cp = b0 & 0x07; }
-  else return 0;
-  if (i + n > s.size()) return 0;
-  for (std::size_t k = 1; k < n; ++k) {
-    if ((c(i + k) & 0xC0) != 0x80) return 0;
-    cp = (cp << 6) | (c(i + k) & 0x3F);
-  }
-  if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
-      (cp >= 0xD800 && cp <= 0xDFFF))
-    return 0;
-  return n;
 }
 
 // The bytes a vocabulary token stands for, as HF's ByteLevel decoder gives them: each
@@ -161,64 +124,29 @@ inline std::string byte_level_decode(std::string_view token) {
   return out;
 }
 
-// Printable form of a value for error messages, cut short.
-inline std::string show(const json& v) {
-  std::string s = v.dump(-1, ' ', false, json::error_handler_t::replace);
-  if (s.size() > 80) s = s.substr(0, 77) + "...";
-  return s;
-}
+// Printable form of a value or a string for error messages, cut short (core/json.hpp).
+inline std::string show(const json& v) { return json_brief(v); }
 inline std::string show(std::string_view s) { return show(json(std::string(s))); }
 inline std::string show(const std::string& s) { return show(std::string_view(s)); }
 
-// Checked access to the parsed JSON: every failure names the field (a JSON path such as
-// "pre_tokenizer.pretokenizers[0].pattern") and what was expected there.
-class Fields {
+// Checked access to the parsed JSON (core/json.hpp): every failure names the field (a JSON
+// path such as "pre_tokenizer.pretokenizers[0].pattern") and what was expected there.
+class Fields : public JsonFields {
  public:
-  explicit Fields(std::string origin) : origin_(std::move(origin)) {}
+  explicit Fields(std::string origin)
+      : JsonFields("BpeTokenizer: " + origin), origin_(std::move(origin)) {}
 
-  template <class... Args>
-  [[noreturn]] void fail(const std::string& field, const Args&... args) const {
-    ::hybrid::fail("BpeTokenizer: ", origin_, ": ", field, ": ", args...);
-  }
-
-  // obj[key] or nullptr when absent or null. obj must be an object.
-  const json* opt(const json& obj, const char* key, const std::string& path) const {
-    if (!obj.is_object()) fail(path, "expected a JSON object, got ", show(obj));
-    auto it = obj.find(key);
-    if (it == obj.end() || it->is_null()) return nullptr;
-    return &*it;
-  }
-  const json& req(const json& obj, const char* key, const std::string& path) const {
-    const json* v = opt(obj, key, path);
-    if (!v) fail(join(path, key), "missing (expected a value)");
-    return *v;
-  }
-  std::string str(const json& v, const std::string& path) const {
-    if (!v.is_string()) fail(path, "expected a string, got ", show(v));
-    return v.get<std::string>();
-  }
+  using JsonFields::boolean;
   bool boolean(const json& obj, const char* key, const std::string& path, bool dflt) const {
-    const json* v = opt(obj, key, path);
-    if (!v) return dflt;
-    if (!v->is_boolean()) fail(join(path, key), "expected true or false, got ", show(*v));
-    return v->get<bool>();
+    const json* v = find(obj, key, path);
+    return v ? boolean(*v, join(path, key)) : dflt;
   }
   // A token id: an integer in [0, kMaxId).
-  static bool is_id(const json& v) {
-    return v.is_number_integer() &&
-           (v.is_number_unsigned() ? v.get<std::uint64_t>() < std::uint64_t(kMaxId)
-                                   : (v.get<std::int64_t>() >= 0 && v.get<std::int64_t>() < kMaxId));
-  }
+  static bool is_id(const json& v) { return is_integer_in(v, 0, kMaxId - 1); }
   int id(const json& v, const std::string& path) const {
     if (!v.is_number_integer()) fail(path, "expected a token id (an integer), got ", show(v));
     if (!is_id(v)) fail(path, "token id ", show(v), " is outside [0, ", kMaxId, ")");
     return int(v.get<std::int64_t>());
-  }
-  static std::string join(const std::string& path, const char* key) {
-    return path.empty() ? std::string(key) : path + "." + key;
-  }
-  static std::string at(const std::string& path, std::size_t i) {
-    return path + "[" + std::to_string(i) + "]";
   }
   const std::string& origin() const { return origin_; }
 
@@ -549,20 +477,7 @@ class BpeTokenizer final : public Tokenizer {
   // ----- parsing -------------------------------------------------------------------------
   void load(std::string_view text, const std::string& origin) {
     const Fields f(origin);
-    json root;
-    try {
-      // Nesting is bounded so that hostile input cannot exhaust the stack or memory on
-      // structure no tokenizer.json has.
-      root = json::parse(text.begin(), text.end(), [&](int depth, json::parse_event_t, json&) {
-        if (depth > kMaxDepth)
-          f.fail("(document)", "JSON nested deeper than ", kMaxDepth,
-                 " levels; expected a tokenizer.json");
-        return true;
-      });
-    } catch (const json::exception& e) {
-      f.fail("(document)", "invalid JSON (", e.what(), "); expected a tokenizer.json");
-    }
-    if (!root.is_object()) f.fail("(document)", "expected a JSON object, got ", detail::bpe::show(root));
+    const json root = parse_json(text, f.where(), "a tokenizer.json", true, kMaxDepth);
 
     load_model(f, root);
     load_added_tokens(f, root);
@@ -575,20 +490,20 @@ class BpeTokenizer final : public Tokenizer {
   }
 
   void load_model(const Fields& f, const json& root) {
-    const json& model = f.req(root, "model", "");
+    const json& model = f.require(root, "model", "");
     if (!model.is_object()) f.fail("model", "expected a JSON object, got ", detail::bpe::show(model));
-    if (const json* t = f.opt(model, "type", "model")) {
-      const std::string type = f.str(*t, "model.type");
+    if (const json* t = f.find(model, "type", "model")) {
+      const std::string type = f.string(*t, "model.type");
       if (type != "BPE")
         f.fail("model.type", detail::bpe::show(type), " is not supported (expected \"BPE\")");
     }
-    if (const json* d = f.opt(model, "dropout", "model")) {
+    if (const json* d = f.find(model, "dropout", "model")) {
       if (!d->is_number() || d->get<double>() != 0.0)
         f.fail("model.dropout", detail::bpe::show(*d), " is not supported (expected null: "
                "BPE dropout is for training)");
     }
     for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
-      if (const json* v = f.opt(model, key, "model"))
+      if (const json* v = f.find(model, key, "model"))
         if (!(v->is_string() && v->get<std::string>().empty()))
           f.fail(Fields::join("model", key), detail::bpe::show(*v),
                  " is not supported (expected null: byte-level BPE has no word markers)");
@@ -597,7 +512,7 @@ class BpeTokenizer final : public Tokenizer {
     byte_fallback_ = f.boolean(model, "byte_fallback", "model", false);
     fuse_unk_ = f.boolean(model, "fuse_unk", "model", false);
 
-    const json& vocab = f.req(model, "vocab", "model");
+    const json& vocab = f.require(model, "vocab", "model");
     if (!vocab.is_object())
       f.fail("model.vocab", "expected an object of token -> id, got ", detail::bpe::show(vocab));
     vocab_.reserve(vocab.size());
@@ -609,15 +524,15 @@ class BpeTokenizer final : public Tokenizer {
       vocab_.emplace(it.key(), id);
     }
 
-    if (const json* u = f.opt(model, "unk_token", "model")) {
-      const std::string unk = f.str(*u, "model.unk_token");
+    if (const json* u = f.find(model, "unk_token", "model")) {
+      const std::string unk = f.string(*u, "model.unk_token");
       auto it = vocab_.find(unk);
       if (it == vocab_.end())
         f.fail("model.unk_token", detail::bpe::show(unk), " is not in model.vocab");
       unk_id_ = it->second;
     }
 
-    if (const json* merges = f.opt(model, "merges", "model")) {
+    if (const json* merges = f.find(model, "merges", "model")) {
       if (!merges->is_array())
         f.fail("model.merges", "expected an array of merges, got ", detail::bpe::show(*merges));
       merges_.reserve(merges->size());
@@ -657,7 +572,7 @@ class BpeTokenizer final : public Tokenizer {
   }
 
   void load_added_tokens(const Fields& f, const json& root) {
-    const json* added = f.opt(root, "added_tokens", "");
+    const json* added = f.find(root, "added_tokens", "");
     if (!added) return;
     if (!added->is_array())
       f.fail("added_tokens", "expected an array of objects, got ", detail::bpe::show(*added));
@@ -667,8 +582,8 @@ class BpeTokenizer final : public Tokenizer {
       const json& t = (*added)[i];
       if (!t.is_object()) f.fail(path, "expected an object, got ", detail::bpe::show(t));
       detail::bpe::AddedToken a;
-      a.id = f.id(f.req(t, "id", path), path + ".id");
-      a.content = f.str(f.req(t, "content", path), path + ".content");
+      a.id = f.id(f.require(t, "id", path), path + ".id");
+      a.content = f.string(f.require(t, "content", path), path + ".content");
       if (a.content.empty()) f.fail(path + ".content", "expected a non-empty string");
       a.special = f.boolean(t, "special", path, false);
       a.normalized = f.boolean(t, "normalized", path, !a.special);
@@ -696,12 +611,12 @@ class BpeTokenizer final : public Tokenizer {
   }
 
   void check_normalizer(const Fields& f, const json& root) const {
-    const json* n = f.opt(root, "normalizer", "");
+    const json* n = f.find(root, "normalizer", "");
     if (!n) return;
     if (n->is_object()) {
-      const json* t = f.opt(*n, "type", "normalizer");
+      const json* t = f.find(*n, "type", "normalizer");
       if (t && t->is_string() && t->get<std::string>() == "Sequence") {
-        const json* list = f.opt(*n, "normalizers", "normalizer");
+        const json* list = f.find(*n, "normalizers", "normalizer");
         if (!list || (list->is_array() && list->empty())) return;
       }
     }
@@ -710,7 +625,7 @@ class BpeTokenizer final : public Tokenizer {
   }
 
   void load_pre_tokenizer(const Fields& f, const json& root) {
-    const json* p = f.opt(root, "pre_tokenizer", "");
+    const json* p = f.find(root, "pre_tokenizer", "");
     if (!p)
       f.fail("pre_tokenizer", "missing (expected ByteLevel, or a Sequence ending with "
              "ByteLevel: this reader handles byte-level BPE)");
@@ -726,10 +641,10 @@ class BpeTokenizer final : public Tokenizer {
     if (!p.is_object()) f.fail(path, "expected an object, got ", detail::bpe::show(p));
     if (!steps_.empty() && steps_.back().kind == Step::Kind::ByteLevel)
       f.fail(path, "a step after ByteLevel is not supported (expected ByteLevel last)");
-    const std::string type = f.str(f.req(p, "type", path), path + ".type");
+    const std::string type = f.string(f.require(p, "type", path), path + ".type");
     if (type == "Sequence") {
       if (depth > 4) f.fail(path, "Sequence nested too deeply (expected at most 4 levels)");
-      const json& list = f.req(p, "pretokenizers", path);
+      const json& list = f.require(p, "pretokenizers", path);
       if (!list.is_array())
         f.fail(path + ".pretokenizers", "expected an array, got ", detail::bpe::show(list));
       for (std::size_t i = 0; i < list.size(); ++i)
@@ -737,18 +652,18 @@ class BpeTokenizer final : public Tokenizer {
     } else if (type == "Split") {
       Step s;
       auto pat = std::make_shared<detail::bpe::Pattern>();
-      const json& pattern = f.req(p, "pattern", path);
+      const json& pattern = f.require(p, "pattern", path);
       const std::string ppath = path + ".pattern";
-      if (const json* r = f.opt(pattern, "Regex", ppath)) {
-        pat->regex.emplace(f.str(*r, ppath + ".Regex"), f, ppath + ".Regex");
-      } else if (const json* s2 = f.opt(pattern, "String", ppath)) {
-        pat->literal = f.str(*s2, ppath + ".String");
+      if (const json* r = f.find(pattern, "Regex", ppath)) {
+        pat->regex.emplace(f.string(*r, ppath + ".Regex"), f, ppath + ".Regex");
+      } else if (const json* s2 = f.find(pattern, "String", ppath)) {
+        pat->literal = f.string(*s2, ppath + ".String");
         if (pat->literal.empty()) f.fail(ppath + ".String", "expected a non-empty string");
       } else {
         f.fail(ppath, "expected {\"Regex\": ...} or {\"String\": ...}, got ", detail::bpe::show(pattern));
       }
       s.pattern = std::move(pat);
-      const std::string b = f.str(f.req(p, "behavior", path), path + ".behavior");
+      const std::string b = f.string(f.require(p, "behavior", path), path + ".behavior");
       if (b == "Removed") s.behavior = Behavior::Removed;
       else if (b == "Isolated") s.behavior = Behavior::Isolated;
       else if (b == "MergedWithPrevious") s.behavior = Behavior::MergedWithPrevious;
@@ -786,10 +701,10 @@ class BpeTokenizer final : public Tokenizer {
   }
 
   void check_decoder(const Fields& f, const json& root) const {
-    const json* d = f.opt(root, "decoder", "");
+    const json* d = f.find(root, "decoder", "");
     if (!d)
       f.fail("decoder", "missing (expected {\"type\": \"ByteLevel\"} for byte-level BPE)");
-    const std::string type = f.str(f.req(*d, "type", "decoder"), "decoder.type");
+    const std::string type = f.string(f.require(*d, "type", "decoder"), "decoder.type");
     if (type != "ByteLevel")
       f.fail("decoder.type", detail::bpe::show(type), " is not supported (expected \"ByteLevel\")");
   }
@@ -853,22 +768,22 @@ class BpeTokenizer final : public Tokenizer {
 
   void find_bos_eos(const Fields& f, const json& root) {
     // TemplateProcessing's "single" template: [SpecialToken, Sequence $A, SpecialToken].
-    const json* pp = f.opt(root, "post_processor", "");
+    const json* pp = f.find(root, "post_processor", "");
     std::vector<std::pair<const json*, std::string>> todo;
     if (pp) todo.emplace_back(pp, "post_processor");
     for (std::size_t k = 0; k < todo.size() && k < 16; ++k) {
       const auto [p, path] = todo[k];
       if (!p->is_object()) f.fail(path, "expected an object, got ", detail::bpe::show(*p));
-      const json* t = f.opt(*p, "type", path);
-      const std::string type = t ? f.str(*t, path + ".type") : "";
+      const json* t = f.find(*p, "type", path);
+      const std::string type = t ? f.string(*t, path + ".type") : "";
       if (type == "Sequence") {
-        const json& list = f.req(*p, "processors", path);
+        const json& list = f.require(*p, "processors", path);
         if (!list.is_array())
           f.fail(path + ".processors", "expected an array, got ", detail::bpe::show(list));
         for (std::size_t i = 0; i < list.size(); ++i)
           todo.emplace_back(&list[i], Fields::at(path + ".processors", i));
       } else if (type == "TemplateProcessing") {
-        const json* single = f.opt(*p, "single", path);
+        const json* single = f.find(*p, "single", path);
         if (!single) continue;
         if (!single->is_array())
           f.fail(path + ".single", "expected an array, got ", detail::bpe::show(*single));
@@ -877,10 +792,10 @@ class BpeTokenizer final : public Tokenizer {
           const std::string ipath = Fields::at(path + ".single", i);
           const json& piece = (*single)[i];
           if (!piece.is_object()) f.fail(ipath, "expected an object, got ", detail::bpe::show(piece));
-          if (f.opt(piece, "Sequence", ipath)) {
+          if (f.find(piece, "Sequence", ipath)) {
             seen_a = true;
-          } else if (const json* st = f.opt(piece, "SpecialToken", ipath)) {
-            const std::string name = f.str(f.req(*st, "id", ipath + ".SpecialToken"),
+          } else if (const json* st = f.find(piece, "SpecialToken", ipath)) {
+            const std::string name = f.string(f.require(*st, "id", ipath + ".SpecialToken"),
                                            ipath + ".SpecialToken.id");
             const auto id = template_token_id(f, *p, path, name);
             if (!seen_a && !bos_) bos_ = id;
@@ -903,10 +818,10 @@ class BpeTokenizer final : public Tokenizer {
   // id, else the token of that name.
   int template_token_id(const Fields& f, const json& proc, const std::string& path,
                         const std::string& name) const {
-    if (const json* map = f.opt(proc, "special_tokens", path))
-      if (const json* entry = f.opt(*map, name.c_str(), path + ".special_tokens")) {
+    if (const json* map = f.find(proc, "special_tokens", path))
+      if (const json* entry = f.find(*map, name.c_str(), path + ".special_tokens")) {
         const std::string epath = path + ".special_tokens[" + detail::bpe::show(name) + "]";
-        const json& ids = f.req(*entry, "ids", epath);
+        const json& ids = f.require(*entry, "ids", epath);
         if (ids.is_array() && ids.size() == 1) {
           const int id = f.id(ids[0], epath + ".ids[0]");
           if (id >= vocab_size()) f.fail(epath + ".ids[0]", "token id ", id, " is outside the vocabulary");
