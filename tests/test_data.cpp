@@ -370,7 +370,7 @@ TEST_CASE("data: text split, windows and val") {
 }
 
 TEST_CASE("data: tinyshakespeare split") {
-  const std::string path = std::string(HYBRID_SHARED_DIR) + "/data/tinyshakespeare.txt";
+  const std::string path = std::string(HYBRID_DATA_DIR) + "/tinyshakespeare.txt";
   TextSource src(path, 1337);
   CHECK(src.n_train() + src.n_val() == 1115394);
   CHECK(src.n_train() == 1003854);
