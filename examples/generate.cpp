@@ -29,6 +29,7 @@
 #include <filesystem>
 #include <memory>
 
+#include <hybrid/alias_registry.hpp>
 #include <hybrid/core/atomic_file.hpp>
 #include <hybrid/core/utf8.hpp>
 #include <hybrid/hf/checkpoint.hpp>
@@ -60,14 +61,6 @@ struct Cli {
 
 // ---- the shipped aliases -----------------------------------------------------------------
 
-struct ModelEntry {
-  const char* name;
-  hybrid::Index params;
-  std::string_view layout;
-  const char* scalar;
-  int (*run)(const Cli&);
-};
-
 template <class S>
 int run_model(const hybrid::RuntimeModel<S>& model, const Cli& cli, const std::string& name,
               const std::string& origin, const hybrid::Tokenizer& tok);
@@ -94,40 +87,18 @@ class IdsOnlyTokenizer final : public hybrid::Tokenizer {
   std::optional<int> bos_, eos_;
 };
 
-template <class M>
+// An alias from the registry (alias_registry.hpp), built in the scalar type it is declared
+// in; RuntimeModel(desc, seed) is what the typed Model<> runs, so the weights are the same.
 int run_alias(const Cli& cli) {
-  const M model(cli.seed);
-  return run_model<typename M::Scalar>(
-      model, cli, cli.model,
-      "random-init weights (seed " + std::to_string(cli.seed) + "): the text is noise",
-      hybrid::ByteTokenizer());
+  const hybrid::AliasInfo& a = hybrid::find_alias(cli.model);
+  const std::string origin =
+      "random-init weights (seed " + std::to_string(cli.seed) + "): the text is noise";
+  if (a.scalar == "double")
+    return run_model(hybrid::RuntimeModel<double>(a.desc(), cli.seed), cli, cli.model, origin,
+                     hybrid::ByteTokenizer());
+  return run_model(hybrid::RuntimeModel<float>(a.desc(), cli.seed), cli, cli.model, origin,
+                   hybrid::ByteTokenizer());
 }
-
-template <class M>
-constexpr ModelEntry entry(const char* name) {
-  return {name, M::n_params, M::layout,
-          std::is_same_v<typename M::Scalar, float> ? "float" : "double", &run_alias<M>};
-}
-
-constexpr ModelEntry kModels[] = {
-    entry<hybrid::Golf15x3>("Golf15x3"),
-    entry<hybrid::Golf15x3E2>("Golf15x3E2"),
-    entry<hybrid::GolfTransformer9>("GolfTransformer9"),
-    entry<hybrid::GolfMamba18>("GolfMamba18"),
-    entry<hybrid::Hybrid18x6>("Hybrid18x6"),
-    entry<hybrid::Lfm2Ssm1B2>("Lfm2Ssm1B2"),
-    entry<hybrid::Lfm2_350M>("Lfm2_350M"),
-    entry<hybrid::Lfm2_700M>("Lfm2_700M"),
-    entry<hybrid::Lfm2_1B2>("Lfm2_1B2"),
-    entry<hybrid::TinyGolf15x3>("TinyGolf15x3"),
-    entry<hybrid::TinyGolf15x3E2>("TinyGolf15x3E2"),
-    entry<hybrid::TinyTransformer>("TinyTransformer"),
-    entry<hybrid::TinyMamba>("TinyMamba"),
-    entry<hybrid::TinyHybrid18x6>("TinyHybrid18x6"),
-    entry<hybrid::TinyLfm2Ssm>("TinyLfm2Ssm"),
-    entry<hybrid::TinyLfm2>("TinyLfm2"),
-    entry<hybrid::TinyScaled>("TinyScaled"),
-};
 
 std::string with_commas(hybrid::Index n) {
   const std::string digits = std::to_string(n);
@@ -142,21 +113,13 @@ std::string with_commas(hybrid::Index n) {
 std::string model_table() {
   std::string out;
   char buf[256];
-  for (const auto& m : kModels) {
-    std::snprintf(buf, sizeof buf, "  %-17s %15s params  %-6s  %.*s\n", m.name,
-                  with_commas(m.params).c_str(), m.scalar, int(m.layout.size()),
-                  m.layout.data());
+  for (const auto& m : hybrid::shipped_aliases()) {
+    std::snprintf(buf, sizeof buf, "  %-17s %15s params  %-6.*s  %.*s\n", m.name,
+                  with_commas(m.params).c_str(), int(m.scalar.size()), m.scalar.data(),
+                  int(m.layout.size()), m.layout.data());
     out += buf;
   }
   return out;
-}
-
-const ModelEntry& find_model(const std::string& name) {
-  for (const auto& m : kModels)
-    if (name == m.name) return m;
-  std::string names;
-  for (const auto& m : kModels) names += std::string(names.empty() ? "" : ", ") + m.name;
-  fail("unknown model '", name, "'; choose one of: ", names, " (see --list-models)");
 }
 
 // ---- flag parsing --------------------------------------------------------------------------
@@ -517,7 +480,7 @@ int run(int argc, char** argv) {
                             std::string(hybrid::hf::architecture(ck.config().family)) + " from " + cli.hf_dir,
                             *tok);
   }
-  return find_model(cli.model).run(cli);
+  return run_alias(cli);
 }
 
 }  // namespace
