@@ -31,6 +31,8 @@
 #include <thread>
 
 #include <hybrid/core/atomic_file.hpp>
+#include <hybrid/data/synthetic.hpp>
+#include <hybrid/data/text.hpp>
 #include <hybrid/train/trainer.hpp>
 #ifdef __GLIBC__
 #include <malloc.h>

@@ -13,6 +13,9 @@
 
 #include <hybrid/alias_registry.hpp>
 #include <hybrid/core/json.hpp>
+#include <hybrid/data/shards.hpp>
+#include <hybrid/data/synthetic.hpp>
+#include <hybrid/data/text.hpp>
 #include <hybrid/io/desc_json.hpp>
 #include <hybrid/train/checkpoint.hpp>
 #ifdef _OPENMP

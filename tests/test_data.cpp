@@ -1,4 +1,4 @@
-// train/data: synthetic tasks (layout, oracle and constant predictors, seeding, resume),
+// data/: synthetic tasks (layout, oracle and constant predictors, seeding, resume),
 // byte-level text (nanoGPT split, windows, val), parameter-golf shards (round trip, every
 // way a shard can be bad), text_to_shards → ShardSource, accuracy and bits per byte.
 #include <doctest/doctest.h>
@@ -7,7 +7,10 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <hybrid/train/data.hpp>
+#include <hybrid/data/shards.hpp>
+#include <hybrid/data/source.hpp>
+#include <hybrid/data/synthetic.hpp>
+#include <hybrid/data/text.hpp>
 #include <initializer_list>
 #include <iterator>
 #include <set>

@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <hybrid/data/synthetic.hpp>
 #include <hybrid/model.hpp>
 #include <hybrid/train/checkpoint.hpp>
 
