@@ -30,6 +30,9 @@
 #include <sstream>
 #include <thread>
 
+#include <hybrid/core/atomic_file.hpp>
+#include <hybrid/data/synthetic.hpp>
+#include <hybrid/data/text.hpp>
 #include <hybrid/train/trainer.hpp>
 #ifdef __GLIBC__
 #include <malloc.h>
@@ -307,15 +310,7 @@ std::vector<Result> run_all(const std::vector<Layout>& layouts, const Options& o
 // ---- outputs -----------------------------------------------------------------------
 
 void write_atomic(const fs::path& path, const std::string& text) {
-  const fs::path tmp = path.string() + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    HYBRID_CHECK(f.good(), "cannot write '", tmp.string(), "'");
-    f << text;
-    f.flush();
-    HYBRID_CHECK(f.good(), "writing '", tmp.string(), "' failed (disk full?)");
-  }
-  fs::rename(tmp, path);
+  write_file_atomic(path.string(), "ablate: '" + path.string() + "'", text);
 }
 
 std::string fmt(const char* f, double v) {
@@ -423,14 +418,23 @@ void plot(const fs::path& dir) {
                 dir.string().c_str());
     return;
   }
+  // gnuplot draws to its stdout, and the one atomic writer puts the image in place, so an
+  // interrupted run never leaves a partial curves.png.
   const std::string cmd = "cd " + shell_quote(dir.string()) +
-                          " && gnuplot -e \"outfile='curves.png.tmp'\" curves.gnuplot";
-  if (std::system(cmd.c_str()) != 0 || !fs::exists(dir / "curves.png.tmp")) {
+                          " && gnuplot -e \"outfile='/dev/stdout'\" curves.gnuplot";
+  std::string png;
+  int rc = -1;
+  if (std::FILE* p = ::popen(cmd.c_str(), "r")) {
+    char buf[1 << 16];
+    for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) png.append(buf, n);
+    rc = ::pclose(p);
+  }
+  if (rc != 0 || png.empty()) {
     std::printf("note: gnuplot failed; everything else was written (script: %s)\n",
                 (dir / "curves.gnuplot").string().c_str());
     return;
   }
-  fs::rename(dir / "curves.png.tmp", dir / "curves.png");
+  write_atomic(dir / "curves.png", png);
 }
 
 int run(const Options& o) {

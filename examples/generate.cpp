@@ -29,6 +29,9 @@
 #include <filesystem>
 #include <memory>
 
+#include <hybrid/alias_registry.hpp>
+#include <hybrid/core/atomic_file.hpp>
+#include <hybrid/core/utf8.hpp>
 #include <hybrid/hf/checkpoint.hpp>
 #include <hybrid/infer/generate.hpp>
 #include <hybrid/io/checkpoint.hpp>
@@ -58,14 +61,6 @@ struct Cli {
 
 // ---- the shipped aliases -----------------------------------------------------------------
 
-struct ModelEntry {
-  const char* name;
-  hybrid::Index params;
-  std::string_view layout;
-  const char* scalar;
-  int (*run)(const Cli&);
-};
-
 template <class S>
 int run_model(const hybrid::RuntimeModel<S>& model, const Cli& cli, const std::string& name,
               const std::string& origin, const hybrid::Tokenizer& tok);
@@ -92,40 +87,18 @@ class IdsOnlyTokenizer final : public hybrid::Tokenizer {
   std::optional<int> bos_, eos_;
 };
 
-template <class M>
+// An alias from the registry (alias_registry.hpp), built in the scalar type it is declared
+// in; RuntimeModel(desc, seed) is what the typed Model<> runs, so the weights are the same.
 int run_alias(const Cli& cli) {
-  const M model(cli.seed);
-  return run_model<typename M::Scalar>(
-      model, cli, cli.model,
-      "random-init weights (seed " + std::to_string(cli.seed) + "): the text is noise",
-      hybrid::ByteTokenizer());
+  const hybrid::AliasInfo& a = hybrid::find_alias(cli.model);
+  const std::string origin =
+      "random-init weights (seed " + std::to_string(cli.seed) + "): the text is noise";
+  if (a.scalar == "double")
+    return run_model(hybrid::RuntimeModel<double>(a.desc(), cli.seed), cli, cli.model, origin,
+                     hybrid::ByteTokenizer());
+  return run_model(hybrid::RuntimeModel<float>(a.desc(), cli.seed), cli, cli.model, origin,
+                   hybrid::ByteTokenizer());
 }
-
-template <class M>
-constexpr ModelEntry entry(const char* name) {
-  return {name, M::n_params, M::layout,
-          std::is_same_v<typename M::Scalar, float> ? "float" : "double", &run_alias<M>};
-}
-
-constexpr ModelEntry kModels[] = {
-    entry<hybrid::Golf15x3>("Golf15x3"),
-    entry<hybrid::Golf15x3E2>("Golf15x3E2"),
-    entry<hybrid::GolfTransformer9>("GolfTransformer9"),
-    entry<hybrid::GolfMamba18>("GolfMamba18"),
-    entry<hybrid::Hybrid18x6>("Hybrid18x6"),
-    entry<hybrid::Lfm2Ssm1B2>("Lfm2Ssm1B2"),
-    entry<hybrid::Lfm2_350M>("Lfm2_350M"),
-    entry<hybrid::Lfm2_700M>("Lfm2_700M"),
-    entry<hybrid::Lfm2_1B2>("Lfm2_1B2"),
-    entry<hybrid::TinyGolf15x3>("TinyGolf15x3"),
-    entry<hybrid::TinyGolf15x3E2>("TinyGolf15x3E2"),
-    entry<hybrid::TinyTransformer>("TinyTransformer"),
-    entry<hybrid::TinyMamba>("TinyMamba"),
-    entry<hybrid::TinyHybrid18x6>("TinyHybrid18x6"),
-    entry<hybrid::TinyLfm2Ssm>("TinyLfm2Ssm"),
-    entry<hybrid::TinyLfm2>("TinyLfm2"),
-    entry<hybrid::TinyScaled>("TinyScaled"),
-};
 
 std::string with_commas(hybrid::Index n) {
   const std::string digits = std::to_string(n);
@@ -140,21 +113,13 @@ std::string with_commas(hybrid::Index n) {
 std::string model_table() {
   std::string out;
   char buf[256];
-  for (const auto& m : kModels) {
-    std::snprintf(buf, sizeof buf, "  %-17s %15s params  %-6s  %.*s\n", m.name,
-                  with_commas(m.params).c_str(), m.scalar, int(m.layout.size()),
-                  m.layout.data());
+  for (const auto& m : hybrid::shipped_aliases()) {
+    std::snprintf(buf, sizeof buf, "  %-17s %15s params  %-6.*s  %.*s\n", m.name,
+                  with_commas(m.params).c_str(), int(m.scalar.size()), m.scalar.data(),
+                  int(m.layout.size()), m.layout.data());
     out += buf;
   }
   return out;
-}
-
-const ModelEntry& find_model(const std::string& name) {
-  for (const auto& m : kModels)
-    if (name == m.name) return m;
-  std::string names;
-  for (const auto& m : kModels) names += std::string(names.empty() ? "" : ", ") + m.name;
-  fail("unknown model '", name, "'; choose one of: ", names, " (see --list-models)");
 }
 
 // ---- flag parsing --------------------------------------------------------------------------
@@ -238,17 +203,14 @@ class TextSink {
       else escape(c);
       return;
     }
-    need_ = (c >= 0xC2 && c <= 0xDF) ? 2 : (c >= 0xE0 && c <= 0xEF) ? 3 : (c >= 0xF0 && c <= 0xF4) ? 4 : 0;
+    need_ = hybrid::utf8_lead(c).len;
     if (need_ == 0) escape(c);
     else pending_.assign(1, char(c));
   }
   void complete() {
-    const auto b = [&](std::size_t i) { return std::uint32_t(static_cast<unsigned char>(pending_[i])); };
-    std::uint32_t cp = need_ == 2 ? b(0) & 0x1F : need_ == 3 ? b(0) & 0x0F : b(0) & 0x07;
-    for (std::size_t i = 1; i < need_; ++i) cp = (cp << 6) | (b(i) & 0x3F);
-    const bool ok = need_ == 2   ? cp >= 0xA0  // U+0080..U+009F are C1 controls
-                    : need_ == 3 ? cp >= 0x800 && (cp < 0xD800 || cp > 0xDFFF)
-                                 : cp >= 0x10000 && cp <= 0x10FFFF;
+    std::uint32_t cp = 0;
+    const bool ok = hybrid::next_utf8(pending_, 0, cp) == need_ &&
+                    cp >= 0xA0;  // U+0080..U+009F are C1 controls
     if (ok) std::fwrite(pending_.data(), 1, pending_.size(), stdout), pending_.clear();
     else escape_pending();
   }
@@ -263,49 +225,29 @@ class TextSink {
   std::size_t need_ = 0;
 };
 
-// Raw little-endian float32 [T, V], written to FILE.tmp and renamed so that a reader never
-// sees a partial file. The temp file is opened before generating, so a bad path fails early.
+// Raw little-endian float32 [T, V], replaced atomically (core/atomic_file.hpp) so that a
+// reader never sees a partial file. The temporary is opened before generating, so a bad
+// path fails early.
 class LogitsFile {
  public:
-  explicit LogitsFile(std::string path) : path_(std::move(path)), tmp_(path_ + ".tmp") {
-    f_ = std::fopen(tmp_.c_str(), "wb");
-    HYBRID_CHECK(f_, "--dump-logits: cannot open '", tmp_, "' for writing: ", std::strerror(errno));
-  }
-  LogitsFile(const LogitsFile&) = delete;
-  LogitsFile& operator=(const LogitsFile&) = delete;
-  ~LogitsFile() {
-    if (f_) std::fclose(f_), std::remove(tmp_.c_str());  // not committed: leave nothing behind
-  }
+  explicit LogitsFile(const std::string& path) : f_(path, "--dump-logits: '" + path + "'") {}
 
   void commit(const hybrid::Mat<float>& logits) {  // (T, V)
     std::vector<std::uint32_t> buf(std::size_t(logits.cols()));
-    bool ok = true;
-    for (hybrid::Index t = 0; t < logits.rows() && ok; ++t) {
+    for (hybrid::Index t = 0; t < logits.rows(); ++t) {
       for (hybrid::Index v = 0; v < logits.cols(); ++v) {
         std::uint32_t u = std::bit_cast<std::uint32_t>(logits(t, v));
         if constexpr (std::endian::native == std::endian::big)
           u = (u >> 24) | ((u >> 8) & 0xFF00u) | ((u << 8) & 0xFF0000u) | (u << 24);
         buf[std::size_t(v)] = u;
       }
-      ok = std::fwrite(buf.data(), sizeof(std::uint32_t), buf.size(), f_) == buf.size();
+      f_.write(buf.data(), buf.size() * sizeof(std::uint32_t));
     }
-    ok = (std::fclose(f_) == 0) && ok;
-    f_ = nullptr;
-    if (!ok) {
-      const std::string why = std::strerror(errno);
-      std::remove(tmp_.c_str());
-      fail("--dump-logits: writing '", tmp_, "' failed: ", why);
-    }
-    if (std::rename(tmp_.c_str(), path_.c_str()) != 0) {
-      const std::string why = std::strerror(errno);
-      std::remove(tmp_.c_str());
-      fail("--dump-logits: cannot rename '", tmp_, "' to '", path_, "': ", why);
-    }
+    f_.commit();
   }
 
  private:
-  std::string path_, tmp_;
-  std::FILE* f_ = nullptr;
+  hybrid::AtomicFile f_;
 };
 
 template <class S>
@@ -538,7 +480,7 @@ int run(int argc, char** argv) {
                             std::string(hybrid::hf::architecture(ck.config().family)) + " from " + cli.hf_dir,
                             *tok);
   }
-  return find_model(cli.model).run(cli);
+  return run_alias(cli);
 }
 
 }  // namespace

@@ -12,6 +12,10 @@
 #include <sstream>
 
 #include <hybrid/alias_registry.hpp>
+#include <hybrid/core/json.hpp>
+#include <hybrid/data/shards.hpp>
+#include <hybrid/data/synthetic.hpp>
+#include <hybrid/data/text.hpp>
 #include <hybrid/io/desc_json.hpp>
 #include <hybrid/train/checkpoint.hpp>
 #ifdef _OPENMP
@@ -32,15 +36,13 @@ struct Options {
 // The model: --model ALIAS, --config FILE (desc JSON), or --layout with dimension flags.
 ModelDesc model_desc(const Options& o, int data_vocab) {
   if (o.has("config")) {
-    std::ifstream f(o.get<std::string>("config"));
-    HYBRID_CHECK(f.good(), "--config: cannot open '", o.get<std::string>("config"), "'");
-    nlohmann::json j;
+    const std::string path = o.get<std::string>("config");
+    const nlohmann::json j = read_json_file(path, "--config", "a model desc JSON file");
     try {
-      j = nlohmann::json::parse(f);
-    } catch (const nlohmann::json::exception& e) {
-      fail("--config '", o.get<std::string>("config"), "': not valid JSON: ", e.what());
+      return desc_from_json(j);
+    } catch (const Error& e) {  // desc errors name the JSON path; add the file
+      fail("--config: '", path, "': ", e.what());
     }
-    return desc_from_json(j);
   }
   if (o.has("model")) return find_alias(o.get<std::string>("model")).desc();
   const int d = o.get<int>("d-model");

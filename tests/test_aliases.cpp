@@ -2,6 +2,7 @@
 // built model), layout strings, summaries.
 #include <doctest/doctest.h>
 
+#include <hybrid/alias_registry.hpp>
 #include <hybrid/model.hpp>
 
 using namespace hybrid;
@@ -74,4 +75,13 @@ TEST_CASE("initialisation is seeded and deterministic") {
   }
   CHECK(same);
   CHECK(differ);
+}
+
+TEST_CASE("aliases: the registry names each alias's scalar type, as generate --list-models shows it") {
+  const auto scalar_of = [](const char* name) { return std::string(find_alias(name).scalar); };
+  CHECK(scalar_of("TinyLfm2") ==
+        (std::is_same_v<TinyLfm2::Scalar, float> ? "float" : "double"));
+  CHECK(scalar_of("TinyScaled") ==
+        (std::is_same_v<TinyScaled::Scalar, float> ? "float" : "double"));
+  for (const auto& a : shipped_aliases()) CHECK((a.scalar == "float" || a.scalar == "double"));
 }

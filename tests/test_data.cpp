@@ -1,4 +1,4 @@
-// train/data: synthetic tasks (layout, oracle and constant predictors, seeding, resume),
+// data/: synthetic tasks (layout, oracle and constant predictors, seeding, resume),
 // byte-level text (nanoGPT split, windows, val), parameter-golf shards (round trip, every
 // way a shard can be bad), text_to_shards → ShardSource, accuracy and bits per byte.
 #include <doctest/doctest.h>
@@ -7,7 +7,10 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <hybrid/train/data.hpp>
+#include <hybrid/data/shards.hpp>
+#include <hybrid/data/source.hpp>
+#include <hybrid/data/synthetic.hpp>
+#include <hybrid/data/text.hpp>
 #include <initializer_list>
 #include <iterator>
 #include <set>
@@ -370,7 +373,7 @@ TEST_CASE("data: text split, windows and val") {
 }
 
 TEST_CASE("data: tinyshakespeare split") {
-  const std::string path = std::string(HYBRID_SHARED_DIR) + "/data/tinyshakespeare.txt";
+  const std::string path = std::string(HYBRID_DATA_DIR) + "/tinyshakespeare.txt";
   TextSource src(path, 1337);
   CHECK(src.n_train() + src.n_val() == 1115394);
   CHECK(src.n_train() == 1003854);

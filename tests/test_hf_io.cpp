@@ -112,7 +112,7 @@ TEST_CASE("hf io: config.json errors name the file and the field") {
   CHECK(err([](json&) {}).empty());
   std::string e = err([](json& j) { j.erase("hidden_size"); });
   CHECK(contains(e, "x/config.json"));
-  CHECK(contains(e, "'hidden_size' is missing"));
+  CHECK(contains(e, "'hidden_size': missing"));
   e = err([](json& j) { j["num_local_experts"] = 8; });
   CHECK(contains(e, "mixture of experts not supported"));
   e = err([](json& j) { j["num_hidden_layers"] = 5; });

@@ -179,41 +179,8 @@ TEST_CASE("hf parity: double model vs transformers") {
 }
 
 #ifdef HYBRID_HAVE_TOKENIZERS
+#include <hybrid/core/utf8.hpp>
 #include <hybrid/tokenizer/bpe.hpp>
-
-namespace {
-// Bytes → text as Python's bytes.decode("utf-8", errors="replace") gives it (what
-// transformers' decode returns): each maximal invalid subpart becomes U+FFFD. Our
-// tokenizers decode to the exact bytes instead.
-std::string utf8_replace(const std::string& in) {
-  std::string out;
-  std::size_t i = 0;
-  const auto byte = [&](std::size_t k) { return static_cast<unsigned char>(in[k]); };
-  while (i < in.size()) {
-    const unsigned b = byte(i);
-    int n = 0;
-    unsigned lo = 0x80, hi = 0xBF;  // allowed range of the second byte
-    if (b < 0x80) n = 1;
-    else if (b >= 0xC2 && b <= 0xDF) n = 2;
-    else if (b == 0xE0) n = 3, lo = 0xA0;
-    else if ((b >= 0xE1 && b <= 0xEC) || b == 0xEE || b == 0xEF) n = 3;
-    else if (b == 0xED) n = 3, hi = 0x9F;
-    else if (b == 0xF0) n = 4, lo = 0x90;
-    else if (b >= 0xF1 && b <= 0xF3) n = 4;
-    else if (b == 0xF4) n = 4, hi = 0x8F;
-    std::size_t k = 1;
-    if (n > 1)
-      for (; k < std::size_t(n) && i + k < in.size(); ++k) {
-        const unsigned c = byte(i + k);
-        if (k == 1 ? (c < lo || c > hi) : (c < 0x80 || c > 0xBF)) break;
-      }
-    if (n > 0 && k == std::size_t(n)) out.append(in, i, k);
-    else out += "\xEF\xBF\xBD";
-    i += n > 0 ? k : 1;
-  }
-  return out;
-}
-}  // namespace
 
 // The checkpoint that ships a tokenizer.json: text → ids as transformers' tokenizer gives
 // them, and the greedy continuation (checked token by token above) decodes to the same text.
@@ -233,6 +200,7 @@ TEST_CASE("hf parity: tokenizer.json prompt and continuation match transformers"
   ids.insert(ids.end(), enc.begin(), enc.end());
   CHECK(ids == std::vector<int>(prompt.begin(), prompt.end()));
   const std::vector<int> out(gen.begin(), gen.end());
+  // transformers' decode replaces invalid UTF-8 with U+FFFD; ours gives the exact bytes.
   CHECK(utf8_replace(tok.decode(out)) == meta.at("generated_text"));
   // And generation through the library's own loop picks the same tokens.
   const RuntimeModel<float> model = hf::load_hf<float>(dir.string());

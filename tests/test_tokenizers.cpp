@@ -415,7 +415,7 @@ TEST_CASE("tokenizer bpe: any byte string round-trips and its bytes add up") {
 
 TEST_CASE("tokenizer bpe: bad files and fields give errors naming the field") {
   CHECK(contains(error_of([] { BpeTokenizer t(kDir + "missing.json"); }), "missing.json"));
-  CHECK(contains(error_of([] { (void)BpeTokenizer::from_json_text("{\"model\": "); }), "invalid JSON"));
+  CHECK(contains(error_of([] { (void)BpeTokenizer::from_json_text("{\"model\": "); }), "not valid JSON"));
   CHECK(contains(error_of([] { (void)BpeTokenizer::from_json_text("[1, 2]"); }), "expected a JSON object"));
   CHECK(contains(error_of([] { (void)BpeTokenizer::from_json_text(std::string(100000, '[')); }),
                  "nested deeper"));

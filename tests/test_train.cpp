@@ -4,6 +4,8 @@
 #include <doctest/doctest.h>
 
 #include <filesystem>
+#include <fstream>
+#include <hybrid/data/synthetic.hpp>
 #include <hybrid/model.hpp>
 #include <hybrid/train/checkpoint.hpp>
 
@@ -122,11 +124,17 @@ TEST_CASE("train: keeps only the newest N checkpoints; the weights load in gener
   TinyMamba::rebind<float> model(1);
   auto src = data::make_mqar({.vocab = 258}, 5);
   train::Trainer<float> tr(model, *src, small_config());
+  // Writers' temporaries of later steps are not checkpoints: counted, they would displace
+  // steps 3 and 4 from the newest two.
+  const std::string temps[] = {dir / "step_00000009.safetensors.tmp.4194305",
+                               dir / "step_00000008.safetensors.tmp.1"};
+  for (const auto& t : temps) std::ofstream(t) << "partial";
   for (int i = 0; i < 4; ++i) {
     tr.step();
     train::save_training_in(tr, dir.p.string(), 2);
   }
   const auto files = train::ckpt_names::list(dir.p.string());
+  for (const auto& t : temps) CHECK(std::filesystem::exists(t));
   REQUIRE(files.size() == 2);
   CHECK(files[0].find("step_00000003") != std::string::npos);
   CHECK(files[1].find("step_00000004") != std::string::npos);

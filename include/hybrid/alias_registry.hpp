@@ -3,6 +3,7 @@
 #pragma once
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "aliases.hpp"
@@ -14,12 +15,14 @@ struct AliasInfo {
   Index params;
   std::string_view layout;
   ModelDesc (*desc)();
+  std::string_view scalar;  // "float" or "double": the scalar type the alias is declared in
 };
 
 namespace detail {
 template <class M>
 AliasInfo alias_info(const char* name) {
-  return {name, M::n_params, M::layout, &M::desc};
+  return {name, M::n_params, M::layout, &M::desc,
+          std::is_same_v<typename M::Scalar, float> ? "float" : "double"};
 }
 }  // namespace detail
 

@@ -283,9 +283,7 @@ void save_hf(const RuntimeModel<S>& model, const std::string& dir, std::optional
   write_safetensors((fs::path(dir) / "model.safetensors").string(), refs, {{"format", "pt"}});
   const std::string text = cfg.dump(2) + "\n";
   const std::string path = (fs::path(dir) / "config.json").string();
-  st_detail::write_file_atomically(path, "save_hf: writing '" + path + "': ", [&](std::FILE* fp) {
-    return std::fwrite(text.data(), 1, text.size(), fp) == text.size();
-  });
+  write_file_atomic(path, "save_hf: writing '" + path + "'", text);
 }
 
 }  // namespace hybrid::hf

@@ -28,6 +28,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "../core/json.hpp"
 #include "../desc.hpp"
 
 namespace hybrid::hf {
@@ -56,24 +57,18 @@ struct HfConfig {
 namespace cfg_detail {
 using json = nlohmann::json;
 
-inline std::string brief(const json& j) {
-  std::string s = j.dump();
-  return s.size() > 60 ? s.substr(0, 57) + "..." : s;
-}
-
-// Field access with messages that name the file and the field.
+// Field access (core/json.hpp) with messages that name the file and the field:
+//   "<where>: field '<key>': expected <expected>, got <value>"
 struct Reader {
   const json& j;
   std::string where;  // "config.json 'DIR/config.json'"
 
+  static std::string label(const std::string& key) { return "field '" + key + "'"; }
   [[noreturn]] void bad(const std::string& key, const std::string& expected, const json* got) const {
-    if (got) fail(where, ": field '", key, "': expected ", expected, ", got ", brief(*got));
-    fail(where, ": field '", key, "' is missing; expected ", expected);
+    if (got) JsonFields(where).wrong(label(key), expected, *got);
+    JsonFields(where).fail(label(key), "missing (expected ", expected, ")");
   }
-  const json* get(const std::string& key) const {
-    auto it = j.find(key);
-    return it == j.end() || it->is_null() ? nullptr : &*it;
-  }
+  const json* get(const std::string& key) const { return JsonFields(where).find(j, key, ""); }
   int integer(const std::string& key) const {
     const json* v = get(key);
     if (!v || !v->is_number_integer()) bad(key, "an integer", v);
@@ -103,14 +98,12 @@ struct Reader {
   bool boolean(const std::string& key, bool dflt) const {
     const json* v = get(key);
     if (!v) return dflt;
-    if (!v->is_boolean()) bad(key, "true or false", v);
-    return v->get<bool>();
+    return JsonFields(where).boolean(*v, label(key));
   }
   std::string string(const std::string& key, const std::string& dflt) const {
     const json* v = get(key);
     if (!v) return dflt;
-    if (!v->is_string()) bad(key, "a string", v);
-    return v->get<std::string>();
+    return JsonFields(where).string(*v, label(key));
   }
   std::optional<int> token(const std::string& key) const {
     const json* v = get(key);
@@ -170,7 +163,7 @@ inline void rope_params(const Reader& r, GqaSpec& a, double default_theta) {
     a.rope_theta = r.number("rope_theta", default_theta);
   }
   if (const json* rs = r.get("rope_scaling"))
-    fail(r.where, ": field 'rope_scaling' = ", brief(*rs), " is not supported (only unscaled RoPE)");
+    fail(r.where, ": field 'rope_scaling' = ", json_brief(*rs), " is not supported (only unscaled RoPE)");
   HYBRID_CHECK(a.rope_theta > 0, r.where, ": RoPE theta must be positive, got ", a.rope_theta);
 }
 
@@ -259,7 +252,7 @@ inline GqaSpec attention(const Reader& r, int D, double default_theta) {
                " does not divide num_attention_heads ", a.n_heads);
   rope_params(r, a, default_theta);
   if (const json* sw = r.get("sliding_window"))
-    fail(r.where, ": field 'sliding_window' = ", brief(*sw), " is not supported for this family");
+    fail(r.where, ": field 'sliding_window' = ", json_brief(*sw), " is not supported for this family");
   return a;
 }
 
@@ -330,10 +323,7 @@ inline int lfm2_ff(const Reader& r) {
 
 // Parses config.json text (accepting Python's bare Infinity / NaN tokens).
 inline nlohmann::json parse_config_text(std::string_view text, const std::string& where) {
-  nlohmann::json j = nlohmann::json::parse(cfg_detail::replace_nonstandard_numbers(text), nullptr, false);
-  if (j.is_discarded()) fail(where, ": not valid JSON");
-  if (!j.is_object()) fail(where, ": expected a JSON object at the top level, got ", cfg_detail::brief(j));
-  return j;
+  return parse_json(cfg_detail::replace_nonstandard_numbers(text), where, "a config.json");
 }
 
 // config.json → family + ModelDesc. `where` names the file in error messages. The result

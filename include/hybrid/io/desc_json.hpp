@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "../core/json.hpp"
 #include "../desc.hpp"
 
 namespace hybrid {
@@ -40,18 +41,13 @@ inline const char* name(NormKind k) { return k == NormKind::RMS ? "rms" : "layer
 inline const char* name(ScanPath s) {
   return s == ScanPath::Auto ? "auto" : s == ScanPath::Chunked ? "chunked" : "recurrent";
 }
-inline std::string brief(const json& j) {
-  std::string s = j.dump();
-  return s.size() > 60 ? s.substr(0, 57) + "..." : s;
-}
-
-// Reads the fields of one JSON object; every key is checked for its type, and finish()
-// rejects keys that no field() call asked for.
+// Reads the fields of one JSON object (typed checks: core/json.hpp); every key is checked
+// for its type, and finish() rejects keys that no field() call asked for. Unlike
+// config.json, a null here is a wrong type, not an absent field.
 class Obj {
  public:
   Obj(const json& j, std::string path) : j_(j), path_(std::move(path)) {
-    if (!j.is_object())
-      fail(path_.empty() ? "desc" : path_, ": expected an object, got ", brief(j));
+    f_.object(j, path_.empty() ? "desc" : path_, "an object");
   }
   std::string at(const std::string& key) const { return path_.empty() ? key : path_ + "." + key; }
 
@@ -60,20 +56,13 @@ class Obj {
     known_.push_back(key);
     auto it = j_.find(key);
     if (it == j_.end()) {
-      if (required) fail(at(key), ": missing required field");
+      if (required) f_.fail(at(key), "missing required field");
       return nullptr;
     }
     return &*it;
   }
   void field(const char* key, int& out, bool required = false) {
-    if (const json* v = get(key, required)) {
-      const bool ok = v->is_number_integer() &&
-                      (v->is_number_unsigned() ? v->get<std::uint64_t>() <= std::uint64_t(INT_MAX)
-                                               : v->get<std::int64_t>() >= INT_MIN &&
-                                                     v->get<std::int64_t>() <= INT_MAX);
-      if (!ok) fail(at(key), ": expected an integer, got ", brief(*v));
-      out = v->get<int>();
-    }
+    if (const json* v = get(key, required)) out = int(f_.integer(*v, at(key), INT_MIN, INT_MAX));
   }
   void field(const char* key, double& out) {
     if (const json* v = get(key)) {
@@ -84,15 +73,12 @@ class Obj {
       } else if (v->is_string() && *v == "nan") {
         out = NAN;
       } else {
-        fail(at(key), ": expected a number (or \"inf\" / \"-inf\"), got ", brief(*v));
+        f_.wrong(at(key), "a number (or \"inf\" / \"-inf\")", *v);
       }
     }
   }
   void field(const char* key, bool& out) {
-    if (const json* v = get(key)) {
-      if (!v->is_boolean()) fail(at(key), ": expected true or false, got ", brief(*v));
-      out = v->get<bool>();
-    }
+    if (const json* v = get(key)) out = f_.boolean(*v, at(key));
   }
   // A string that must be one of `names`; returns its index, or -1 when absent.
   int choice(const char* key, std::initializer_list<const char*> names, bool required = false) {
@@ -104,7 +90,7 @@ class Obj {
       if (v->is_string() && *v == n) return i;
       list += (i++ ? ", \"" : "\"") + std::string(n) + "\"";
     }
-    fail(at(key), ": expected one of ", list, ", got ", brief(*v));
+    f_.wrong(at(key), "one of " + list, *v);
   }
   void field(const char* key, NormKind& out) {
     if (int i = choice(key, {"rms", "layer"}); i >= 0) out = i == 0 ? NormKind::RMS : NormKind::Layer;
@@ -119,7 +105,7 @@ class Obj {
       if (ok) continue;
       std::string list;
       for (const auto& n : known_) list += (list.empty() ? "" : ", ") + n;
-      fail(at(k), ": unknown field (expected one of ", list, ")");
+      f_.fail(at(k), "unknown field (expected one of ", list, ")");
     }
   }
 
@@ -127,6 +113,7 @@ class Obj {
   const json& j_;
   std::string path_;
   std::vector<std::string> known_;
+  JsonFields f_;  // no file: messages start with the JSON path
 };
 
 // One visitor per spec writes (W = json) or reads (W = Obj) the same list of fields, so
@@ -267,7 +254,7 @@ inline ModelDesc desc_from_json(const nlohmann::json& j) {
   }
   const json& blocks = *root.get("blocks", true);
   root.finish();
-  if (!blocks.is_array()) fail("blocks: expected an array of blocks, got ", brief(blocks));
+  JsonFields().array(blocks, "blocks", "an array of blocks");
   if (blocks.empty()) fail("blocks: the list is empty; a model needs at least one block");
   for (std::size_t i = 0; i < blocks.size(); ++i) {
     const std::string path = "blocks[" + std::to_string(i) + "]";

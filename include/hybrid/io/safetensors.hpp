@@ -46,6 +46,7 @@
 #include <utility>
 #include <vector>
 
+#include "../core/atomic_file.hpp"
 #include "../core/error.hpp"
 
 namespace hybrid {
@@ -200,39 +201,6 @@ nlohmann::json parse_json_checked(std::string_view text, int max_depth, const Wh
     return nlohmann::json::parse(text.begin(), text.end(), cb);
   } catch (const nlohmann::json::exception& e) {
     fail("not valid JSON: ", e.what());
-  }
-}
-
-// Writes a file atomically: `fill(FILE*)` writes the bytes to path + ".tmp.<pid>" and
-// returns false on a write error; the file is then flushed, fsynced and renamed over
-// `path`, and the directory fsynced so that the rename survives a crash. On any failure
-// the temporary file is removed, an existing `path` is left untouched, and the error
-// starts with `what` (e.g. "writing safetensors file 'm.safetensors': ").
-template <class Fill>
-void write_file_atomically(const std::string& path, const std::string& what, Fill&& fill) {
-  auto bad = [&](const auto&... a) { fail(what, a...); };
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) bad("cannot create temporary file '", tmp, "': ", std::strerror(errno));
-  auto abort_with = [&](const char* step) {
-    const std::string err = std::strerror(errno);
-    if (f) std::fclose(f);
-    std::remove(tmp.c_str());
-    bad(step, " '", tmp, "' failed: ", err);
-  };
-  if (!fill(f)) abort_with("writing");
-  if (std::fflush(f) != 0) abort_with("flushing");
-  if (::fsync(::fileno(f)) != 0) abort_with("fsync of");
-  const int rc = std::fclose(f);
-  f = nullptr;
-  if (rc != 0) abort_with("closing");
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) abort_with("renaming over the target");
-  // Make the rename itself durable; a failure here no longer endangers either file.
-  const std::size_t slash = path.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
-  if (const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); dfd >= 0) {
-    (void)::fsync(dfd);
-    ::close(dfd);
   }
 }
 
@@ -516,9 +484,8 @@ class SafetensorsReader {
 };
 
 // Writes the tensors (data in the given order; any of the four dtypes, `data` already in
-// that encoding — F32/F64 are what save_model uses) and metadata to `path` atomically: the
-// bytes go to path + ".tmp.<pid>", are flushed and fsynced, then renamed over `path`. On
-// any failure the temporary file is removed and an existing `path` is left untouched.
+// that encoding — F32/F64 are what save_model uses) and metadata to `path` atomically
+// (core/atomic_file.hpp): on any failure an existing `path` is left untouched.
 inline void write_safetensors(const std::string& path, const std::vector<TensorRef>& tensors,
                               const std::map<std::string, std::string>& metadata = {}) {
   const std::string what = "writing safetensors file '" + path + "': ";
@@ -553,12 +520,10 @@ inline void write_safetensors(const std::string& path, const std::vector<TensorR
   header.append((8 - header.size() % 8) % 8, ' ');  // data starts 8-byte aligned
   const std::uint64_t hlen = header.size();
 
-  st_detail::write_file_atomically(path, what, [&](std::FILE* f) {
-    bool ok = std::fwrite(&hlen, 8, 1, f) == 1 &&
-              std::fwrite(header.data(), 1, header.size(), f) == header.size();
-    for (std::size_t i = 0; ok && i < tensors.size(); ++i)
-      ok = sizes[i] == 0 || std::fwrite(tensors[i].data, 1, sizes[i], f) == sizes[i];
-    return ok;
+  write_file_atomic(path, "writing safetensors file '" + path + "'", [&](AtomicFile& f) {
+    f.write(&hlen, 8);
+    f.write(header);
+    for (std::size_t i = 0; i < tensors.size(); ++i) f.write(tensors[i].data, sizes[i]);
   });
 }
 

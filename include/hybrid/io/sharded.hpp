@@ -26,6 +26,7 @@
 #include <system_error>
 #include <vector>
 
+#include "../core/atomic_file.hpp"
 #include "safetensors.hpp"
 
 namespace hybrid {
@@ -339,9 +340,7 @@ inline std::vector<std::string> write_sharded(const std::string& dir, const std:
     bad("cannot encode the index: ", e.what());
   }
   const std::string index = (d / safetensors_index_file).string();
-  st_detail::write_file_atomically(index, "writing safetensors index '" + index + "': ", [&](std::FILE* f) {
-    return std::fwrite(text.data(), 1, text.size(), f) == text.size();
-  });
+  write_file_atomic(index, "writing safetensors index '" + index + "'", text);
   written.push_back(safetensors_index_file);
   return written;
 }

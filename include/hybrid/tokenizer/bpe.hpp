@@ -46,25 +46,19 @@
 // Parsing never crashes on bad input: every field is checked and a hybrid::Error names the
 // field and what was expected (from_json_text is the fuzzing entry point). Encoding is
 // const and thread-safe (a small per-word cache sits behind a mutex).
+//
+// The pieces: bytes.hpp (GPT-2's byte alphabet), tokenizer_json.hpp (checked field access),
+// pre_tokenizer.hpp (the pre_tokenizer steps on PCRE2), bpe_model.hpp (vocabulary, merges,
+// the merge loop); this file holds the tokenizer that joins them with the added tokens.
 #pragma once
-#ifndef PCRE2_CODE_UNIT_WIDTH
-#define PCRE2_CODE_UNIT_WIDTH 8
-#endif
-#if PCRE2_CODE_UNIT_WIDTH != 8
-#error "hybrid/tokenizer/bpe.hpp needs the 8-bit PCRE2 library (PCRE2_CODE_UNIT_WIDTH 8)"
-#endif
-#include <pcre2.h>
-
 #include <algorithm>
 #include <array>
 #include <cstdint>
-#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <queue>
 #include <span>
 #include <string>
 #include <string_view>
@@ -73,356 +67,16 @@
 #include <vector>
 
 #include "../core/file.hpp"
+#include "../core/json.hpp"
 #include "../infer/tokenizer.hpp"
+#include "bpe_model.hpp"
+#include "bytes.hpp"
+#include "pre_tokenizer.hpp"
+#include "tokenizer_json.hpp"
 
 namespace hybrid {
 
 namespace detail::bpe {
-
-using nlohmann::json;
-
-// ---------------------------------------------------------------------------------------
-// GPT-2's byte-level alphabet: every byte stands for a printable character so that BPE
-// works on text. Printable Latin-1 bytes (! to ~, ¡ to ¬, ® to ÿ) stand for themselves;
-// the other 68 bytes take U+0100, U+0101, ... in byte order (space -> U+0120 'Ġ').
-struct ByteAlphabet {
-  std::array<std::string, 256> utf8{};        // UTF-8 of the character standing for byte b
-  std::array<int, 0x144> byte_of_char{};      // code point -> byte, -1 if not in the alphabet
-};
-
-inline void append_utf8(std::string& out, std::uint32_t cp) {
-  if (cp < 0x80) {
-    out += char(cp);
-  } else if (cp < 0x800) {
-    out += char(0xC0 | (cp >> 6));
-    out += char(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += char(0xE0 | (cp >> 12));
-    out += char(0x80 | ((cp >> 6) & 0x3F));
-    out += char(0x80 | (cp & 0x3F));
-  } else {
-    out += char(0xF0 | (cp >> 18));
-    out += char(0x80 | ((cp >> 12) & 0x3F));
-    out += char(0x80 | ((cp >> 6) & 0x3F));
-    out += char(0x80 | (cp & 0x3F));
-  }
-}
-
-inline const ByteAlphabet& byte_alphabet() {
-  static const ByteAlphabet table = [] {
-    ByteAlphabet t;
-    t.byte_of_char.fill(-1);
-    int next = 0x100;
-    for (int b = 0; b < 256; ++b) {
-      const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
-      const int cp = printable ? b : next++;
-      append_utf8(t.utf8[std::size_t(b)], std::uint32_t(cp));
-      t.byte_of_char[std::size_t(cp)] = b;
-    }
-    return t;
-  }();
-  return table;
-}
-
-// Decodes one UTF-8 character at s[i]; returns its length, or 0 if it is not valid UTF-8.
-inline std::size_t next_utf8(std::string_view s, std::size_t i, std::uint32_t& cp) {
-  const auto c = [&](std::size_t k) { return std::uint32_t(static_cast<unsigned char>(s[k])); };
-  const std::uint32_t b0 = c(i);
-  std::size_t n;
-  if (b0 < 0x80) { cp = b0; return 1; }
-  if (b0 >= 0xC2 && b0 <= 0xDF) { n = 2; cp = b0 & 0x1F; }
-  else if (b0 >= 0xE0 && b0 <= 0xEF) { n = 3; cp = b0 & 0x0F; }
-  else if (b0 >= 0xF0 && b0 <= 0xF4) { n = 4; cp = b0 & 0x07; }
-  else return 0;
-  if (i + n > s.size()) return 0;
-  for (std::size_t k = 1; k < n; ++k) {
-    if ((c(i + k) & 0xC0) != 0x80) return 0;
-    cp = (cp << 6) | (c(i + k) & 0x3F);
-  }
-  if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
-      (cp >= 0xD800 && cp <= 0xDFFF))
-    return 0;
-  return n;
-}
-
-// The bytes a vocabulary token stands for, as HF's ByteLevel decoder gives them: each
-// character mapped back to its byte; a token with a character outside the alphabet is
-// taken as its own UTF-8 text.
-inline std::string byte_level_decode(std::string_view token) {
-  const ByteAlphabet& a = byte_alphabet();
-  std::string out;
-  for (std::size_t i = 0; i < token.size();) {
-    std::uint32_t cp = 0;
-    const std::size_t n = next_utf8(token, i, cp);
-    if (n == 0 || cp >= a.byte_of_char.size() || a.byte_of_char[cp] < 0) return std::string(token);
-    out += char(a.byte_of_char[cp]);
-    i += n;
-  }
-  return out;
-}
-
-// Printable form of a value for error messages, cut short.
-inline std::string show(const json& v) {
-  std::string s = v.dump(-1, ' ', false, json::error_handler_t::replace);
-  if (s.size() > 80) s = s.substr(0, 77) + "...";
-  return s;
-}
-inline std::string show(std::string_view s) { return show(json(std::string(s))); }
-inline std::string show(const std::string& s) { return show(std::string_view(s)); }
-
-// Checked access to the parsed JSON: every failure names the field (a JSON path such as
-// "pre_tokenizer.pretokenizers[0].pattern") and what was expected there.
-class Fields {
- public:
-  explicit Fields(std::string origin) : origin_(std::move(origin)) {}
-
-  template <class... Args>
-  [[noreturn]] void fail(const std::string& field, const Args&... args) const {
-    ::hybrid::fail("BpeTokenizer: ", origin_, ": ", field, ": ", args...);
-  }
-
-  // obj[key] or nullptr when absent or null. obj must be an object.
-  const json* opt(const json& obj, const char* key, const std::string& path) const {
-    if (!obj.is_object()) fail(path, "expected a JSON object, got ", show(obj));
-    auto it = obj.find(key);
-    if (it == obj.end() || it->is_null()) return nullptr;
-    return &*it;
-  }
-  const json& req(const json& obj, const char* key, const std::string& path) const {
-    const json* v = opt(obj, key, path);
-    if (!v) fail(join(path, key), "missing (expected a value)");
-    return *v;
-  }
-  std::string str(const json& v, const std::string& path) const {
-    if (!v.is_string()) fail(path, "expected a string, got ", show(v));
-    return v.get<std::string>();
-  }
-  bool boolean(const json& obj, const char* key, const std::string& path, bool dflt) const {
-    const json* v = opt(obj, key, path);
-    if (!v) return dflt;
-    if (!v->is_boolean()) fail(join(path, key), "expected true or false, got ", show(*v));
-    return v->get<bool>();
-  }
-  // A token id: an integer in [0, kMaxId).
-  static bool is_id(const json& v) {
-    return v.is_number_integer() &&
-           (v.is_number_unsigned() ? v.get<std::uint64_t>() < std::uint64_t(kMaxId)
-                                   : (v.get<std::int64_t>() >= 0 && v.get<std::int64_t>() < kMaxId));
-  }
-  int id(const json& v, const std::string& path) const {
-    if (!v.is_number_integer()) fail(path, "expected a token id (an integer), got ", show(v));
-    if (!is_id(v)) fail(path, "token id ", show(v), " is outside [0, ", kMaxId, ")");
-    return int(v.get<std::int64_t>());
-  }
-  static std::string join(const std::string& path, const char* key) {
-    return path.empty() ? std::string(key) : path + "." + key;
-  }
-  static std::string at(const std::string& path, std::size_t i) {
-    return path + "[" + std::to_string(i) + "]";
-  }
-  const std::string& origin() const { return origin_; }
-
-  static constexpr std::int64_t kMaxId = std::int64_t(1) << 24;
-
- private:
-  std::string origin_;
-};
-
-// ---------------------------------------------------------------------------------------
-// HF compiles these patterns with Oniguruma, whose \s is the Unicode White_Space property.
-// PCRE2 10.42's \s (UCP mode) also takes U+180E MONGOLIAN VOWEL SEPARATOR, so \s and \S
-// are spelled as the property, inside classes too. The rest of what the GPT-2 / LLaMA-3 /
-// Qwen2 patterns use (\p{L}, \p{N}, (?i:...), (?!...)) means the same in both engines; the
-// tests compare both on ASCII, accents, CJK, emoji and the odd whitespace characters.
-inline std::string oniguruma_to_pcre2(std::string_view pattern) {
-  std::string out;
-  out.reserve(pattern.size() + 32);
-  for (std::size_t i = 0; i < pattern.size(); ++i) {
-    const char c = pattern[i];
-    if (c != '\\' || i + 1 == pattern.size()) {
-      out += c;
-      continue;
-    }
-    const char e = pattern[++i];
-    if (e == 's') {
-      out += "\\p{White_Space}";
-    } else if (e == 'S') {
-      out += "\\P{White_Space}";
-    } else if (e == 'Q') {  // \Q...\E is literal text: copy it untouched
-      const std::size_t end = pattern.find("\\E", i + 1);
-      const std::size_t stop = end == std::string_view::npos ? pattern.size() : end + 2;
-      out += '\\';
-      out.append(pattern.substr(i, stop - i));
-      i = stop - 1;
-    } else {
-      out += '\\';
-      out += e;
-    }
-  }
-  return out;
-}
-
-// A compiled PCRE2 pattern, shared read-only between copies and threads (each search makes
-// its own match data).
-class Regex {
- public:
-  Regex(const std::string& hf_pattern, const Fields& f, const std::string& field) {
-    const std::string pattern = oniguruma_to_pcre2(hf_pattern);
-    int err = 0;
-    PCRE2_SIZE offset = 0;
-    // MATCH_INVALID_UTF: text that is not valid UTF-8 is searched rather than refused;
-    // invalid bytes simply never match.
-    pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
-                                     PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &err,
-                                     &offset, nullptr);
-    if (!code)
-      f.fail(field, "regex ", show(hf_pattern), " does not compile (PCRE2: ", message(err),
-             " at offset ", offset, "); expected a pattern in the syntax HF's Oniguruma and "
-             "PCRE2 share");
-    code_.reset(code, pcre2_code_free);
-    jit_ = pcre2_jit_compile(code, PCRE2_JIT_COMPLETE) == 0;
-    field_ = field;
-  }
-
-  // (start, end) of each match, left to right, not overlapping. After an empty match the
-  // search moves on one character, as Oniguruma's iteration does.
-  void find_all(std::string_view text, std::vector<std::pair<std::size_t, std::size_t>>& out) const {
-    std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)> md(
-        pcre2_match_data_create_from_pattern(code_.get(), nullptr), pcre2_match_data_free);
-    if (!md) fail("Regex: out of memory creating PCRE2 match data for ", field_);
-    const auto subject = reinterpret_cast<PCRE2_SPTR>(text.data());
-    std::size_t pos = 0;
-    while (pos <= text.size()) {
-      int rc = pcre2_match(code_.get(), subject, text.size(), pos, 0, md.get(), nullptr);
-      // The JIT's stack is small; deep matches fall back to the interpreter, which uses
-      // the heap.
-      if (jit_ && rc == PCRE2_ERROR_JIT_STACKLIMIT)
-        rc = pcre2_match(code_.get(), subject, text.size(), pos, PCRE2_NO_JIT, md.get(), nullptr);
-      if (rc == PCRE2_ERROR_NOMATCH) break;
-      if (rc < 0)
-        fail("BpeTokenizer: ", field_, ": matching the regex failed at byte ", pos,
-             " (PCRE2: ", message(rc), ")");
-      const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md.get());
-      const std::size_t s = ov[0], e = ov[1];
-      if (s > e || e > text.size())
-        fail("BpeTokenizer: ", field_, ": the regex gave a match that ends before it starts "
-             "(\\K in a lookaround?); expected ordinary matches");
-      out.emplace_back(s, e);
-      if (e > s) {
-        pos = e;
-      } else {
-        pos = e + 1;
-        while (pos < text.size() && (static_cast<unsigned char>(text[pos]) & 0xC0) == 0x80) ++pos;
-      }
-    }
-  }
-
- private:
-  static std::string message(int code) {
-    PCRE2_UCHAR buf[256];
-    const int n = pcre2_get_error_message(code, buf, sizeof buf);
-    return n < 0 ? "error " + std::to_string(code) : std::string(reinterpret_cast<char*>(buf));
-  }
-  std::shared_ptr<pcre2_code> code_;
-  bool jit_ = false;
-  std::string field_;
-};
-
-// The pattern of a Split step: a regex, or a literal string.
-struct Pattern {
-  std::optional<Regex> regex;
-  std::string literal;
-
-  void find_all(std::string_view text, std::vector<std::pair<std::size_t, std::size_t>>& out) const {
-    if (regex) return regex->find_all(text, out);
-    for (std::size_t p = text.find(literal); p != std::string_view::npos;
-         p = text.find(literal, p + literal.size()))
-      out.emplace_back(p, p + literal.size());
-  }
-};
-
-enum class Behavior { Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous };
-
-// One pre-tokenizer step. ByteLevel is always the last one.
-struct Step {
-  enum class Kind { Split, ByteLevel } kind = Kind::Split;
-  std::shared_ptr<const Pattern> pattern;  // Split (also ByteLevel's GPT-2 regex)
-  Behavior behavior = Behavior::Isolated;
-  bool invert = false;
-  bool add_prefix_space = false;  // ByteLevel
-  bool use_regex = false;         // ByteLevel
-};
-
-// Splits `piece` the way HF's NormalizedString::split does: the matches and the gaps
-// between them form spans, flagged match or not (inverted with `invert`); the behavior
-// says which spans are kept and what they join; empty spans are dropped.
-inline void split_piece(std::string_view piece, const Pattern& pat, Behavior behavior, bool invert,
-                        std::vector<std::string>& out) {
-  struct Span {
-    std::size_t s, e;
-    bool match;
-  };
-  std::vector<std::pair<std::size_t, std::size_t>> found;
-  pat.find_all(piece, found);
-  std::vector<Span> spans;
-  std::size_t prev = 0;
-  for (auto [s, e] : found) {
-    if (s > prev) spans.push_back({prev, s, false});
-    spans.push_back({s, e, true});
-    prev = e;
-  }
-  if (prev < piece.size() || spans.empty()) spans.push_back({prev, piece.size(), false});
-  if (invert)
-    for (Span& sp : spans) sp.match = !sp.match;
-
-  std::vector<Span> kept;
-  switch (behavior) {
-    case Behavior::Removed:
-      for (const Span& sp : spans)
-        if (!sp.match) kept.push_back(sp);
-      break;
-    case Behavior::Isolated:
-      kept = spans;
-      break;
-    case Behavior::MergedWithPrevious: {
-      // A match joins the piece before it (unless that piece ended with a match too).
-      bool prev_match = false;
-      for (const Span& sp : spans) {
-        if (sp.match && !prev_match && !kept.empty()) kept.back().e = sp.e;
-        else kept.push_back(sp);
-        prev_match = sp.match;
-      }
-      break;
-    }
-    case Behavior::MergedWithNext: {
-      // Mirror image: a match joins the piece after it.
-      bool next_match = false;
-      for (auto it = spans.rbegin(); it != spans.rend(); ++it) {
-        if (it->match && !next_match && !kept.empty()) kept.back().s = it->s;
-        else kept.push_back(*it);
-        next_match = it->match;
-      }
-      std::reverse(kept.begin(), kept.end());
-      break;
-    }
-    case Behavior::Contiguous: {
-      // Runs of matches (and runs of non-matches) become one piece each.
-      bool prev_match = false;
-      for (const Span& sp : spans) {
-        if (sp.match == prev_match && !kept.empty()) kept.back().e = sp.e;
-        else kept.push_back(sp);
-        prev_match = sp.match;
-      }
-      break;
-    }
-  }
-  for (const Span& sp : kept)
-    if (sp.e > sp.s) out.emplace_back(piece.substr(sp.s, sp.e - sp.s));
-}
-
-// GPT-2's pre-tokenization regex, which ByteLevel applies when use_regex is true.
-inline constexpr const char* kGpt2Pattern =
-    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
 struct AddedToken {
   int id = 0;
@@ -465,7 +119,7 @@ class BpeTokenizer final : public Tokenizer {
         continue;
       }
       pieces.clear();
-      pre_tokenize(seg.text, pieces);
+      pre_.run(seg.text, pieces);
       for (const std::string& p : pieces) encode_word(p, ids);
     }
     return ids;
@@ -523,8 +177,8 @@ class BpeTokenizer final : public Tokenizer {
   std::optional<int> token_to_id(std::string_view token) const {
     for (const auto& a : added_)
       if (a.content == token) return a.id;
-    auto it = vocab_.find(std::string(token));
-    if (it == vocab_.end()) return std::nullopt;
+    auto it = model_.vocab.find(std::string(token));
+    if (it == model_.vocab.end()) return std::nullopt;
     return it->second;
   }
   bool is_special(int id) const {
@@ -549,115 +203,20 @@ class BpeTokenizer final : public Tokenizer {
   // ----- parsing -------------------------------------------------------------------------
   void load(std::string_view text, const std::string& origin) {
     const Fields f(origin);
-    json root;
-    try {
-      // Nesting is bounded so that hostile input cannot exhaust the stack or memory on
-      // structure no tokenizer.json has.
-      root = json::parse(text.begin(), text.end(), [&](int depth, json::parse_event_t, json&) {
-        if (depth > kMaxDepth)
-          f.fail("(document)", "JSON nested deeper than ", kMaxDepth,
-                 " levels; expected a tokenizer.json");
-        return true;
-      });
-    } catch (const json::exception& e) {
-      f.fail("(document)", "invalid JSON (", e.what(), "); expected a tokenizer.json");
-    }
-    if (!root.is_object()) f.fail("(document)", "expected a JSON object, got ", detail::bpe::show(root));
+    const json root = parse_json(text, f.where(), "a tokenizer.json", true, kMaxDepth);
 
-    load_model(f, root);
+    model_.load(f, root);
     load_added_tokens(f, root);
     check_normalizer(f, root);
-    load_pre_tokenizer(f, root);
+    pre_.load(f, root);
     check_decoder(f, root);
     build_entries(f);
     find_bos_eos(f, root);
     cache_ = std::make_shared<detail::bpe::WordCache>();
   }
 
-  void load_model(const Fields& f, const json& root) {
-    const json& model = f.req(root, "model", "");
-    if (!model.is_object()) f.fail("model", "expected a JSON object, got ", detail::bpe::show(model));
-    if (const json* t = f.opt(model, "type", "model")) {
-      const std::string type = f.str(*t, "model.type");
-      if (type != "BPE")
-        f.fail("model.type", detail::bpe::show(type), " is not supported (expected \"BPE\")");
-    }
-    if (const json* d = f.opt(model, "dropout", "model")) {
-      if (!d->is_number() || d->get<double>() != 0.0)
-        f.fail("model.dropout", detail::bpe::show(*d), " is not supported (expected null: "
-               "BPE dropout is for training)");
-    }
-    for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
-      if (const json* v = f.opt(model, key, "model"))
-        if (!(v->is_string() && v->get<std::string>().empty()))
-          f.fail(Fields::join("model", key), detail::bpe::show(*v),
-                 " is not supported (expected null: byte-level BPE has no word markers)");
-    }
-    ignore_merges_ = f.boolean(model, "ignore_merges", "model", false);
-    byte_fallback_ = f.boolean(model, "byte_fallback", "model", false);
-    fuse_unk_ = f.boolean(model, "fuse_unk", "model", false);
-
-    const json& vocab = f.req(model, "vocab", "model");
-    if (!vocab.is_object())
-      f.fail("model.vocab", "expected an object of token -> id, got ", detail::bpe::show(vocab));
-    vocab_.reserve(vocab.size());
-    for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-      // The path is only spelled out for an error: vocabularies run to 200k entries.
-      const json& v = it.value();
-      const int id = Fields::is_id(v) ? int(v.get<std::int64_t>())
-                                      : f.id(v, "model.vocab[" + detail::bpe::show(it.key()) + "]");
-      vocab_.emplace(it.key(), id);
-    }
-
-    if (const json* u = f.opt(model, "unk_token", "model")) {
-      const std::string unk = f.str(*u, "model.unk_token");
-      auto it = vocab_.find(unk);
-      if (it == vocab_.end())
-        f.fail("model.unk_token", detail::bpe::show(unk), " is not in model.vocab");
-      unk_id_ = it->second;
-    }
-
-    if (const json* merges = f.opt(model, "merges", "model")) {
-      if (!merges->is_array())
-        f.fail("model.merges", "expected an array of merges, got ", detail::bpe::show(*merges));
-      merges_.reserve(merges->size());
-      for (std::size_t i = 0; i < merges->size(); ++i) {
-        const auto path = [i] { return Fields::at("model.merges", i); };
-        const json& m = (*merges)[i];
-        std::string a, b;
-        if (m.is_string()) {
-          // Legacy form "a b": byte-level tokens never hold a space, so one space splits.
-          const std::string s = m.get<std::string>();
-          const std::size_t sp = s.find(' ');
-          if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos)
-            f.fail(path(), detail::bpe::show(s), " is not a merge (expected \"left right\": two "
-                   "tokens and one space)");
-          a = s.substr(0, sp);
-          b = s.substr(sp + 1);
-        } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
-          a = m[0].get<std::string>();
-          b = m[1].get<std::string>();
-        } else {
-          f.fail(path(), detail::bpe::show(m), " is not a merge (expected \"left right\" or "
-                 "[\"left\", \"right\"])");
-        }
-        const int ia = vocab_id(f, i, a), ib = vocab_id(f, i, b), inew = vocab_id(f, i, a + b);
-        // A pair listed twice keeps its last rank, as HF's map does.
-        merges_[pair_key(ia, ib)] = {int(i), inew};
-      }
-    }
-  }
-
-  int vocab_id(const Fields& f, std::size_t merge, const std::string& token) const {
-    auto it = vocab_.find(token);
-    if (it == vocab_.end())
-      f.fail(Fields::at("model.merges", merge), "token ", detail::bpe::show(token), " is not in model.vocab (expected "
-             "merges of vocabulary tokens whose concatenation is also in the vocabulary)");
-    return it->second;
-  }
-
   void load_added_tokens(const Fields& f, const json& root) {
-    const json* added = f.opt(root, "added_tokens", "");
+    const json* added = f.find(root, "added_tokens", "");
     if (!added) return;
     if (!added->is_array())
       f.fail("added_tokens", "expected an array of objects, got ", detail::bpe::show(*added));
@@ -667,8 +226,8 @@ class BpeTokenizer final : public Tokenizer {
       const json& t = (*added)[i];
       if (!t.is_object()) f.fail(path, "expected an object, got ", detail::bpe::show(t));
       detail::bpe::AddedToken a;
-      a.id = f.id(f.req(t, "id", path), path + ".id");
-      a.content = f.str(f.req(t, "content", path), path + ".content");
+      a.id = f.id(f.require(t, "id", path), path + ".id");
+      a.content = f.string(f.require(t, "content", path), path + ".content");
       if (a.content.empty()) f.fail(path + ".content", "expected a non-empty string");
       a.special = f.boolean(t, "special", path, false);
       a.normalized = f.boolean(t, "normalized", path, !a.special);
@@ -696,12 +255,12 @@ class BpeTokenizer final : public Tokenizer {
   }
 
   void check_normalizer(const Fields& f, const json& root) const {
-    const json* n = f.opt(root, "normalizer", "");
+    const json* n = f.find(root, "normalizer", "");
     if (!n) return;
     if (n->is_object()) {
-      const json* t = f.opt(*n, "type", "normalizer");
+      const json* t = f.find(*n, "type", "normalizer");
       if (t && t->is_string() && t->get<std::string>() == "Sequence") {
-        const json* list = f.opt(*n, "normalizers", "normalizer");
+        const json* list = f.find(*n, "normalizers", "normalizer");
         if (!list || (list->is_array() && list->empty())) return;
       }
     }
@@ -709,87 +268,11 @@ class BpeTokenizer final : public Tokenizer {
            "BPE without normalization)");
   }
 
-  void load_pre_tokenizer(const Fields& f, const json& root) {
-    const json* p = f.opt(root, "pre_tokenizer", "");
-    if (!p)
-      f.fail("pre_tokenizer", "missing (expected ByteLevel, or a Sequence ending with "
-             "ByteLevel: this reader handles byte-level BPE)");
-    add_step(f, *p, "pre_tokenizer", 0);
-    if (steps_.empty() || steps_.back().kind != detail::bpe::Step::Kind::ByteLevel)
-      f.fail("pre_tokenizer", "no ByteLevel step (expected ByteLevel as the last step: this "
-             "reader handles byte-level BPE)");
-  }
-
-  void add_step(const Fields& f, const json& p, const std::string& path, int depth) {
-    using detail::bpe::Behavior;
-    using detail::bpe::Step;
-    if (!p.is_object()) f.fail(path, "expected an object, got ", detail::bpe::show(p));
-    if (!steps_.empty() && steps_.back().kind == Step::Kind::ByteLevel)
-      f.fail(path, "a step after ByteLevel is not supported (expected ByteLevel last)");
-    const std::string type = f.str(f.req(p, "type", path), path + ".type");
-    if (type == "Sequence") {
-      if (depth > 4) f.fail(path, "Sequence nested too deeply (expected at most 4 levels)");
-      const json& list = f.req(p, "pretokenizers", path);
-      if (!list.is_array())
-        f.fail(path + ".pretokenizers", "expected an array, got ", detail::bpe::show(list));
-      for (std::size_t i = 0; i < list.size(); ++i)
-        add_step(f, list[i], Fields::at(path + ".pretokenizers", i), depth + 1);
-    } else if (type == "Split") {
-      Step s;
-      auto pat = std::make_shared<detail::bpe::Pattern>();
-      const json& pattern = f.req(p, "pattern", path);
-      const std::string ppath = path + ".pattern";
-      if (const json* r = f.opt(pattern, "Regex", ppath)) {
-        pat->regex.emplace(f.str(*r, ppath + ".Regex"), f, ppath + ".Regex");
-      } else if (const json* s2 = f.opt(pattern, "String", ppath)) {
-        pat->literal = f.str(*s2, ppath + ".String");
-        if (pat->literal.empty()) f.fail(ppath + ".String", "expected a non-empty string");
-      } else {
-        f.fail(ppath, "expected {\"Regex\": ...} or {\"String\": ...}, got ", detail::bpe::show(pattern));
-      }
-      s.pattern = std::move(pat);
-      const std::string b = f.str(f.req(p, "behavior", path), path + ".behavior");
-      if (b == "Removed") s.behavior = Behavior::Removed;
-      else if (b == "Isolated") s.behavior = Behavior::Isolated;
-      else if (b == "MergedWithPrevious") s.behavior = Behavior::MergedWithPrevious;
-      else if (b == "MergedWithNext") s.behavior = Behavior::MergedWithNext;
-      else if (b == "Contiguous") s.behavior = Behavior::Contiguous;
-      else
-        f.fail(path + ".behavior", detail::bpe::show(b), " is not a split behavior (expected "
-               "Removed, Isolated, MergedWithPrevious, MergedWithNext or Contiguous)");
-      s.invert = f.boolean(p, "invert", path, false);
-      steps_.push_back(std::move(s));
-    } else if (type == "Digits") {
-      // HF: digits (Unicode N) alone, or runs of them, become their own pieces.
-      Step s;
-      auto pat = std::make_shared<detail::bpe::Pattern>();
-      pat->regex.emplace(R"(\p{N})", f, path);
-      s.pattern = std::move(pat);
-      s.behavior = f.boolean(p, "individual_digits", path, false) ? Behavior::Isolated
-                                                                   : Behavior::Contiguous;
-      steps_.push_back(std::move(s));
-    } else if (type == "ByteLevel") {
-      Step s;
-      s.kind = Step::Kind::ByteLevel;
-      s.add_prefix_space = f.boolean(p, "add_prefix_space", path, true);
-      s.use_regex = f.boolean(p, "use_regex", path, true);
-      if (s.use_regex) {
-        auto pat = std::make_shared<detail::bpe::Pattern>();
-        pat->regex.emplace(detail::bpe::kGpt2Pattern, f, path + " (GPT-2 regex)");
-        s.pattern = std::move(pat);
-      }
-      steps_.push_back(std::move(s));
-    } else {
-      f.fail(path + ".type", detail::bpe::show(type), " is not supported (expected Sequence, "
-             "Split, Digits or ByteLevel)");
-    }
-  }
-
   void check_decoder(const Fields& f, const json& root) const {
-    const json* d = f.opt(root, "decoder", "");
+    const json* d = f.find(root, "decoder", "");
     if (!d)
       f.fail("decoder", "missing (expected {\"type\": \"ByteLevel\"} for byte-level BPE)");
-    const std::string type = f.str(f.req(*d, "type", "decoder"), "decoder.type");
+    const std::string type = f.string(f.require(*d, "type", "decoder"), "decoder.type");
     if (type != "ByteLevel")
       f.fail("decoder.type", detail::bpe::show(type), " is not supported (expected \"ByteLevel\")");
   }
@@ -797,17 +280,17 @@ class BpeTokenizer final : public Tokenizer {
   // One entry per id: vocabulary tokens decoded to bytes, added tokens to their content.
   void build_entries(const Fields& f) {
     std::int64_t max_id = -1;
-    for (const auto& [tok, id] : vocab_) max_id = std::max<std::int64_t>(max_id, id);
+    for (const auto& [tok, id] : model_.vocab) max_id = std::max<std::int64_t>(max_id, id);
     for (const auto& a : added_) max_id = std::max<std::int64_t>(max_id, a.id);
     if (max_id < 0) f.fail("model.vocab", "empty (expected at least one token)");
     // Ids should be dense; a stray huge id would otherwise cost memory for nothing.
-    const std::int64_t n_named = std::int64_t(vocab_.size() + added_.size());
+    const std::int64_t n_named = std::int64_t(model_.vocab.size() + added_.size());
     if (max_id >= n_named + kMaxGap)
       f.fail("model.vocab", "token id ", max_id, " leaves more than ", kMaxGap, " unused ids "
              "(expected ids close to 0..", n_named - 1, ")");
     entries_.assign(std::size_t(max_id + 1), Entry{});
     std::vector<const std::string*> owner(entries_.size(), nullptr);
-    for (const auto& [tok, id] : vocab_) {
+    for (const auto& [tok, id] : model_.vocab) {
       if (owner[std::size_t(id)])
         f.fail("model.vocab", "id ", id, " is given to both ", detail::bpe::show(*owner[std::size_t(id)]),
                " and ", detail::bpe::show(tok), " (expected one token per id)");
@@ -817,58 +300,27 @@ class BpeTokenizer final : public Tokenizer {
     for (const auto& a : added_)
       entries_[std::size_t(a.id)] = {a.special ? Kind::Special : Kind::Added, a.content};
 
-    // How each byte enters the merge loop: its alphabet character's id, else (HF order)
-    // byte-fallback tokens <0xNN> for the character's UTF-8, else the unknown token, else
-    // nothing (HF drops it).
-    const auto& alpha = detail::bpe::byte_alphabet();
-    for (int b = 0; b < 256; ++b) {
-      auto& init = initial_[std::size_t(b)];
-      init.unk = false;
-      auto it = vocab_.find(alpha.utf8[std::size_t(b)]);
-      if (it != vocab_.end()) {
-        init.ids = {it->second};
-        continue;
-      }
-      if (byte_fallback_) {
-        std::vector<int> ids;
-        for (char c : alpha.utf8[std::size_t(b)]) {
-          static const char* hex = "0123456789ABCDEF";
-          const auto u = static_cast<unsigned char>(c);
-          const std::string name = std::string("<0x") + hex[u >> 4] + hex[u & 15] + ">";
-          auto jt = vocab_.find(name);
-          if (jt == vocab_.end()) break;
-          ids.push_back(jt->second);
-        }
-        if (ids.size() == alpha.utf8[std::size_t(b)].size()) {
-          init.ids = std::move(ids);
-          continue;
-        }
-      }
-      if (unk_id_) {
-        init.ids = {*unk_id_};
-        init.unk = true;
-      }
-    }
+    model_.build_initial();
   }
 
   void find_bos_eos(const Fields& f, const json& root) {
     // TemplateProcessing's "single" template: [SpecialToken, Sequence $A, SpecialToken].
-    const json* pp = f.opt(root, "post_processor", "");
+    const json* pp = f.find(root, "post_processor", "");
     std::vector<std::pair<const json*, std::string>> todo;
     if (pp) todo.emplace_back(pp, "post_processor");
     for (std::size_t k = 0; k < todo.size() && k < 16; ++k) {
       const auto [p, path] = todo[k];
       if (!p->is_object()) f.fail(path, "expected an object, got ", detail::bpe::show(*p));
-      const json* t = f.opt(*p, "type", path);
-      const std::string type = t ? f.str(*t, path + ".type") : "";
+      const json* t = f.find(*p, "type", path);
+      const std::string type = t ? f.string(*t, path + ".type") : "";
       if (type == "Sequence") {
-        const json& list = f.req(*p, "processors", path);
+        const json& list = f.require(*p, "processors", path);
         if (!list.is_array())
           f.fail(path + ".processors", "expected an array, got ", detail::bpe::show(list));
         for (std::size_t i = 0; i < list.size(); ++i)
           todo.emplace_back(&list[i], Fields::at(path + ".processors", i));
       } else if (type == "TemplateProcessing") {
-        const json* single = f.opt(*p, "single", path);
+        const json* single = f.find(*p, "single", path);
         if (!single) continue;
         if (!single->is_array())
           f.fail(path + ".single", "expected an array, got ", detail::bpe::show(*single));
@@ -877,10 +329,10 @@ class BpeTokenizer final : public Tokenizer {
           const std::string ipath = Fields::at(path + ".single", i);
           const json& piece = (*single)[i];
           if (!piece.is_object()) f.fail(ipath, "expected an object, got ", detail::bpe::show(piece));
-          if (f.opt(piece, "Sequence", ipath)) {
+          if (f.find(piece, "Sequence", ipath)) {
             seen_a = true;
-          } else if (const json* st = f.opt(piece, "SpecialToken", ipath)) {
-            const std::string name = f.str(f.req(*st, "id", ipath + ".SpecialToken"),
+          } else if (const json* st = f.find(piece, "SpecialToken", ipath)) {
+            const std::string name = f.string(f.require(*st, "id", ipath + ".SpecialToken"),
                                            ipath + ".SpecialToken.id");
             const auto id = template_token_id(f, *p, path, name);
             if (!seen_a && !bos_) bos_ = id;
@@ -903,10 +355,10 @@ class BpeTokenizer final : public Tokenizer {
   // id, else the token of that name.
   int template_token_id(const Fields& f, const json& proc, const std::string& path,
                         const std::string& name) const {
-    if (const json* map = f.opt(proc, "special_tokens", path))
-      if (const json* entry = f.opt(*map, name.c_str(), path + ".special_tokens")) {
+    if (const json* map = f.find(proc, "special_tokens", path))
+      if (const json* entry = f.find(*map, name.c_str(), path + ".special_tokens")) {
         const std::string epath = path + ".special_tokens[" + detail::bpe::show(name) + "]";
-        const json& ids = f.req(*entry, "ids", epath);
+        const json& ids = f.require(*entry, "ids", epath);
         if (ids.is_array() && ids.size() == 1) {
           const int id = f.id(ids[0], epath + ".ids[0]");
           if (id >= vocab_size()) f.fail(epath + ".ids[0]", "token id ", id, " is outside the vocabulary");
@@ -919,10 +371,6 @@ class BpeTokenizer final : public Tokenizer {
   }
 
   // ----- encoding ------------------------------------------------------------------------
-  static std::uint64_t pair_key(int a, int b) {
-    return (std::uint64_t(std::uint32_t(a)) << 32) | std::uint32_t(b);
-  }
-
   // Cuts the added tokens out of the text: first those matched on raw text
   // ("normalized": false), then the others within what is left.
   std::vector<Segment> split_added(std::string_view text) const {
@@ -956,29 +404,6 @@ class BpeTokenizer final : public Tokenizer {
     return segs;
   }
 
-  void pre_tokenize(std::string_view text, std::vector<std::string>& pieces) const {
-    using detail::bpe::Step;
-    if (text.empty()) return;
-    pieces.emplace_back(text);
-    std::vector<std::string> next;
-    for (const Step& st : steps_) {
-      next.clear();
-      for (std::string& p : pieces) {
-        if (st.kind == Step::Kind::Split) {
-          detail::bpe::split_piece(p, *st.pattern, st.behavior, st.invert, next);
-          continue;
-        }
-        // ByteLevel: the prefix space goes on each piece that lacks one.
-        if (st.add_prefix_space && p[0] != ' ') p.insert(p.begin(), ' ');
-        if (st.use_regex)
-          detail::bpe::split_piece(p, *st.pattern, detail::bpe::Behavior::Isolated, false, next);
-        else
-          next.push_back(std::move(p));
-      }
-      pieces.swap(next);
-    }
-  }
-
   // BPE on one pre-tokenized piece (raw bytes), appending its ids.
   void encode_word(const std::string& word, std::vector<int>& out) const {
     const bool cacheable = word.size() <= detail::bpe::WordCache::kMaxWordBytes;
@@ -991,7 +416,7 @@ class BpeTokenizer final : public Tokenizer {
       }
     }
     const std::size_t before = out.size();
-    merge_word(word, out);
+    model_.merge_word(word, out);
     if (cacheable) {
       std::lock_guard<std::mutex> lock(cache_->mu);
       if (cache_->map.size() >= detail::bpe::WordCache::kMaxEntries) cache_->map.clear();
@@ -999,82 +424,15 @@ class BpeTokenizer final : public Tokenizer {
     }
   }
 
-  void merge_word(const std::string& word, std::vector<int>& out) const {
-    const auto& alpha = detail::bpe::byte_alphabet();
-    if (ignore_merges_) {
-      std::string mapped;
-      for (char c : word) mapped += alpha.utf8[static_cast<unsigned char>(c)];
-      auto it = vocab_.find(mapped);
-      if (it != vocab_.end()) {
-        out.push_back(it->second);
-        return;
-      }
-    }
-    // Symbols form a linked list; merged-away symbols are unlinked.
-    struct Sym {
-      int id, prev, next;
-      bool alive;
-    };
-    std::vector<Sym> sym;
-    sym.reserve(word.size());
-    bool prev_unk = false;
-    for (char c : word) {
-      const auto& init = initial_[static_cast<unsigned char>(c)];
-      if (init.unk && fuse_unk_ && prev_unk) continue;
-      for (int id : init.ids) sym.push_back({id, int(sym.size()) - 1, int(sym.size()) + 1, true});
-      if (!init.ids.empty()) prev_unk = init.unk;
-    }
-    if (sym.empty()) return;
-    sym.back().next = -1;
-
-    // Candidate merges ordered by (rank, position): lowest rank first, leftmost on ties.
-    struct Cand {
-      int rank, pos, new_id;
-      bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
-    };
-    std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap;
-    const auto push = [&](int left) {
-      if (left < 0 || sym[std::size_t(left)].next < 0) return;
-      auto it = merges_.find(pair_key(sym[std::size_t(left)].id, sym[std::size_t(sym[std::size_t(left)].next)].id));
-      if (it != merges_.end()) heap.push({it->second.first, left, it->second.second});
-    };
-    for (int i = 0; i + 1 < int(sym.size()); ++i) push(i);
-    while (!heap.empty()) {
-      const Cand c = heap.top();
-      heap.pop();
-      Sym& left = sym[std::size_t(c.pos)];
-      if (!left.alive || left.next < 0) continue;
-      // Stale candidate: one of the two symbols has merged with something else since.
-      auto it = merges_.find(pair_key(left.id, sym[std::size_t(left.next)].id));
-      if (it == merges_.end() || it->second.second != c.new_id || it->second.first != c.rank) continue;
-      Sym& right = sym[std::size_t(left.next)];
-      left.id = c.new_id;
-      right.alive = false;
-      left.next = right.next;
-      if (right.next >= 0) sym[std::size_t(right.next)].prev = c.pos;
-      push(left.prev);
-      push(c.pos);
-    }
-    for (int i = 0; i >= 0; i = sym[std::size_t(i)].next) out.push_back(sym[std::size_t(i)].id);
-  }
-
   static constexpr int kMaxDepth = 64;
   static constexpr std::int64_t kMaxGap = 1 << 16;
 
-  struct Initial {
-    std::vector<int> ids;
-    bool unk = false;
-  };
-
-  std::unordered_map<std::string, int> vocab_;                   // byte-level spelling -> id
-  std::unordered_map<std::uint64_t, std::pair<int, int>> merges_;  // (left, right) -> (rank, id)
+  detail::bpe::BpeModel model_;
+  detail::bpe::PreTokenizer pre_;
   std::vector<detail::bpe::AddedToken> added_;
   std::array<std::array<std::vector<std::size_t>, 256>, 2> by_first_byte_{};  // [normalized]
-  std::vector<detail::bpe::Step> steps_;
-  std::array<Initial, 256> initial_{};
   std::vector<Entry> entries_;
-  std::optional<int> unk_id_, bos_, eos_;
-  bool ignore_merges_ = false, byte_fallback_ = false, fuse_unk_ = false;
+  std::optional<int> bos_, eos_;
   std::shared_ptr<detail::bpe::WordCache> cache_;
 };
 

@@ -21,13 +21,15 @@ inline std::string file_for_step(const std::string& dir, std::int64_t step) {
   std::snprintf(buf, sizeof buf, "step_%08lld.safetensors", (long long)step);
   return (std::filesystem::path(dir) / buf).string();
 }
-// step_*.safetensors in dir, sorted by step.
+// step_*.safetensors in dir, sorted by step. A writer's temporary (*.tmp.<pid>) is not a
+// checkpoint: counting it would let keep-last-N delete a finished file for it.
 inline std::vector<std::string> list(const std::string& dir) {
   std::vector<std::string> out;
   std::error_code ec;
   for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
     const std::string n = e.path().filename().string();
-    if (n.rfind("step_", 0) == 0 && n.size() > 17 && n.substr(n.size() - 12) == ".safetensors")
+    if (n.rfind("step_", 0) == 0 && n.size() > 17 && n.ends_with(".safetensors") &&
+        n.find(".tmp.") == std::string::npos)
       out.push_back(e.path().string());
   }
   std::sort(out.begin(), out.end());

@@ -10,7 +10,7 @@
 
 #include "../autograd/tape.hpp"
 #include "../runtime_model.hpp"
-#include "data.hpp"
+#include "../data/source.hpp"
 #include "optim.hpp"
 
 namespace hybrid::train {
