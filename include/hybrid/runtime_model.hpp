@@ -106,10 +106,12 @@ class RuntimeModel {
     });
   }
 
-  SequenceState<S> new_state() const {
+  // reserve_tokens: context to allocate attention caches for up front, so that decoding
+  // up to that length allocates nothing.
+  SequenceState<S> new_state(Index reserve_tokens = 0) const {
     SequenceState<S> s;
     s.layers.reserve(blocks_.size());
-    for (const auto& b : blocks_) s.layers.push_back(b.make_state());
+    for (const auto& b : blocks_) s.layers.push_back(b.make_state(reserve_tokens));
     return s;
   }
 
@@ -155,6 +157,17 @@ class RuntimeModel {
   // One token per sequence. Returns logits (B, V).
   Mat<S> step(std::span<const int> tokens, std::vector<SequenceState<S>>& states,
               Tape<S>* ctx = nullptr) const;
+  // The decode step with nothing allocated once ctx and the states have their memory (after
+  // a first step, with caches reserved by new_state): logits (B, V) as a view into ctx,
+  // valid until ctx's next use.
+  CView<S> step(std::span<const int> tokens, std::span<SequenceState<S>* const> states,
+                Tape<S>& ctx) const {
+    HYBRID_CHECK(tokens.size() == states.size(), "step: got ", tokens.size(), " tokens for ",
+                 states.size(), " sequences; expected one token per sequence");
+    HYBRID_CHECK(!ctx.recording(), "step: the context tape must not record");
+    ctx.rewind();
+    return run(ctx, tokens, Index(tokens.size()), 1, states.data(), true, TrainingOptions{}).value();
+  }
 
   // Per block kind: count, parameters, decode state. One screen.
   std::string summary(const std::string& name = "model") const;

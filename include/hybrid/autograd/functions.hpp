@@ -51,8 +51,10 @@ Var<S> rmsnorm(Tape<S>& t, Var<S> x, const Param& w, S eps) {
   Var<S> y = t.var(x.rows, x.cols);
   S* rstd = t.recording() ? t.scratch(x.rows) : nullptr;
   ops::rmsnorm_forward<S>(x.value(), wv.value(), eps, y.value(), rstd);
-  t.push(OpId::RmsNorm, [x, y, wv, rstd] {
-    ops::rmsnorm_backward<S>(x.value(), wv.value(), rstd, y.gradient(), x.gradient(), wv.gradient());
+  Tape<S>* tp = &t;
+  t.push(OpId::RmsNorm, [tp, x, y, wv, rstd] {
+    ops::rmsnorm_backward<S>(x.value(), wv.value(), rstd, y.gradient(), x.gradient(), wv.gradient(),
+                             tp->scratch(ops::rmsnorm_backward_scratch(x.rows, x.cols)));
   });
   return y;
 }
@@ -78,9 +80,11 @@ Var<S> gated_rmsnorm(Tape<S>& t, Var<S> y, Var<S> z, const Param& w, Index group
   Var<S> out = t.var(y.rows, y.cols);
   S* rstd = t.recording() ? t.scratch(y.rows * (y.cols / group)) : nullptr;
   ops::gated_rmsnorm_forward<S>(y.value(), z.value(), wv.value(), group, eps, out.value(), rstd);
-  t.push(OpId::GatedRmsNorm, [y, z, out, wv, group, rstd] {
+  Tape<S>* tp = &t;
+  t.push(OpId::GatedRmsNorm, [tp, y, z, out, wv, group, rstd] {
     ops::gated_rmsnorm_backward<S>(y.value(), z.value(), wv.value(), group, rstd, out.gradient(),
-                                   y.gradient(), z.gradient(), wv.gradient());
+                                   y.gradient(), z.gradient(), wv.gradient(),
+                                   tp->scratch(ops::gated_rmsnorm_backward_scratch(y.rows, y.cols)));
   });
   return out;
 }

@@ -66,21 +66,34 @@ void for_rows(std::int64_t rows, std::int64_t cols, F&& f) {
   for_ranges(rows, threads_for(rows * cols), std::forward<F>(f));
 }
 
-// Row-parallel with a reduction: f(r0, r1, acc) handles rows [r0, r1) and adds its share of
-// an n-entry sum (a parameter gradient) into acc. One range: acc is `out` itself. Several:
-// each range gets a zeroed buffer, added into `out` afterwards in range order, so a given
-// thread count always gives the same result. out == nullptr: acc is nullptr too.
+// Row-parallel with a reduction: f(r0, r1, acc, part) handles rows [r0, r1) (range number
+// `part`) and adds its share of an n-entry sum (a parameter gradient) into acc. One range:
+// acc is `out` itself. Several: each range gets a zeroed buffer, added into `out`
+// afterwards in range order, so a given thread count always gives the same result.
+// out == nullptr: acc is nullptr too. scratch: reduce_scratch(rows, cols, n) values, or
+// nullptr to allocate them here.
+inline std::int64_t reduce_parts(std::int64_t rows, std::int64_t cols) { return threads_for(rows * cols); }
+inline std::int64_t reduce_scratch(std::int64_t rows, std::int64_t cols, std::int64_t n) {
+  const std::int64_t parts = reduce_parts(rows, cols);
+  return parts > 1 ? parts * n : 0;
+}
 template <class S, class F>
-void for_rows_reduce(std::int64_t rows, std::int64_t cols, S* out, std::int64_t n, F&& f) {
-  const int parts = threads_for(rows * cols);
+void for_rows_reduce(std::int64_t rows, std::int64_t cols, S* out, std::int64_t n, F&& f,
+                     S* scratch = nullptr) {
+  const int parts = int(reduce_parts(rows, cols));
   if (parts <= 1 || !out) {
-    for_ranges(rows, parts, [&](std::int64_t b, std::int64_t e) { f(b, e, out); });
+    for_parts(rows, parts, [&](int p, std::int64_t b, std::int64_t e) { f(b, e, out, p); });
     return;
   }
-  std::vector<S> acc(std::size_t(parts * n), S(0));
-  for_parts(rows, parts, [&](int p, std::int64_t b, std::int64_t e) { f(b, e, acc.data() + p * n); });
+  std::vector<S> own;
+  if (!scratch) {
+    own.resize(std::size_t(parts * n));
+    scratch = own.data();
+  }
+  std::fill(scratch, scratch + parts * n, S(0));
+  for_parts(rows, parts, [&](int p, std::int64_t b, std::int64_t e) { f(b, e, scratch + p * n, p); });
   for (int p = 0; p < parts; ++p)
-    for (std::int64_t i = 0; i < n; ++i) out[i] += acc[std::size_t(p * n + i)];
+    for (std::int64_t i = 0; i < n; ++i) out[i] += scratch[p * n + i];
 }
 
 }  // namespace hybrid::par

@@ -32,6 +32,14 @@ struct KvCache {
 
   Index next_pos() const { return start_pos + len; }
 
+  // Room for n rows before the next growth (a pre-sized cache: decode then allocates
+  // nothing). cols: Hkv*hd.
+  void reserve(Index n, Index cols) {
+    if (n <= k.rows()) return;
+    k.conservativeResize(n, cols);
+    v.conservativeResize(n, cols);
+  }
+
   // Appends T rows, growing geometrically.
   void append(CView<S> kn, CView<S> vn) {
     const Index need = len + kn.rows;
@@ -49,8 +57,9 @@ struct KvCache {
   void trim() {
     if (window <= 0 || len <= 2 * Index(window)) return;
     const Index keep = window, drop = len - keep;
-    k.topRows(keep) = k.middleRows(drop, keep).eval();
-    v.topRows(keep) = v.middleRows(drop, keep).eval();
+    // drop > keep: the rows moved and their destination do not overlap (no temporary).
+    k.topRows(keep) = k.middleRows(drop, keep);
+    v.topRows(keep) = v.middleRows(drop, keep);
     len = keep;
     start_pos += drop;
   }

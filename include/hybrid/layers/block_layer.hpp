@@ -48,8 +48,8 @@ class BlockLayer {
       std::visit([&](const auto& c) { c.init(w, derive_seed(seed, "channel"), out_div); }, *channel_);
   }
 
-  LayerState<S> make_state() const {
-    return std::visit([](const auto& m) { return LayerState<S>(m.make_state()); }, mixer_);
+  LayerState<S> make_state(Index reserve_tokens = 0) const {
+    return std::visit([&](const auto& m) { return LayerState<S>(m.make_state(reserve_tokens)); }, mixer_);
   }
 
   // x: (B*T, D) → (B*T, D). states: nullptr or B pointers to this block's state.

@@ -57,9 +57,13 @@ class GqaLayer {
     init::fill(w.view(kn_), S(1));
   }
 
-  State make_state() const {
+  // reserve_tokens: rows of KV cache allocated up front (bounded by what a window keeps).
+  State make_state(Index reserve_tokens = 0) const {
     State s;
     s.window = sp_.window;
+    const Index rows = sp_.window > 0 ? std::min<Index>(reserve_tokens, 2 * Index(sp_.window) + 1)
+                                      : reserve_tokens;
+    s.reserve(rows, Index(sp_.n_kv_heads) * sp_.head_dim);
     return s;
   }
   // KV bytes held per token of context (bounded by the window when there is one).
@@ -90,6 +94,7 @@ class GqaLayer {
       const S** vals = t.template scratch_as<const S*>(B);
       Index* len = t.scratch_index(B);
       Index* kpos0 = t.scratch_index(B);
+      Index cap = 0;
       for (Index b = 0; b < B; ++b) {
         State& st = *states[b];
         st.append(k.row_range(b * T, T).value(), v.row_range(b * T, T).value());
@@ -97,9 +102,10 @@ class GqaLayer {
         vals[b] = st.v.data();
         len[b] = st.len;
         kpos0[b] = st.start_pos;
+        cap = std::max(cap, st.k.rows());
       }
-      o = ag::attention_cached(t, q, Hq, Hkv, hd, B, T, keys, vals, len, pos0, kpos0, scale(),
-                               sp_.window);
+      o = ag::attention_cached(t, q, Hq, Hkv, hd, B, T, keys, vals, len, pos0, kpos0, cap,
+                               scale(), sp_.window);
       for (Index b = 0; b < B; ++b) states[b]->trim();
     } else {
       o = ag::attention(t, q, k, v, Hq, Hkv, hd, B, T, scale(), sp_.window);

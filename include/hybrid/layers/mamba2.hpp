@@ -65,7 +65,8 @@ class Mamba2Layer {
     init::fill(w.view(norm_w_), S(1));
   }
 
-  State make_state() const {
+  // The state is constant in context length, so there is nothing to reserve.
+  State make_state(Index /*reserve_tokens*/ = 0) const {
     State s;
     s.conv.setZero(Cd_, sp_.d_conv);
     s.ssm.setZero(H_, Index(sp_.headdim) * sp_.d_state);

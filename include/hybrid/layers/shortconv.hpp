@@ -38,7 +38,8 @@ class ShortConvLayer {
     for (const Param* b : {&in_b_, &conv_b_, &out_b_}) init::fill(w.view(*b), S(0));
   }
 
-  State make_state() const {
+  // The state is constant in context length, so there is nothing to reserve.
+  State make_state(Index /*reserve_tokens*/ = 0) const {
     State s;
     s.conv.setZero(D_, sp_.L);
     return s;

@@ -68,6 +68,22 @@ auto silu_grad_array(const A& x) {
   return silu_grad_given_sigmoid(x, s).eval();
 }
 
+// Calls f(r, c0, n, s) for every row r of a (R, C) view in column chunks of at most 256,
+// with s = sigmoid of those n inputs in a stack array: backward passes that need sigmoid
+// twice compute it once without a heap temporary.
+template <class S, class F>
+void with_sigmoid_chunks(CView<S> x, Index r0, Index r1, F&& f) {
+  constexpr int kChunk = 256;
+  Eigen::Array<S, Eigen::Dynamic, 1, 0, kChunk, 1> sg;
+  for (Index r = r0; r < r1; ++r)
+    for (Index c0 = 0; c0 < x.cols; c0 += kChunk) {
+      const Index n = std::min<Index>(kChunk, x.cols - c0);
+      sg.resize(n);
+      sg = sigmoid_array(Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>(x.row_ptr(r) + c0, n));
+      f(r, c0, n, sg);
+    }
+}
+
 // a, u, h: (R, F). h = silu(a) * u (the SwiGLU gate; a = gate branch, u = up branch).
 // Row-wise ops here split their rows across threads when large (par::for_rows).
 template <class S>
@@ -84,16 +100,14 @@ void swiglu_forward(CView<S> av, CView<S> uv, View<S> hv) {
 // dh: (R, F). da (R, F) += dh * u * silu'(a); du (R, F) += dh * silu(a).
 template <class S>
 void swiglu_backward(CView<S> av, CView<S> uv, CView<S> dhv, View<S> da, View<S> du) {
-  const auto a = emap(av);
-  const auto u = emap(uv);
-  const auto dh = emap(dhv);
+  using A1 = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>;
+  using M1 = Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>;
   par::for_rows(av.rows, av.cols, [&](Index r0, Index r1) {
-    const Index n = r1 - r0;
-    const auto A = a.middleRows(r0, n).array();
-    const auto sg = sigmoid_array(A).eval();
-    const auto D = dh.middleRows(r0, n).array();
-    if (da) emap(da).middleRows(r0, n).array() += D * u.middleRows(r0, n).array() * silu_grad_given_sigmoid(A, sg);
-    if (du) emap(du).middleRows(r0, n).array() += D * A * sg;
+    with_sigmoid_chunks<S>(av, r0, r1, [&](Index r, Index c0, Index n, const auto& sg) {
+      const A1 A(av.row_ptr(r) + c0, n), D(dhv.row_ptr(r) + c0, n);
+      if (da) M1(da.row_ptr(r) + c0, n) += D * A1(uv.row_ptr(r) + c0, n) * silu_grad_given_sigmoid(A, sg);
+      if (du) M1(du.row_ptr(r) + c0, n) += D * A * sg;
+    });
   });
 }
 

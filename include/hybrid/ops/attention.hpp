@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "../core/error.hpp"
+#include "../core/parallel.hpp"
 #include "../core/tensor.hpp"
 
 namespace hybrid::ops {
@@ -63,15 +64,29 @@ auto attn_head_block(P* p, Index r0, Index rows, int head, int hd, Index ld) {
 // with log sum_j exp(scale q_i.k_j) over visible keys (-inf where none), or nullptr.
 // Query i sits at position qpos0 + i, key j at kpos0 + j. Key j is visible from query i
 // iff kpos <= qpos and (window == 0 or qpos - kpos < window).
+// scratch: attention_scratch(d, par::threads()) values for the scores, or nullptr to
+// allocate them here.
+inline Index attention_scratch(const AttnDims& d, int threads) {
+  return Index(threads) * std::min<Index>(d.Tq, detail::kAttnBlock) * d.Tk;
+}
+
 template <class S>
 void attention_forward(const S* q, const S* k, const S* v, S* o, const AttnDims& d, S scale,
-                       Index qpos0, Index kpos0, int window, S* lse = nullptr) {
+                       Index qpos0, Index kpos0, int window, S* lse = nullptr,
+                       S* scratch = nullptr) {
   HYBRID_CHECK(d.Hq % d.Hkv == 0, "attention: Hkv ", d.Hkv, " does not divide Hq ", d.Hq);
   constexpr S kInf = std::numeric_limits<S>::infinity();
   const Index ldq = Index(d.Hq) * d.hd, ldk = Index(d.Hkv) * d.hd;
   const int rep = d.Hq / d.Hkv;
   const Index nblk = (d.Tq + detail::kAttnBlock - 1) / detail::kAttnBlock;
-#pragma omp parallel for collapse(2) schedule(dynamic) if (detail::attn_parallel(d))
+  const Index per_thread = std::min<Index>(d.Tq, detail::kAttnBlock) * d.Tk;
+  const bool parallel = detail::attn_parallel(d);
+  Mat<S> own;
+  if (!scratch) {
+    own.resize(1, attention_scratch(d, parallel ? par::threads() : 1));
+    scratch = own.data();
+  }
+#pragma omp parallel for collapse(2) schedule(dynamic) if (parallel)
   for (int h = 0; h < d.Hq; ++h) {
     for (Index b = 0; b < nblk; ++b) {
       const int g = h / rep;
@@ -90,7 +105,14 @@ void attention_forward(const S* q, const S* k, const S* v, S* o, const AttnDims&
       auto qb = detail::attn_head_block(q, i0, bq, h, d.hd, ldq);
       auto kb = detail::attn_head_block(k, j0, nk, g, d.hd, ldk);
       auto vb = detail::attn_head_block(v, j0, nk, g, d.hd, ldk);
-      Mat<S> s = (qb * kb.transpose()) * scale;  // (bq, nk)
+#if defined(_OPENMP)
+      const int tid = omp_get_thread_num();
+#else
+      const int tid = 0;
+#endif
+      MatMap<S> s(scratch + tid * per_thread, bq, nk);  // (bq, nk)
+      s.noalias() = qb * kb.transpose();  // scaled apart: "(product) * scale" makes a temporary
+      s *= scale;
       for (Index i = 0; i < bq; ++i) {
         Index lo, hi;  // visible keys of this row: [lo, hi)
         detail::attn_row_range(qpos0 + i0 + i, kpos0 + j0, nk, window, lo, hi);
@@ -117,10 +139,16 @@ void attention_forward(const S* q, const S* k, const S* v, S* o, const AttnDims&
 // dout = dL/do: (Tq, Hq*hd). dq (Tq, Hq*hd), dk and dv (Tk, Hkv*hd) are accumulated (+=);
 // nullptr skips one. Per block: P = exp(scale s - lse), D_i = rowsum(dO ⊙ O)_i,
 // dS = P ⊙ (dO V^T - D); dq += scale dS K, dk += scale dS^T Q, dv += P^T dO.
+// scratch: attention_backward_scratch(d, par::threads()) values, or nullptr.
+inline Index attention_backward_scratch(const AttnDims& d, int threads) {
+  const Index bq = std::min<Index>(d.Tq, detail::kAttnBlock);
+  return Index(threads) * (2 * bq * d.Tk + bq);
+}
+
 template <class S>
 void attention_backward(const S* q, const S* k, const S* v, const S* o, const S* lse,
                         const S* dout, S* dq, S* dk, S* dv, const AttnDims& d, S scale,
-                        Index qpos0, Index kpos0, int window) {
+                        Index qpos0, Index kpos0, int window, S* scratch = nullptr) {
   HYBRID_CHECK(d.Hq % d.Hkv == 0, "attention: Hkv ", d.Hkv, " does not divide Hq ", d.Hq);
   if (!dq && !dk && !dv) return;
   HYBRID_CHECK(lse && dout, "attention_backward: lse and dout are required (lse: the one ",
@@ -131,10 +159,20 @@ void attention_backward(const S* q, const S* k, const S* v, const S* o, const S*
   const Index nblk = (d.Tq + detail::kAttnBlock - 1) / detail::kAttnBlock;
   // One kv head per thread: the rep query heads of a group all add into the same dk/dv
   // rows, so a group is never split between threads (no races, deterministic sums).
-#pragma omp parallel for schedule(static) if (detail::attn_parallel(d))
+  const bool parallel = detail::attn_parallel(d);
+  const Index bq_max = std::min<Index>(d.Tq, detail::kAttnBlock), per_thread = 2 * bq_max * d.Tk + bq_max;
+  Vec<S> own;
+  if (!scratch) {
+    own.resize(attention_backward_scratch(d, parallel ? par::threads() : 1));
+    scratch = own.data();
+  }
+#pragma omp parallel for schedule(static) if (parallel)
   for (int g = 0; g < d.Hkv; ++g) {
-    Mat<S> p, ds;  // (bq, nk), reused across blocks
-    Vec<S> D;      // (bq)
+#if defined(_OPENMP)
+    S* mine = scratch + omp_get_thread_num() * per_thread;
+#else
+    S* mine = scratch;
+#endif
     for (int h = g * rep; h < (g + 1) * rep; ++h) {
       for (Index b = 0; b < nblk; ++b) {
         const Index i0 = b * detail::kAttnBlock, i1 = std::min(d.Tq, i0 + detail::kAttnBlock);
@@ -147,7 +185,10 @@ void attention_backward(const S* q, const S* k, const S* v, const S* o, const S*
         auto kb = detail::attn_head_block(k, j0, nk, g, d.hd, ldk);
         auto vb = detail::attn_head_block(v, j0, nk, g, d.hd, ldk);
         auto dob = detail::attn_head_block(dout, i0, bq, h, d.hd, ldq);
-        p.noalias() = (qb * kb.transpose()) * scale;
+        MatMap<S> p(mine, bq, nk), ds(mine + bq_max * d.Tk, bq, nk);  // (bq, nk)
+        VecMap<S> D(mine + 2 * bq_max * d.Tk, bq);                     // (bq)
+        p.noalias() = qb * kb.transpose();
+        p *= scale;
         for (Index i = 0; i < bq; ++i) {
           const S l = lse[(i0 + i) * d.Hq + h];
           Index lo, hi;
@@ -165,7 +206,7 @@ void attention_backward(const S* q, const S* k, const S* v, const S* o, const S*
         auto ob = detail::attn_head_block(o, i0, bq, h, d.hd, ldq);
         D = dob.cwiseProduct(ob).rowwise().sum();
         ds.noalias() = dob * vb.transpose();  // dP
-        ds = (p.array() * (ds.array().colwise() - D.array())).matrix() * scale;  // scale dS
+        ds.array() = p.array() * (ds.array().colwise() - D.array()) * scale;  // scale dS
         if (dq) detail::attn_head_block(dq, i0, bq, h, d.hd, ldq).noalias() += ds * kb;
         if (dk) detail::attn_head_block(dk, j0, nk, g, d.hd, ldk).noalias() += ds.transpose() * qb;
       }

@@ -18,9 +18,13 @@ namespace hybrid::ops {
 // u: (T, C) raw input; w: (C, K); bias: (1, C) or empty; hist: (C, K) or empty (zeros).
 // y: (T, C), sized by the caller. If hist_out is given it receives the last K raw inputs (C, K), oldest first,
 // zero-padded on the left when fewer than K were ever seen; it may alias hist.
+// wt: scratch for the taps transposed, K*C values (causal_conv1d_scratch), or nullptr to
+// allocate it here.
+inline Index causal_conv1d_scratch(Index C, Index K) { return C * K; }
+
 template <class S>
 void causal_conv1d_forward(CView<S> uv, CView<S> wv, CView<S> biasv, CView<S> hist, View<S> yv,
-                           View<S> hist_out) {
+                           View<S> hist_out, S* wt_scratch = nullptr) {
   const Index T = uv.rows, C = uv.cols, K = wv.cols;
   const auto u = emap(uv);
   const auto w = emap(wv);
@@ -31,7 +35,10 @@ void causal_conv1d_forward(CView<S> uv, CView<S> wv, CView<S> biasv, CView<S> hi
     if (t >= 0) return u(t, c);
     return hist ? hist(c, K + t) : S(0);  // t in [-K+1, -1] -> hist column K + t
   };
-  const Mat<S> wt = w.transpose();  // (K, C): taps contiguous over channels
+  Mat<S> own;
+  if (!wt_scratch) own.resize(K, C);
+  MatMap<S> wt(wt_scratch ? wt_scratch : own.data(), K, C);  // (K, C): taps contiguous over channels
+  wt = w.transpose();
   par::for_ranges(C, par::threads_for(T * C * K), [&](Index c0, Index c1) {
     const Index n = c1 - c0;
     for (Index t = 0; t < T; ++t) {
@@ -60,25 +67,37 @@ void causal_conv1d_forward(CView<S> uv, CView<S> wv, CView<S> biasv, CView<S> hi
 // before t = 0 read zeros, so they carry no gradient. Tap k pairs output t with input
 // s = t - o, o = K-1-k, so for each tap the whole sum is one shifted block of rows.
 // dy: (T, C). du: (T, C) += sum_k w[:, k] * dy_{s+o}; dw: (C, K); db: (C).
+// scratch: causal_conv1d_backward_scratch(C, K) values, or nullptr to allocate them here.
+inline Index causal_conv1d_backward_scratch(Index C, Index K) { return 2 * K * C + C; }
+
 template <class S>
 void causal_conv1d_backward(CView<S> uv, CView<S> wv, CView<S> dyv, View<S> du, View<S> dw,
-                            View<S> db) {
+                            View<S> db, S* scratch = nullptr) {
   const Index T = uv.rows, C = uv.cols, K = wv.cols;
   const auto u = emap(uv);
   const auto w = emap(wv);
   const auto dy = emap(dyv);
-  const Mat<S> wt = du ? Mat<S>(w.transpose()) : Mat<S>();  // (K, C): taps contiguous over channels
+  Vec<S> own;
+  if (!scratch) {
+    own.resize(causal_conv1d_backward_scratch(C, K));
+    scratch = own.data();
+  }
+  MatMap<S> wt(scratch, K, C);  // taps contiguous over channels
+  if (du) wt = w.transpose();
+  // Sums over time run row by row (contiguous over channels, vectorised) into accumulators:
+  // db (1, C) and the taps' dw transposed, (K, C); each thread owns a range of columns.
+  Eigen::Map<RowVec<S>> acc(scratch + K * C, C);
+  MatMap<S> dwt_all(scratch + K * C + C, K, C);
   par::for_ranges(C, par::threads_for(T * C * K), [&](Index c0, Index c1) {
     const Index nc = c1 - c0;
-    // Sums over time run row by row (contiguous over channels, vectorised) into small
-    // accumulators: db (1, nc) and the taps' dw transposed, (K, nc).
     if (db) {
-      RowVec<S> acc = RowVec<S>::Zero(nc);
-      for (Index t = 0; t < T; ++t) acc += dy.row(t).segment(c0, nc);
-      emap(db).row(0).segment(c0, nc) += acc;
+      auto a = acc.segment(c0, nc);
+      a.setZero();
+      for (Index t = 0; t < T; ++t) a += dy.row(t).segment(c0, nc);
+      emap(db).row(0).segment(c0, nc) += a;
     }
-    Mat<S> dwt;
-    if (dw) dwt.setZero(K, nc);
+    auto dwt = dwt_all.middleCols(c0, nc);
+    if (dw) dwt.setZero();
     for (Index k = 0; k < K; ++k) {
       const Index o = K - 1 - k, n = T - o;  // n: output rows whose tap k lands inside u
       if (n <= 0) continue;

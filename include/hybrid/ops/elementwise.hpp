@@ -116,9 +116,12 @@ void silu_forward(CView<S> x, View<S> y) {
 template <class S>
 void silu_backward(CView<S> x, CView<S> dy, View<S> dx) {
   if (!dx) return;
-  detail::rows(x.rows, x.cols, [&](Index r0, Index n) {
-    emap(dx.row_range(r0, n)).array() +=
-        emap(dy.row_range(r0, n)).array() * silu_grad_array(emap(x.row_range(r0, n)).array());
+  using A1 = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>;
+  par::for_rows(x.rows, x.cols, [&](Index r0, Index r1) {
+    with_sigmoid_chunks<S>(x, r0, r1, [&](Index r, Index c0, Index n, const auto& sg) {
+      Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>(dx.row_ptr(r) + c0, n) +=
+          A1(dy.row_ptr(r) + c0, n) * silu_grad_given_sigmoid(A1(x.row_ptr(r) + c0, n), sg);
+    });
   });
 }
 
@@ -134,11 +137,14 @@ void sigmoid_gate_forward(CView<S> o, CView<S> g, View<S> y) {
 // do += dy * sigmoid(g); dg += dy * o * sigmoid(g) (1 - sigmoid(g)).
 template <class S>
 void sigmoid_gate_backward(CView<S> o, CView<S> g, CView<S> dy, View<S> dout, View<S> dg) {
-  detail::rows(o.rows, o.cols, [&](Index r0, Index n) {
-    const auto sg = sigmoid_array(emap(g.row_range(r0, n)).array()).eval();
-    const auto D = emap(dy.row_range(r0, n)).array();
-    if (dout) emap(dout.row_range(r0, n)).array() += D * sg;
-    if (dg) emap(dg.row_range(r0, n)).array() += D * emap(o.row_range(r0, n)).array() * sg * (S(1) - sg);
+  using A1 = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>;
+  using M1 = Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>;
+  par::for_rows(o.rows, o.cols, [&](Index r0, Index r1) {
+    with_sigmoid_chunks<S>(g, r0, r1, [&](Index r, Index c0, Index n, const auto& sg) {
+      const A1 D(dy.row_ptr(r) + c0, n);
+      if (dout) M1(dout.row_ptr(r) + c0, n) += D * sg;
+      if (dg) M1(dg.row_ptr(r) + c0, n) += D * A1(o.row_ptr(r) + c0, n) * sg * (S(1) - sg);
+    });
   });
 }
 

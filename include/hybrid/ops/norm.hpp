@@ -79,14 +79,17 @@ void gated_rmsnorm_forward(CView<S> yv, CView<S> zv, CView<S> wv, Index group, S
 // With g = dy * w and xh = x * rstd (the normalised row):
 //   dx = rstd * (g - xh * mean(g * xh)),  dw = sum over rows of dy * xh.
 // rstd: (R) from rmsnorm_forward. dy: (R, D). dx: (R, D); dw: (1, D).
+// scratch: rmsnorm_backward_scratch(R, D) values (per-thread dw sums), or nullptr.
+inline Index rmsnorm_backward_scratch(Index R, Index D) { return par::reduce_scratch(R, D, D); }
+
 template <class S>
 void rmsnorm_backward(CView<S> xv, CView<S> wv, const S* rstd, CView<S> dyv, View<S> dx,
-                      View<S> dw) {
+                      View<S> dw, S* scratch = nullptr) {
   const Index R = xv.rows, D = xv.cols;
   const auto x = emap(xv);
   const auto w = emap(wv);
   const auto dy = emap(dyv);
-  par::for_rows_reduce(R, D, dw.data, D, [&](Index r0, Index r1, S* dw_part) {
+  par::for_rows_reduce(R, D, dw.data, D, [&](Index r0, Index r1, S* dw_part, int) {
     for (Index r = r0; r < r1; ++r) {
       const auto xh = x.row(r).array() * rstd[r];
       if (dw_part) VecMap<S>(dw_part, D).array() += (dy.row(r).array() * xh).transpose();
@@ -96,7 +99,7 @@ void rmsnorm_backward(CView<S> xv, CView<S> wv, const S* rstd, CView<S> dyv, Vie
         emap(dx).row(r).array() += rstd[r] * (g - xh * m);
       }
     }
-  });
+  }, scratch);
 }
 
 // As RMSNorm with xh = (x - mean) * rstd, plus the centring term:
@@ -124,18 +127,32 @@ void layernorm_backward(CView<S> xv, CView<S> wv, const S* mean, const S* rstd, 
 // The RMSNorm backward per group on v = y * silu(z), then through the gate:
 //   dy += dv * silu(z),  dz += dv * y * silu'(z).
 // rstd: (R, W / group) from gated_rmsnorm_forward. dout: (R, W). dy, dz: (R, W); dw: (W).
+// scratch: gated_rmsnorm_backward_scratch(R, W) values, or nullptr to allocate them here.
+inline Index gated_rmsnorm_backward_scratch(Index R, Index W) {
+  return par::reduce_scratch(R, W, W) + 4 * par::reduce_parts(R, W) * W;
+}
+
 template <class S>
 void gated_rmsnorm_backward(CView<S> yv, CView<S> zv, CView<S> wv, Index group, const S* rstd,
-                            CView<S> doutv, View<S> dy, View<S> dz, View<S> dw) {
+                            CView<S> doutv, View<S> dy, View<S> dz, View<S> dw,
+                            S* scratch = nullptr) {
   const Index R = yv.rows, W = yv.cols, ng = W / group;
   const auto y = emap(yv);
   const auto z = emap(zv);
   const auto w = emap(wv);
   const auto dout = emap(doutv);
-  par::for_rows_reduce(R, W, dw.data, W, [&](Index r0, Index r1, S* dw_part) {
-    RowVec<S> sz(W), vh(W), dv(W);  // silu(z), normalised v, dL/dv of one row
+  Vec<S> own;
+  if (!scratch) {
+    own.resize(gated_rmsnorm_backward_scratch(R, W));
+    scratch = own.data();
+  }
+  S* rows_buf = scratch + par::reduce_scratch(R, W, W);  // 4 W per range
+  par::for_rows_reduce(R, W, dw.data, W, [&](Index r0, Index r1, S* dw_part, int part) {
+    S* b = rows_buf + Index(part) * 4 * W;  // sigmoid(z), silu(z), normalised v, dL/dv of a row
+    Eigen::Map<RowVec<S>> sg(b, W), sz(b + W, W), vh(b + 2 * W, W), dv(b + 3 * W, W);
     for (Index r = r0; r < r1; ++r) {
-      sz.array() = silu_array(z.row(r).array());
+      sg.array() = sigmoid_array(z.row(r).array());
+      sz.array() = z.row(r).array() * sg.array();
       for (Index g = 0; g < ng; ++g) {
         const Index c0 = g * group;
         const S inv = rstd[r * ng + g];
@@ -149,9 +166,9 @@ void gated_rmsnorm_backward(CView<S> yv, CView<S> zv, CView<S> wv, Index group, 
       if (dy) emap(dy).row(r).array() += dv.array() * sz.array();
       if (dz)
         emap(dz).row(r).array() +=
-            dv.array() * y.row(r).array() * silu_grad_array(z.row(r).array());
+            dv.array() * y.row(r).array() * silu_grad_given_sigmoid(z.row(r).array(), sg.array());
     }
-  });
+  }, scratch);
 }
 
 }  // namespace hybrid::ops

@@ -11,6 +11,8 @@
 
 namespace hybrid::ops {
 
+inline constexpr int kRopeMaxHalf = 512;  // head dims up to 1024
+
 namespace detail {
 // The one place the angles are computed, shared by forward and backward so that the
 // backward's rotation is exactly the transpose of the forward's. sign = +1 rotates by
@@ -20,12 +22,12 @@ void rope_rotate(View<S> x, int n_heads, int hd, Index pos0, double base, S sign
   HYBRID_CHECK(hd % 2 == 0, "rope: head dim ", hd, " must be even");
   HYBRID_CHECK(x.cols == Index(n_heads) * hd, "rope: x has ", x.cols,
                " columns, expected n_heads * hd = ", Index(n_heads) * hd);
+  HYBRID_CHECK(hd <= 2 * kRopeMaxHalf, "rope: head dim ", hd, " exceeds ", 2 * kRopeMaxHalf);
   const int half = hd / 2;
-  Vec<S> inv_freq(half);
+  S inv_freq[kRopeMaxHalf], c[kRopeMaxHalf], s[kRopeMaxHalf];  // on the stack: no allocation
   for (int i = 0; i < half; ++i)
     inv_freq[i] = S(1) / std::pow(S(base), S(2 * i) / S(hd));
   const Index T = x.rows;
-  Vec<S> c(half), s(half);
   for (Index t = 0; t < T; ++t) {
     const S pos = S(pos0 + t);
     for (int i = 0; i < half; ++i) {

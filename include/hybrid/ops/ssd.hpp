@@ -16,6 +16,10 @@
 #include "../core/tensor.hpp"
 
 #if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#if defined(_OPENMP)
 #define HYBRID_SSD_OMP(directive) _Pragma(#directive)
 #else
 #define HYBRID_SSD_OMP(directive)
@@ -141,6 +145,24 @@ template <class S>
 inline void segsum_step(const S* a, int t, S* run) {
   for (int s = 0; s < t; ++s) run[s] += a[t];
   run[t] = S(0);
+}
+
+inline constexpr int kRecurrentBlock = 64;  // tokens per block of the recurrence
+
+inline int thread_id() {
+#if defined(_OPENMP)
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+// Threads a parallel region started here gets (1 inside one).
+inline int max_threads() {
+#if defined(_OPENMP)
+  return omp_in_parallel() ? 1 : omp_get_max_threads();
+#else
+  return 1;
+#endif
 }
 
 // Row widths are padded to kPad so that Eigen's vectorised exp has no scalar tail.
@@ -324,15 +346,10 @@ inline void recurrent_token_pn(int N, int P, S e, S dt, S Dh, const S* x, const 
 // Short calls: the state stays (H, P, N) and is updated in place in state_out.
 //   x, y (T, H*P)   st (H, P, N)
 template <class S>
-void recurrent_short(const SsdDims& d, const SsdArgs<S>& args) {
+void recurrent_short(const SsdDims& d, const SsdArgs<S>& args, S* work) {
   const int H = d.H, P = d.P, N = d.N, hpg = H / d.G;
   const Index xs = args.x_stride(d), ys = Index(H) * P, bs = args.bc_stride(d), hs = Index(N) * P;
-  std::vector<S> own;
-  S* st = args.state_out;
-  if (!st) {
-    own.resize(std::size_t(H) * hs);
-    st = own.data();
-  }
+  S* st = args.state_out ? args.state_out : work;  // (H, P, N)
   HYBRID_SSD_OMP(omp parallel for schedule(static))
   for (int h = 0; h < H; ++h) {
     [[maybe_unused]] FlushDenormals ftz;
@@ -351,28 +368,47 @@ void recurrent_short(const SsdDims& d, const SsdArgs<S>& args) {
 
 }  // namespace ssd_detail
 
+// Scratch of each path for `threads` threads (values of the scalar type): the recurrence's
+// transposed states and per-thread decays; the chunked scan's C B^T products, [S^T ; X]
+// blocks and per-thread work.
+inline Index ssd_recurrent_scratch(const SsdDims& d, int threads) {
+  return ssd_detail::pad(Index(d.H) * d.N * d.P) + Index(threads) * ssd_detail::kRecurrentBlock;
+}
+inline Index ssd_chunked_scratch(const SsdDims& d, int Q, int threads) {
+  if (d.T <= 0 || Q <= 0) return 0;
+  const int q = int(std::min<Index>(Q, d.T));
+  const ssd_detail::ChunkLayout lay(q, d.P, d.N);
+  const Index nc = (d.T + q - 1) / q;
+  return Index(d.G) * nc * q * lay.Qp + Index(d.H) * lay.rs + Index(threads) * lay.total;
+}
+
 // Plain recurrence (REFERENCE.md §1 step 6), one token at a time, in blocks of kTb tokens:
 // a thread runs each of its heads through the block (the head's state, N*P values, stays in
 // L1 meanwhile; 8 KiB for Golf, float) then goes on to the next block, so that the rows of
 // x and y it touches stay in the TLB and caches.
 template <class S>
-void ssd_recurrent(const SsdDims& d, const SsdArgs<S>& args) {
+void ssd_recurrent(const SsdDims& d, const SsdArgs<S>& args, S* work = nullptr) {
   ssd_detail::check_args(d, args);
   if (d.T == 0) return ssd_detail::pass_state(d, args);
-  if (d.T <= kSsdShortT) return ssd_detail::recurrent_short(d, args);
+  ssd_detail::Buffer<S> own;
+  if (!work) {
+    own.resize(ssd_recurrent_scratch(d, ssd_detail::max_threads()));
+    work = own.data();
+  }
+  if (d.T <= kSsdShortT) return ssd_detail::recurrent_short(d, args, work);
   const int H = d.H, P = d.P, N = d.N, hpg = H / d.G;
   const Index T = d.T, xs = args.x_stride(d), ys = Index(H) * P, bs = args.bc_stride(d),
               hs = Index(N) * P;
-  constexpr int kTb = 64;       // tokens per block
+  constexpr int kTb = ssd_detail::kRecurrentBlock;  // tokens per block
   constexpr Index kAhead = kTb;  // tokens prefetched ahead: 8 or 32 left T = 4096 slower
-  ssd_detail::Buffer<S> states(Index(H) * hs);  // (H, N, P): transposed states
+  S* states = work;  // (H, N, P): transposed states, then kTb values per thread
   HYBRID_SSD_OMP(omp parallel) {
     [[maybe_unused]] ssd_detail::FlushDenormals ftz;
-    ssd_detail::Buffer<S> e(kTb);  // exp(dt A) of the block
+    S* e = states + ssd_detail::pad(Index(H) * hs) + ssd_detail::thread_id() * kTb;  // exp(dt A)
     // schedule(static) everywhere: a thread owns the same heads in every loop below.
     HYBRID_SSD_OMP(omp for schedule(static) nowait)
     for (int h = 0; h < H; ++h) {
-      MatMap<S> st(states.data() + h * hs, N, P);
+      MatMap<S> st(states + h * hs, N, P);
       if (args.state_in) st = CMatMap<S>(args.state_in + h * hs, P, N).transpose();
       else st.setZero();
     }
@@ -382,9 +418,9 @@ void ssd_recurrent(const SsdDims& d, const SsdArgs<S>& args) {
       for (int h = 0; h < H; ++h) {
         const S A = args.A[h], Dh = args.D ? args.D[h] : S(0);
         const Index go = Index(h / hpg) * N;
-        S* st = states.data() + h * hs;
+        S* st = states + h * hs;
         for (int i = 0; i < nb; ++i) e[i] = args.dt[(t0 + i) * H + h] * A;
-        ssd_detail::ArrMap<S>(e.data(), nb) = ssd_detail::ArrMap<S>(e.data(), nb).exp();
+        ssd_detail::ArrMap<S>(e, nb) = ssd_detail::ArrMap<S>(e, nb).exp();
         for (Index t = t0; t < t0 + nb; ++t) {
           const S* xt = args.x + t * xs + Index(h) * P;
           S* yt = args.y + t * ys + Index(h) * P;
@@ -401,7 +437,7 @@ void ssd_recurrent(const SsdDims& d, const SsdArgs<S>& args) {
       HYBRID_SSD_OMP(omp for schedule(static) nowait)
       for (int h = 0; h < H; ++h) {
         MatMap<S>(args.state_out + h * hs, P, N) =
-            CMatMap<S>(states.data() + h * hs, N, P).transpose();
+            CMatMap<S>(states + h * hs, N, P).transpose();
       }
     }
   }
@@ -412,22 +448,28 @@ void ssd_recurrent(const SsdDims& d, const SsdArgs<S>& args) {
 // computed once per (group, chunk), all chunks up front; then each thread runs its heads
 // through the chunks in order, holding each head's state transposed in its [S^T ; X] block.
 template <class S>
-void ssd_chunked(const SsdDims& d, int Q, const SsdArgs<S>& args) {
+void ssd_chunked(const SsdDims& d, int Q, const SsdArgs<S>& args, S* work_buf = nullptr) {
   ssd_detail::check_args(d, args);
   HYBRID_CHECK(Q > 0, "ssd_chunked: chunk length Q = ", Q, ", expected > 0");
   if (d.T == 0) return ssd_detail::pass_state(d, args);
   const int H = d.H, P = d.P, N = d.N, G = d.G, hpg = H / G;
   const Index T = d.T, xs = args.x_stride(d), ys = Index(H) * P, bs = args.bc_stride(d);
+  ssd_detail::Buffer<S> own;
+  if (!work_buf) {
+    own.resize(ssd_chunked_scratch(d, Q, ssd_detail::max_threads()));
+    work_buf = own.data();
+  }
   Q = int(std::min<Index>(Q, T));
   const ssd_detail::ChunkLayout lay(Q, P, N);
   const int Qp = lay.Qp, nc = int((T + Q - 1) / Q);
-  ssd_detail::Buffer<S> cb(Index(G) * nc * Q * Qp);  // (G, nc, Q, Qp): C_c B_c^T
-  ssd_detail::Buffer<S> rs(Index(H) * lay.rs);       // (H, N+Q, P): [S^T ; X]
+  S* cb = work_buf;                          // (G, nc, Q, Qp): C_c B_c^T
+  S* rs = cb + Index(G) * nc * Q * Qp;       // (H, N+Q, P): [S^T ; X]
+  S* per_thread = rs + Index(H) * lay.rs;    // lay.total per thread
   HYBRID_SSD_OMP(omp parallel) {
     [[maybe_unused]] ssd_detail::FlushDenormals ftz;
     HYBRID_SSD_OMP(omp for schedule(static) nowait)
     for (int h = 0; h < H; ++h) {
-      MatMap<S> st(rs.data() + h * lay.rs, N, P);  // rows [0, N) of [S^T ; X]
+      MatMap<S> st(rs + h * lay.rs, N, P);  // rows [0, N) of [S^T ; X]
       if (args.state_in) st = CMatMap<S>(args.state_in + Index(h) * P * N, P, N).transpose();
       else st.setZero();
     }
@@ -439,11 +481,11 @@ void ssd_chunked(const SsdDims& d, int Q, const SsdArgs<S>& args) {
       const Index off = t0 * bs + Index(g) * N;
       ssd_detail::CStrided<S> Cm(args.C + off, L, N, Eigen::OuterStride<>(bs));
       ssd_detail::CStrided<S> Bm(args.B + off, L, N, Eigen::OuterStride<>(bs));
-      ssd_detail::Strided<S> CB(cb.data() + Index(i) * Q * Qp, L, Qp, Eigen::OuterStride<>(Qp));
+      ssd_detail::Strided<S> CB(cb + Index(i) * Q * Qp, L, Qp, Eigen::OuterStride<>(Qp));
       CB.leftCols(L).noalias() = Cm * Bm.transpose();
       CB.rightCols(Qp - L).setZero();  // read by chunk_decay's padded rows
     }
-    ssd_detail::Buffer<S> work(lay.total);
+    S* work = per_thread + ssd_detail::thread_id() * lay.total;
     // Chunk-outer: a thread reads the rows of one chunk for all its heads together (the
     // order of x and y in memory). schedule(static) gives a thread the same heads in every
     // loop, so no barrier is needed between chunks, nor before the state is written out.
@@ -457,17 +499,17 @@ void ssd_chunked(const SsdDims& d, int Q, const SsdArgs<S>& args) {
           ssd_detail::prefetch<0>(args.x + t * xs + Index(h) * P, P);
         ssd_detail::chunk_head<S>(
             lay, L, P, N, xs, ys, bs, H, args.A[h], args.D ? args.D[h] : S(0),
-            cb.data() + (Index(g) * nc + c) * Q * Qp, args.x + t0 * xs + Index(h) * P,
+            cb + (Index(g) * nc + c) * Q * Qp, args.x + t0 * xs + Index(h) * P,
             args.dt + t0 * H + h, args.B + t0 * bs + Index(g) * N,
             args.C + t0 * bs + Index(g) * N, args.y + t0 * ys + Index(h) * P,
-            rs.data() + h * lay.rs, work.data());
+            rs + h * lay.rs, work);
       }
     }
     if (args.state_out) {
       HYBRID_SSD_OMP(omp for schedule(static) nowait)
       for (int h = 0; h < H; ++h) {
         MatMap<S>(args.state_out + Index(h) * P * N, P, N) =
-            CMatMap<S>(rs.data() + h * lay.rs, N, P).transpose();
+            CMatMap<S>(rs + h * lay.rs, N, P).transpose();
       }
     }
   }
@@ -512,14 +554,29 @@ inline bool ssd_auto_chunked(const SsdDims& d, std::size_t scalar_bytes) {
   return d.T >= 32 && std::size_t(d.N) * d.P * scalar_bytes > 48 * 1024;
 }
 
-// Chunked or Recurrent run the named path; Auto picks by ssd_auto_chunked.
+inline ScanPath ssd_resolve_path(const SsdDims& d, ScanPath path, std::size_t scalar_bytes) {
+  if (path != ScanPath::Auto) return path;
+  return ssd_auto_chunked(d, scalar_bytes) ? ScanPath::Chunked : ScanPath::Recurrent;
+}
+
+// Scratch of ssd_forward (values of the scalar type) for `threads` threads.
+inline Index ssd_forward_scratch(const SsdDims& d, int Q, ScanPath path, std::size_t scalar_bytes,
+                                 int threads) {
+  if (d.T == 0) return 0;
+  return ssd_resolve_path(d, path, scalar_bytes) == ScanPath::Recurrent
+             ? ssd_recurrent_scratch(d, threads)
+             : ssd_chunked_scratch(d, Q, threads);
+}
+
+// Chunked or Recurrent run the named path; Auto picks by ssd_auto_chunked. work: 64-byte
+// aligned, ssd_forward_scratch(d, Q, path, sizeof(S), par::threads()) values, or nullptr to
+// allocate them here.
 template <class S>
-void ssd_forward(const SsdDims& d, int Q, ScanPath path, const SsdArgs<S>& args) {
+void ssd_forward(const SsdDims& d, int Q, ScanPath path, const SsdArgs<S>& args, S* work = nullptr) {
   HYBRID_CHECK(Q > 0, "ssd_forward: chunk length Q = ", Q, ", expected > 0");
-  if (path == ScanPath::Auto)
-    path = ssd_auto_chunked(d, sizeof(S)) ? ScanPath::Chunked : ScanPath::Recurrent;
-  if (path == ScanPath::Recurrent) ssd_recurrent(d, args);
-  else ssd_chunked(d, Q, args);
+  path = ssd_resolve_path(d, path, sizeof(S));
+  if (path == ScanPath::Recurrent) ssd_recurrent(d, args, work);
+  else ssd_chunked(d, Q, args, work);
 }
 
 }  // namespace hybrid::ops

@@ -17,6 +17,7 @@
 
 #include "../autograd/tape.hpp"
 #include "../core/buffer.hpp"
+#include "../core/gemm.hpp"
 #include "../core/parallel.hpp"
 #include "../core/error.hpp"
 #include "../core/tensor.hpp"
@@ -129,11 +130,15 @@ void newton_schulz(const Eigen::MatrixBase<Expr>& G, NsWork<S>& w, int steps) {
   else w.X.noalias() = G;
   // 1e-7 keeps an all-zero gradient at zero instead of 0/0.
   w.X /= S(w.X.norm() + 1e-7);
+  // The products go through the projections' GEMM (core/gemm.hpp): with OpenBLAS no
+  // workspace is allocated per call (Eigen's threaded product allocates its own).
+  const Index m = w.X.rows(), n = w.X.cols();
+  using blas::Op;
   for (int k = 0; k < steps; ++k) {
-    w.A.noalias() = w.X * w.X.transpose();        // (m, m)
-    w.B.noalias() = S(kNsC) * w.A * w.A;           // c A²
-    w.B += S(kNsB) * w.A;                          // + b A
-    w.Xn.noalias() = w.B * w.X;                    // (m, n)
+    blas::gemm<S>(Op::N, Op::T, m, m, n, S(1), w.X.data(), n, w.X.data(), n, S(0), w.A.data(), m);  // A = X Xᵀ
+    blas::gemm<S>(Op::N, Op::N, m, m, m, S(kNsC), w.A.data(), m, w.A.data(), m, S(0), w.B.data(), m);  // c A²
+    w.B += S(kNsB) * w.A;                                                                    // + b A
+    blas::gemm<S>(Op::N, Op::N, m, n, m, S(1), w.B.data(), m, w.X.data(), n, S(0), w.Xn.data(), n);  // B X
     w.Xn += S(kNsA) * w.X;
     w.X.swap(w.Xn);  // buffer exchange (pointers), not a copy
   }
@@ -302,11 +307,12 @@ class Optimizer {
   // Global L2 norm of every gradient: 1 Ki squares at a time in S, those partial sums in
   // double (float sums over a large model would lose the small terms), over fixed 64 Ki-entry
   // chunks in a fixed order, so the result does not depend on the thread count.
-  double grad_norm() const {
+  double grad_norm() {
     constexpr Index kChunk = Index(1) << 16;
     const Index n = grads_.size(), chunks = (n + kChunk - 1) / kChunk;
     const S* g = grads_.data();
-    std::vector<double> part(std::size_t(std::max<Index>(chunks, 1)), 0.0);
+    std::vector<double>& part = norm_parts_;  // sized once: no allocation per step
+    part.assign(std::size_t(std::max<Index>(chunks, 1)), 0.0);
     const int parts = int(std::min<Index>(par::threads_for(n), chunks));
     par::for_ranges(chunks, parts, [&](Index b, Index e) {
       for (Index c = b; c < e; ++c) {
@@ -353,6 +359,7 @@ class Optimizer {
   Buffer<S> state_;             // every moment / momentum, one allocation
   std::vector<std::string> names_;
   std::vector<MatMap<S>> maps_;  // views of state_ for visit_state()
+  std::vector<double> norm_parts_;  // grad_norm's per-chunk sums
   std::vector<NsWork<S>> work_;  // one per distinct (min, max) shape among Muon tensors
   std::int64_t steps_ = 0;
 };
