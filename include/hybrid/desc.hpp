@@ -30,11 +30,39 @@ struct ModelDesc {
   std::vector<BlockDesc> blocks;
 };
 
-// One letter per mixer kind, as in layout strings such as "MMMMMMMMMMMMAAAMMM".
+// Per-mixer traits: a mixer kind's letter in layout strings ("MMMMMMMMMMMMAAAMMM") and its
+// one-line label. A new mixer kind adds its spec to MixerDesc, these traits, and its layer
+// to layers/block_layer.hpp's MixerLayer; nothing else switches on the kind.
+template <class Spec>
+struct MixerTraits;
+template <>
+struct MixerTraits<Mamba2Spec> {
+  static constexpr char code = 'M';
+  static std::string label(const Mamba2Spec& s) {
+    return "Mamba2(N=" + std::to_string(s.d_state) + ",P=" + std::to_string(s.headdim) + ")";
+  }
+};
+template <>
+struct MixerTraits<GqaSpec> {
+  static constexpr char code = 'A';
+  static std::string label(const GqaSpec& s) {
+    return std::string(s.output_gate ? "GatedGQA(" : "GQA(") + std::to_string(s.n_heads) + "/" +
+           std::to_string(s.n_kv_heads) + "x" + std::to_string(s.head_dim) + ")";
+  }
+};
+template <>
+struct MixerTraits<ShortConvSpec> {
+  static constexpr char code = 'C';
+  static std::string label(const ShortConvSpec& s) { return "ShortConv(L=" + std::to_string(s.L) + ")"; }
+};
+
 constexpr char mixer_code(const MixerDesc& m) {
-  return m.index() == 0 ? 'M' : m.index() == 1 ? 'A' : 'C';
+  return std::visit([](const auto& s) { return MixerTraits<std::decay_t<decltype(s)>>::code; }, m);
 }
-constexpr bool has_channel(const BlockDesc& b) { return b.channel.index() != 0; }
+inline std::string mixer_label(const MixerDesc& m) {
+  return std::visit([](const auto& s) { return MixerTraits<std::decay_t<decltype(s)>>::label(s); }, m);
+}
+constexpr bool has_channel(const BlockDesc& b) { return !std::holds_alternative<NoChannelSpec>(b.channel); }
 
 // ---- parameter counts --------------------------------------------------------------
 

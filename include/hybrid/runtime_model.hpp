@@ -173,15 +173,6 @@ class RuntimeModel {
   std::string summary(const std::string& name = "model") const;
 
  private:
-  static std::string mixer_name(const MixerDesc& m) {
-    if (const auto* s = std::get_if<Mamba2Spec>(&m))
-      return "Mamba2(N=" + std::to_string(s->d_state) + ",P=" + std::to_string(s->headdim) + ")";
-    if (const auto* s = std::get_if<GqaSpec>(&m))
-      return std::string(s->output_gate ? "GatedGQA(" : "GQA(") + std::to_string(s->n_heads) +
-             "/" + std::to_string(s->n_kv_heads) + "x" + std::to_string(s->head_dim) + ")";
-    return "ShortConv(L=" + std::to_string(std::get<ShortConvSpec>(m).L) + ")";
-  }
-
   // Declares every tensor in the table (embedding, blocks, final norm, head: the order of
   // visit() and of the files) and returns the final norm.
   static NormLayer<S> declare(const ModelDesc& d, ParamTable& tab, Param& embed, Param& head,
@@ -305,7 +296,7 @@ std::string RuntimeModel<S>::summary(const std::string& name) const {
   std::map<std::string, Row> rows;
   for (int i = 0; i < n_blocks(); ++i) {
     const auto& bd = desc_.blocks[i];
-    std::string kind = mixer_name(bd.mixer);
+    std::string kind = mixer_label(bd.mixer);
     if (const auto* s = std::get_if<SwiGluSpec>(&bd.channel)) kind += " + SwiGLU(" + std::to_string(s->hidden) + ")";
     if (const auto* s = std::get_if<Relu2Spec>(&bd.channel)) kind += " + ReLU2(" + std::to_string(s->hidden) + ")";
     Row& r = rows[kind];
@@ -313,9 +304,8 @@ std::string RuntimeModel<S>::summary(const std::string& name) const {
     r.params += hybrid::param_count(bd, desc_.model);
     std::visit(
         [&](const auto& mx) {
-          using L = std::decay_t<decltype(mx)>;
-          if constexpr (std::is_same_v<L, GqaLayer<S>>) r.per_token += mx.state_bytes_per_token();
-          else r.fixed += mx.state_bytes();
+          r.fixed += mx.state_bytes();
+          r.per_token += mx.state_bytes_per_token();
         },
         blocks_[i].mixer());
   }

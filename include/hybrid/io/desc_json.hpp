@@ -192,7 +192,7 @@ inline json channel_json(const ChannelDesc& c) {
   Writer w;
   const MlpSpec* mlp = std::get_if<SwiGluSpec>(&c);
   if (!mlp) mlp = std::get_if<Relu2Spec>(&c);
-  w.j["kind"] = c.index() == 0 ? "none" : c.index() == 1 ? "swiglu" : "relu2";
+  w.j["kind"] = std::holds_alternative<SwiGluSpec>(c) ? "swiglu" : mlp ? "relu2" : "none";
   if (mlp) w.field("hidden", mlp->hidden), w.field("bias", mlp->bias);
   return w.j;
 }
@@ -270,8 +270,9 @@ inline ModelDesc desc_from_json(const nlohmann::json& j) {
     } catch (const Error& e) {
       fail(path, ".mixer: ", e.what());
     }
-    if (const MlpSpec* s = b.channel.index() == 1 ? static_cast<const MlpSpec*>(&std::get<1>(b.channel))
-                           : b.channel.index() == 2 ? &std::get<2>(b.channel) : nullptr) {
+    const MlpSpec* s = std::get_if<SwiGluSpec>(&b.channel);
+    if (!s) s = std::get_if<Relu2Spec>(&b.channel);
+    if (s) {
       try {
         validate(*s, d.model.d_model);
       } catch (const Error& e) {

@@ -16,6 +16,28 @@
 
 namespace hybrid {
 
+// The layer of each mixer kind (desc.hpp's MixerTraits has the rest of a kind's registration).
+template <class S, class Spec>
+struct MixerLayer;
+template <class S>
+struct MixerLayer<S, Mamba2Spec> {
+  static Mamba2Layer<S> make(const ModelSpec& m, const Mamba2Spec& s, ParamTable& t, const std::string& p) {
+    return Mamba2Layer<S>(m.d_model, s, t, p);
+  }
+};
+template <class S>
+struct MixerLayer<S, GqaSpec> {
+  static GqaLayer<S> make(const ModelSpec& m, const GqaSpec& s, ParamTable& t, const std::string& p) {
+    return GqaLayer<S>(m.d_model, s, m.norm_eps, t, p);
+  }
+};
+template <class S>
+struct MixerLayer<S, ShortConvSpec> {
+  static ShortConvLayer<S> make(const ModelSpec& m, const ShortConvSpec& s, ParamTable& t, const std::string& p) {
+    return ShortConvLayer<S>(m.d_model, s, t, p);
+  }
+};
+
 template <class S>
 class BlockLayer {
  public:
@@ -28,8 +50,7 @@ class BlockLayer {
       : desc_(d), norm1_(m.d_model, d.norm, m.norm_eps, tab, join_name(prefix, "norm1")),
         mixer_(make_mixer(d, m, tab, join_name(prefix, "mixer"))),
         parallel_(m.parallel_residual), resid_(m.residual_multiplier) {
-    const bool has_channel = !std::holds_alternative<NoChannelSpec>(d.channel);
-    if (has_channel && !parallel_) norm2_.emplace(m.d_model, d.norm, m.norm_eps, tab, join_name(prefix, "norm2"));
+    if (hybrid::has_channel(d) && !parallel_) norm2_.emplace(m.d_model, d.norm, m.norm_eps, tab, join_name(prefix, "norm2"));
     const std::string cp = join_name(prefix, "channel");
     if (const auto* s = std::get_if<SwiGluSpec>(&d.channel)) channel_.emplace(SwiGluLayer<S>(m.d_model, *s, tab, cp));
     if (const auto* s = std::get_if<Relu2Spec>(&d.channel)) channel_.emplace(Relu2Layer<S>(m.d_model, *s, tab, cp));
@@ -81,9 +102,9 @@ class BlockLayer {
 
  private:
   static Mixer make_mixer(const BlockDesc& d, const ModelSpec& m, ParamTable& tab, const std::string& p) {
-    if (const auto* s = std::get_if<Mamba2Spec>(&d.mixer)) return Mamba2Layer<S>(m.d_model, *s, tab, p);
-    if (const auto* s = std::get_if<GqaSpec>(&d.mixer)) return GqaLayer<S>(m.d_model, *s, m.norm_eps, tab, p);
-    return ShortConvLayer<S>(m.d_model, std::get<ShortConvSpec>(d.mixer), tab, p);
+    return std::visit(
+        [&](const auto& s) -> Mixer { return MixerLayer<S, std::decay_t<decltype(s)>>::make(m, s, tab, p); },
+        d.mixer);
   }
 
   BlockDesc desc_;

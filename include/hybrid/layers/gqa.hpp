@@ -66,7 +66,9 @@ class GqaLayer {
     s.reserve(rows, Index(sp_.n_kv_heads) * sp_.head_dim);
     return s;
   }
-  // KV bytes held per token of context (bounded by the window when there is one).
+  // Decode state: nothing of constant size; KV bytes per token of context (bounded by the
+  // window when there is one).
+  Index state_bytes() const { return 0; }
   Index state_bytes_per_token() const {
     return Index(sizeof(S)) * 2 * sp_.n_kv_heads * sp_.head_dim;
   }

@@ -73,6 +73,7 @@ class Mamba2Layer {
     return s;
   }
   // Bytes of decode state per sequence (independent of context length).
+  Index state_bytes_per_token() const { return 0; }  // constant in context length
   Index state_bytes() const {
     return Index(sizeof(S)) * (Index(Cd_) * sp_.d_conv + Index(H_) * sp_.headdim * sp_.d_state);
   }

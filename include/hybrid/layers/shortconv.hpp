@@ -44,6 +44,7 @@ class ShortConvLayer {
     s.conv.setZero(D_, sp_.L);
     return s;
   }
+  Index state_bytes_per_token() const { return 0; }  // constant in context length
   Index state_bytes() const { return Index(sizeof(S)) * D_ * sp_.L; }
 
   // x: (B*T, D) → (B*T, D). states: nullptr or B pointers to conv caches to start from
