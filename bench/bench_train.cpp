@@ -1,7 +1,8 @@
 // Training-step benchmark of Golf15x3 (float) on the CPU: tokens/s of forward + backward +
 // optimiser at T = 1024, the model-FLOP rate as a fraction of the Eigen GEMM rate measured
-// in the same run, and the step's memory (tape arena high water) against the sum of
-// parameter, gradient, optimiser and saved-activation bytes. One JSON object per line.
+// in the same run, and the step's memory: parameters, gradients and optimiser state (one
+// allocation each) and the tape arena (reserved, and used in the step broken down into
+// activations, their gradients, saved values and op workspaces). One JSON object per line.
 //   bench_train [--quick] [--threads N] [--recompute]
 #include <array>
 #include <chrono>
@@ -108,9 +109,13 @@ int main(int argc, char** argv) {
   tr.optimizer().visit_state([&](const std::string&, MatMap<float>& t) { opt_state += t.size(); });
   const double mb = 1.0 / (1 << 20);
   const double accounted = (2.0 * params + opt_state) * 4 + double(tr.arena_bytes());
+  const auto& u = tr.arena_usage();  // the arena's use in the last step, by kind
   std::printf("{\"case\":\"train_memory\",\"params_mb\":%.1f,\"grads_mb\":%.1f,\"optimizer_mb\":%.1f,"
-              "\"arena_mb\":%.1f,\"accounted_mb\":%.1f,\"peak_rss_mb\":%.1f}\n",
+              "\"arena_mb\":%.1f,\"arena_used_mb\":%.1f,\"activations_mb\":%.1f,"
+              "\"activation_grads_mb\":%.1f,\"saved_mb\":%.1f,\"op_workspace_mb\":%.1f,"
+              "\"accounted_mb\":%.1f,\"peak_rss_mb\":%.1f}\n",
               params * 4 * mb, params * 4 * mb, opt_state * 4 * mb, tr.arena_bytes() * mb,
+              u.total() * mb, u.values * mb, u.gradients * mb, u.saved * mb, u.workspace * mb,
               accounted * mb, peak_rss_kb() / 1024.0);
   return 0;
 }

@@ -25,7 +25,7 @@ Var<S> causal_conv1d(Tape<S>& t, Var<S> u, const Param& w, const Param& b, Index
   const Var<S> wv = t.param(w), bv = t.param(b);
   const Index C = u.cols, K = w.cols;
   Var<S> y = t.var(u.rows, u.cols);
-  S* wt = t.scratch(ops::causal_conv1d_scratch(C, K));
+  S* wt = t.workspace(ops::causal_conv1d_scratch(C, K));
   for (Index s = 0; s < B; ++s) {
     const View<S> h = hist ? View<S>(hist[s], C, K) : View<S>();
     ops::causal_conv1d_forward<S>(u.row_range(s * T, T).value(), wv.value(), bv.value(), h,
@@ -33,7 +33,7 @@ Var<S> causal_conv1d(Tape<S>& t, Var<S> u, const Param& w, const Param& b, Index
   }
   Tape<S>* tp = &t;
   t.push(OpId::CausalConv1d, [tp, u, y, wv, bv, B, T, C, K] {
-    S* work = tp->scratch(ops::causal_conv1d_backward_scratch(C, K));
+    S* work = tp->workspace(ops::causal_conv1d_backward_scratch(C, K));
     for (Index s = 0; s < B; ++s)
       ops::causal_conv1d_backward<S>(u.row_range(s * T, T).value(), wv.value(),
                                      y.row_range(s * T, T).gradient(),
@@ -64,7 +64,7 @@ Var<S> ssd(Tape<S>& t, Var<S> x, Var<S> dt, const Param& A_log, Var<S> Bm, Var<S
   for (int h = 0; h < c.H; ++h) A[h] = -std::exp(al.v[h]);
   const ops::SsdDims d{T, c.H, c.P, c.N, c.G};
   const Index ldy = Index(c.H) * c.P;
-  S* work = t.scratch(ops::ssd_forward_scratch(d, c.chunk, c.path, sizeof(S), par::threads()));
+  S* work = t.workspace(ops::ssd_forward_scratch(d, c.chunk, c.path, sizeof(S), par::threads()));
   for (Index s = 0; s < B; ++s) {
     S* st = states ? states[s] : nullptr;
     ops::SsdArgs<S> a{x.v + s * T * x.ld, dt.v + s * T * c.H, A, Bm.v + s * T * Bm.ld,
@@ -74,7 +74,7 @@ Var<S> ssd(Tape<S>& t, Var<S> x, Var<S> dt, const Param& A_log, Var<S> Bm, Var<S
   Tape<S>* tp = &t;
   t.push(OpId::Ssd, [tp, x, dt, Bm, Cm, y, al, dv, A, dA, c, B, T, ldy] {
     const ops::SsdDims d{T, c.H, c.P, c.N, c.G};
-    S* work = tp->scratch(ops::ssd_backward_scratch(d, c.chunk));  // arena: reused every step
+    S* work = tp->workspace(ops::ssd_backward_scratch(d, c.chunk));  // arena: reused every step
     // dA accumulates over sequences; A = -exp(A_log) so dA_log = dA * A.
     std::fill(dA, dA + c.H, S(0));
     for (Index s = 0; s < B; ++s) {
@@ -121,14 +121,14 @@ Var<S> attention(Tape<S>& t, Var<S> q, Var<S> k, Var<S> v, int Hq, int Hkv, int 
   S* lse = t.recording() ? t.scratch(B * T * Hq) : nullptr;
   const ops::AttnDims d{T, T, Hq, Hkv, hd};
   const Index ldq = Index(Hq) * hd, ldk = Index(Hkv) * hd;
-  S* scores = t.scratch(ops::attention_scratch(d, par::threads()));
+  S* scores = t.workspace(ops::attention_scratch(d, par::threads()));
   for (Index s = 0; s < B; ++s)
     ops::attention_forward<S>(q.v + s * T * ldq, k.v + s * T * ldk, v.v + s * T * ldk,
                               o.v + s * T * ldq, d, scale, 0, 0, window,
                               lse ? lse + s * T * Hq : nullptr, scores);
   Tape<S>* tp = &t;
   t.push(OpId::Attention, [tp, q, k, v, o, lse, d, B, T, scale, window, ldq, ldk, Hq] {
-    S* work = tp->scratch(ops::attention_backward_scratch(d, par::threads()));
+    S* work = tp->workspace(ops::attention_backward_scratch(d, par::threads()));
     for (Index s = 0; s < B; ++s)
       ops::attention_backward<S>(q.v + s * T * ldq, k.v + s * T * ldk, v.v + s * T * ldk,
                                  o.v + s * T * ldq, lse + s * T * Hq, o.g + s * T * ldq,
@@ -151,7 +151,7 @@ Var<S> attention_cached(Tape<S>& t, Var<S> q, int Hq, int Hkv, int hd, Index B, 
   HYBRID_CHECK(q.contiguous(), "attention: q must be contiguous");
   Var<S> o = t.var(q.rows, q.cols);
   const Index ldq = Index(Hq) * hd;
-  S* scores = t.scratch(ops::attention_scratch(ops::AttnDims{T, cap, Hq, Hkv, hd}, par::threads()));
+  S* scores = t.workspace(ops::attention_scratch(ops::AttnDims{T, cap, Hq, Hkv, hd}, par::threads()));
   for (Index b = 0; b < B; ++b) {
     const ops::AttnDims d{T, len[b], Hq, Hkv, hd};
     ops::attention_forward<S>(q.v + b * T * ldq, keys[b], values[b], o.v + b * T * ldq, d, scale,

@@ -117,10 +117,21 @@ class Tape {
     values_ = values;
   }
 
+  // Bytes taken from the arena since the last rewind, by kind: activation values, their
+  // gradients, values saved for the backward (statistics, ids, masks, nodes) and op
+  // workspaces. Their sum is the step's arena use (the bump arena frees nothing in a step).
+  struct Usage {
+    std::size_t values = 0, gradients = 0, saved = 0, workspace = 0;
+    std::size_t total() const { return values + gradients + saved + workspace; }
+  };
+  const Usage& usage() const { return usage_; }
+
   // A new activation; its gradient (when recording) starts at zero.
   Var<S> var(Index rows, Index cols) {
     Var<S> x{arena_.alloc_array<S>(std::size_t(rows * cols)), nullptr, rows, cols, cols};
+    usage_.values += sizeof(S) * std::size_t(rows * cols);
     if (recording_) {
+      usage_.gradients += sizeof(S) * std::size_t(rows * cols);
       x.g = arena_.alloc_array<S>(std::size_t(rows * cols));
       S* g = x.g;
       par::for_ranges(rows * cols, par::threads_for(rows * cols, Index(1) << 18), [g](Index b, Index e) {
@@ -136,15 +147,21 @@ class Tape {
     return Var<S>{const_cast<S*>(values_) + p.offset, recording_ && grads_ ? grads_->of(p) : nullptr,
                   p.rows, p.cols, p.cols};
   }
-  // Scratch that lives until rewind() (saved statistics, per-call temporaries).
-  S* scratch(Index n) { return arena_.alloc_array<S>(std::size_t(std::max<Index>(n, 1))); }
-  Index* scratch_index(Index n) { return arena_.alloc_array<Index>(std::size_t(std::max<Index>(n, 1))); }
-  int* scratch_int(Index n) { return arena_.alloc_array<int>(std::size_t(std::max<Index>(n, 1))); }
+  // Memory that lives until rewind(): values saved for the backward and per-call tables.
+  S* scratch(Index n) { return scratch_as<S>(n); }
+  Index* scratch_index(Index n) { return scratch_as<Index>(n); }
+  int* scratch_int(Index n) { return scratch_as<int>(n); }
   // n trivially destructible values of any type (per-call pointer tables).
   template <class T>
   T* scratch_as(Index n) {
     static_assert(std::is_trivially_destructible_v<T>, "tape scratch holds trivial types only");
+    usage_.saved += sizeof(T) * std::size_t(std::max<Index>(n, 1));
     return arena_.alloc_array<T>(std::size_t(std::max<Index>(n, 1)));
+  }
+  // An op's workspace (the size the op states for its dims), until rewind().
+  S* workspace(Index n) {
+    usage_.workspace += sizeof(S) * std::size_t(std::max<Index>(n, 1));
+    return arena_.alloc_array<S>(std::size_t(std::max<Index>(n, 1)));
   }
 
   // Records a backward closure. It must be trivially destructible (capture Vars, pointers
@@ -156,6 +173,7 @@ class Tape {
     static_assert(std::is_trivially_destructible_v<Fn>,
                   "tape nodes must capture only trivially destructible values");
     void* mem = arena_.alloc(sizeof(Fn), alignof(Fn) > 64 ? alignof(Fn) : 64);
+    usage_.saved += sizeof(Fn);
     Fn* obj = new (mem) Fn(std::forward<F>(f));
     nodes_.push_back(Node{[](void* p) { (*static_cast<Fn*>(p))(); }, obj, op});
   }
@@ -185,6 +203,7 @@ class Tape {
   void rewind() {
     nodes_.clear();
     arena_.rewind();
+    usage_ = Usage{};
   }
   // The op of every node recorded since the last rewind, in order (the op-table test).
   template <class F>
@@ -201,6 +220,7 @@ class Tape {
   bool recording_;
   GradStore<S>* grads_;
   const S* values_ = nullptr;
+  Usage usage_;
   Arena arena_;
   std::vector<Node> nodes_;
   std::unique_ptr<Tape> recompute_;

@@ -66,6 +66,7 @@ class Trainer {
   StepResult step() {
     const auto t0 = std::chrono::steady_clock::now();
     StepResult r;
+    usage_ = {};
     grads_.zero();
     double loss_sum = 0;
     for (Index m = 0; m < cfg_.grad_accum; ++m) {
@@ -77,6 +78,7 @@ class Trainer {
       loss_sum += double(loss.v[0]);
       tape_.backward(loss, S(1) / S(cfg_.grad_accum));  // each micro-batch: 1/n of the mean
       r.tokens += b.B * b.T;
+      if (tape_.usage().total() > usage_.total()) usage_ = tape_.usage();
     }
     tape_.rewind();
     r.loss = loss_sum / double(cfg_.grad_accum);
@@ -137,6 +139,8 @@ class Trainer {
   data::Source& data() { return data_; }
   const TrainConfig& config() const { return cfg_; }
   std::size_t arena_bytes() { return tape_.arena().capacity(); }
+  // The arena's use in the last step (its largest micro-batch), by kind.
+  const typename Tape<S>::Usage& arena_usage() const { return usage_; }
 
  private:
   RuntimeModel<S>& model_;
@@ -144,6 +148,7 @@ class Trainer {
   TrainConfig cfg_;
   GradStore<S> grads_;
   Tape<S> tape_;
+  typename Tape<S>::Usage usage_;
   Optimizer<S> opt_;
   std::unique_ptr<Ema<S>> ema_;
 };
