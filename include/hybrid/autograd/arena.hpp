@@ -41,6 +41,20 @@ class Arena {
     return static_cast<T*>(alloc(n * sizeof(T), std::max<std::size_t>(64, alignof(T))));
   }
 
+  // A position to come back to: release(mark()) frees everything allocated since, so an
+  // op's workspace is reused by the next op instead of piling up until rewind().
+  struct Mark {
+    std::size_t block = 0, used = 0, total = 0;
+  };
+  Mark mark() const { return {cur_, blocks_.empty() ? 0 : blocks_[cur_].used, used_}; }
+  void release(const Mark& m) {
+    if (blocks_.empty()) return;
+    for (std::size_t b = m.block + 1; b < blocks_.size(); ++b) blocks_[b].used = 0;
+    cur_ = m.block;
+    blocks_[cur_].used = m.used;
+    used_ = m.total;
+  }
+
   void rewind() {
     if (blocks_.size() > 1) {  // merge: next step fits in one block
       std::size_t total = 0;

@@ -54,7 +54,7 @@ Var<S> rmsnorm(Tape<S>& t, Var<S> x, const Param& w, S eps) {
   Tape<S>* tp = &t;
   t.push(OpId::RmsNorm, [tp, x, y, wv, rstd] {
     ops::rmsnorm_backward<S>(x.value(), wv.value(), rstd, y.gradient(), x.gradient(), wv.gradient(),
-                             tp->workspace(ops::rmsnorm_backward_scratch(x.rows, x.cols)));
+                             tp->workspace(ops::rmsnorm_backward_scratch(x.rows, x.cols)).data);
   });
   return y;
 }
@@ -84,7 +84,7 @@ Var<S> gated_rmsnorm(Tape<S>& t, Var<S> y, Var<S> z, const Param& w, Index group
   t.push(OpId::GatedRmsNorm, [tp, y, z, out, wv, group, rstd] {
     ops::gated_rmsnorm_backward<S>(y.value(), z.value(), wv.value(), group, rstd, out.gradient(),
                                    y.gradient(), z.gradient(), wv.gradient(),
-                                   tp->workspace(ops::gated_rmsnorm_backward_scratch(y.rows, y.cols)));
+                                   tp->workspace(ops::gated_rmsnorm_backward_scratch(y.rows, y.cols)).data);
   });
   return out;
 }

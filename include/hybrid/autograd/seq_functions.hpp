@@ -25,20 +25,22 @@ Var<S> causal_conv1d(Tape<S>& t, Var<S> u, const Param& w, const Param& b, Index
   const Var<S> wv = t.param(w), bv = t.param(b);
   const Index C = u.cols, K = w.cols;
   Var<S> y = t.var(u.rows, u.cols);
-  S* wt = t.workspace(ops::causal_conv1d_scratch(C, K));
-  for (Index s = 0; s < B; ++s) {
-    const View<S> h = hist ? View<S>(hist[s], C, K) : View<S>();
-    ops::causal_conv1d_forward<S>(u.row_range(s * T, T).value(), wv.value(), bv.value(), h,
-                                  y.row_range(s * T, T).value(), h, wt);
+  {  // the workspace is given back before anything else is taken from the tape
+    const auto wt = t.workspace(ops::causal_conv1d_scratch(C, K));
+    for (Index s = 0; s < B; ++s) {
+      const View<S> h = hist ? View<S>(hist[s], C, K) : View<S>();
+      ops::causal_conv1d_forward<S>(u.row_range(s * T, T).value(), wv.value(), bv.value(), h,
+                                    y.row_range(s * T, T).value(), h, wt.data);
+    }
   }
   Tape<S>* tp = &t;
   t.push(OpId::CausalConv1d, [tp, u, y, wv, bv, B, T, C, K] {
-    S* work = tp->workspace(ops::causal_conv1d_backward_scratch(C, K));
+    const auto work = tp->workspace(ops::causal_conv1d_backward_scratch(C, K));
     for (Index s = 0; s < B; ++s)
       ops::causal_conv1d_backward<S>(u.row_range(s * T, T).value(), wv.value(),
                                      y.row_range(s * T, T).gradient(),
                                      u.row_range(s * T, T).gradient(), wv.gradient(), bv.gradient(),
-                                     work);
+                                     work.data);
   });
   return y;
 }
@@ -64,17 +66,19 @@ Var<S> ssd(Tape<S>& t, Var<S> x, Var<S> dt, const Param& A_log, Var<S> Bm, Var<S
   for (int h = 0; h < c.H; ++h) A[h] = -std::exp(al.v[h]);
   const ops::SsdDims d{T, c.H, c.P, c.N, c.G};
   const Index ldy = Index(c.H) * c.P;
-  S* work = t.workspace(ops::ssd_forward_scratch(d, c.chunk, c.path, sizeof(S), par::threads()));
-  for (Index s = 0; s < B; ++s) {
-    S* st = states ? states[s] : nullptr;
-    ops::SsdArgs<S> a{x.v + s * T * x.ld, dt.v + s * T * c.H, A, Bm.v + s * T * Bm.ld,
-                      Cm.v + s * T * Cm.ld, dv.v, st, y.v + s * T * ldy, st, x.ld, Bm.ld};
-    ops::ssd_forward<S>(d, c.chunk, c.path, a, work);
+  {  // the workspace is given back before anything else is taken from the tape
+    const auto work = t.workspace(ops::ssd_forward_scratch(d, c.chunk, c.path, sizeof(S), par::threads()));
+    for (Index s = 0; s < B; ++s) {
+      S* st = states ? states[s] : nullptr;
+      ops::SsdArgs<S> a{x.v + s * T * x.ld, dt.v + s * T * c.H, A, Bm.v + s * T * Bm.ld,
+                        Cm.v + s * T * Cm.ld, dv.v, st, y.v + s * T * ldy, st, x.ld, Bm.ld};
+      ops::ssd_forward<S>(d, c.chunk, c.path, a, work.data);
+    }
   }
   Tape<S>* tp = &t;
   t.push(OpId::Ssd, [tp, x, dt, Bm, Cm, y, al, dv, A, dA, c, B, T, ldy] {
     const ops::SsdDims d{T, c.H, c.P, c.N, c.G};
-    S* work = tp->workspace(ops::ssd_backward_scratch(d, c.chunk));  // arena: reused every step
+    const auto work = tp->workspace(ops::ssd_backward_scratch(d, c.chunk));
     // dA accumulates over sequences; A = -exp(A_log) so dA_log = dA * A.
     std::fill(dA, dA + c.H, S(0));
     for (Index s = 0; s < B; ++s) {
@@ -83,7 +87,7 @@ Var<S> ssd(Tape<S>& t, Var<S> x, Var<S> dt, const Param& A_log, Var<S> Bm, Var<S
       ops::SsdGrads<S> g{x.g ? x.g + s * T * x.ld : nullptr, dt.g ? dt.g + s * T * c.H : nullptr,
                          dA, Bm.g ? Bm.g + s * T * Bm.ld : nullptr,
                          Cm.g ? Cm.g + s * T * Cm.ld : nullptr, dv.g};
-      ops::ssd_backward<S>(d, c.chunk, a, y.g + s * T * ldy, g, work);
+      ops::ssd_backward<S>(d, c.chunk, a, y.g + s * T * ldy, g, work.data);
     }
     if (al.g)
       for (int h = 0; h < c.H; ++h) al.g[h] += dA[h] * A[h];
@@ -121,19 +125,21 @@ Var<S> attention(Tape<S>& t, Var<S> q, Var<S> k, Var<S> v, int Hq, int Hkv, int 
   S* lse = t.recording() ? t.scratch(B * T * Hq) : nullptr;
   const ops::AttnDims d{T, T, Hq, Hkv, hd};
   const Index ldq = Index(Hq) * hd, ldk = Index(Hkv) * hd;
-  S* scores = t.workspace(ops::attention_scratch(d, par::threads()));
-  for (Index s = 0; s < B; ++s)
-    ops::attention_forward<S>(q.v + s * T * ldq, k.v + s * T * ldk, v.v + s * T * ldk,
-                              o.v + s * T * ldq, d, scale, 0, 0, window,
-                              lse ? lse + s * T * Hq : nullptr, scores);
+  {  // the workspace is given back before anything else is taken from the tape
+    const auto scores = t.workspace(ops::attention_scratch(d, par::threads()));
+    for (Index s = 0; s < B; ++s)
+      ops::attention_forward<S>(q.v + s * T * ldq, k.v + s * T * ldk, v.v + s * T * ldk,
+                                o.v + s * T * ldq, d, scale, 0, 0, window,
+                                lse ? lse + s * T * Hq : nullptr, scores.data);
+  }
   Tape<S>* tp = &t;
   t.push(OpId::Attention, [tp, q, k, v, o, lse, d, B, T, scale, window, ldq, ldk, Hq] {
-    S* work = tp->workspace(ops::attention_backward_scratch(d, par::threads()));
+    const auto work = tp->workspace(ops::attention_backward_scratch(d, par::threads()));
     for (Index s = 0; s < B; ++s)
       ops::attention_backward<S>(q.v + s * T * ldq, k.v + s * T * ldk, v.v + s * T * ldk,
                                  o.v + s * T * ldq, lse + s * T * Hq, o.g + s * T * ldq,
                                  q.g ? q.g + s * T * ldq : nullptr, k.g ? k.g + s * T * ldk : nullptr,
-                                 v.g ? v.g + s * T * ldk : nullptr, d, scale, 0, 0, window, work);
+                                 v.g ? v.g + s * T * ldk : nullptr, d, scale, 0, 0, window, work.data);
   });
   return o;
 }
@@ -151,11 +157,11 @@ Var<S> attention_cached(Tape<S>& t, Var<S> q, int Hq, int Hkv, int hd, Index B, 
   HYBRID_CHECK(q.contiguous(), "attention: q must be contiguous");
   Var<S> o = t.var(q.rows, q.cols);
   const Index ldq = Index(Hq) * hd;
-  S* scores = t.workspace(ops::attention_scratch(ops::AttnDims{T, cap, Hq, Hkv, hd}, par::threads()));
+  const auto scores = t.workspace(ops::attention_scratch(ops::AttnDims{T, cap, Hq, Hkv, hd}, par::threads()));
   for (Index b = 0; b < B; ++b) {
     const ops::AttnDims d{T, len[b], Hq, Hkv, hd};
     ops::attention_forward<S>(q.v + b * T * ldq, keys[b], values[b], o.v + b * T * ldq, d, scale,
-                              qpos0[b], kpos0[b], window, nullptr, scores);
+                              qpos0[b], kpos0[b], window, nullptr, scores.data);
   }
   return o;
 }

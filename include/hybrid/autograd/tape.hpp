@@ -118,8 +118,9 @@ class Tape {
   }
 
   // Bytes taken from the arena since the last rewind, by kind: activation values, their
-  // gradients, values saved for the backward (statistics, ids, masks, nodes) and op
-  // workspaces. Their sum is the step's arena use (the bump arena frees nothing in a step).
+  // gradients, values saved for the backward (statistics, ids, masks, nodes), and the
+  // largest op workspace (each is freed when its op is done). Their sum bounds the step's
+  // arena use.
   struct Usage {
     std::size_t values = 0, gradients = 0, saved = 0, workspace = 0;
     std::size_t total() const { return values + gradients + saved + workspace; }
@@ -158,11 +159,24 @@ class Tape {
     usage_.saved += sizeof(T) * std::size_t(std::max<Index>(n, 1));
     return arena_.alloc_array<T>(std::size_t(std::max<Index>(n, 1)));
   }
-  // An op's workspace (the size the op states for its dims), until rewind().
-  S* workspace(Index n) {
-    usage_.workspace += sizeof(S) * std::size_t(std::max<Index>(n, 1));
-    return arena_.alloc_array<S>(std::size_t(std::max<Index>(n, 1)));
-  }
+  // An op's workspace (the size the op states for its dims), freed when the returned scope
+  // ends: take it, run the op, let it go. Nothing else may be taken from the tape meanwhile.
+  class Workspace {
+   public:
+    Workspace(Tape& t, Index n) : t_(t), mark_(t.arena_.mark()) {
+      data = t.arena_.template alloc_array<S>(std::size_t(std::max<Index>(n, 1)));
+      t.usage_.workspace = std::max(t.usage_.workspace, sizeof(S) * std::size_t(std::max<Index>(n, 1)));
+    }
+    ~Workspace() { t_.arena_.release(mark_); }
+    Workspace(const Workspace&) = delete;
+    Workspace& operator=(const Workspace&) = delete;
+    S* data;
+
+   private:
+    Tape& t_;
+    Arena::Mark mark_;
+  };
+  Workspace workspace(Index n) { return Workspace(*this, n); }
 
   // Records a backward closure. It must be trivially destructible (capture Vars, pointers
   // and numbers, not owning containers): the arena never runs destructors.
