@@ -56,4 +56,13 @@ class Buffer<S, Cpu> {
   Index n_ = 0;
 };
 
+// The caller's scratch when it gave one, else `own` allocated to n values: ops take their
+// workspace from the caller (a tape's arena) and allocate only for callers without one.
+template <class S>
+S* scratch_or_own(S* scratch, Index n, Buffer<S>& own) {
+  if (scratch) return scratch;
+  own = Buffer<S>(n > 0 ? n : 1);
+  return own.data();
+}
+
 }  // namespace hybrid

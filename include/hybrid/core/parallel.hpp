@@ -10,6 +10,8 @@
 #include <utility>
 #include <vector>
 
+#include "buffer.hpp"
+
 #if defined(_OPENMP)
 #include <omp.h>
 #define HYBRID_OMP(directive) _Pragma(#directive)
@@ -28,6 +30,16 @@ inline int threads() {
   return omp_in_parallel() ? 1 : omp_get_max_threads();
 #else
   return 1;
+#endif
+}
+
+// This thread's number in the current parallel region (0 outside one): picks a thread's
+// slice of a per-thread workspace.
+inline int thread_id() {
+#if defined(_OPENMP)
+  return omp_get_thread_num();
+#else
+  return 0;
 #endif
 }
 
@@ -85,11 +97,8 @@ void for_rows_reduce(std::int64_t rows, std::int64_t cols, S* out, std::int64_t 
     for_parts(rows, parts, [&](int p, std::int64_t b, std::int64_t e) { f(b, e, out, p); });
     return;
   }
-  std::vector<S> own;
-  if (!scratch) {
-    own.resize(std::size_t(parts * n));
-    scratch = own.data();
-  }
+  Buffer<S> own;
+  scratch = scratch_or_own(scratch, parts * n, own);
   std::fill(scratch, scratch + parts * n, S(0));
   for_parts(rows, parts, [&](int p, std::int64_t b, std::int64_t e) { f(b, e, scratch + p * n, p); });
   for (int p = 0; p < parts; ++p)

@@ -10,6 +10,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "../core/buffer.hpp"
 #include "../core/error.hpp"
 #include "../core/parallel.hpp"
 #include "../core/tensor.hpp"
@@ -81,11 +82,8 @@ void attention_forward(const S* q, const S* k, const S* v, S* o, const AttnDims&
   const Index nblk = (d.Tq + detail::kAttnBlock - 1) / detail::kAttnBlock;
   const Index per_thread = std::min<Index>(d.Tq, detail::kAttnBlock) * d.Tk;
   const bool parallel = detail::attn_parallel(d);
-  Mat<S> own;
-  if (!scratch) {
-    own.resize(1, attention_scratch(d, parallel ? par::threads() : 1));
-    scratch = own.data();
-  }
+  Buffer<S> own;
+  scratch = scratch_or_own(scratch, attention_scratch(d, parallel ? par::threads() : 1), own);
 #pragma omp parallel for collapse(2) schedule(dynamic) if (parallel)
   for (int h = 0; h < d.Hq; ++h) {
     for (Index b = 0; b < nblk; ++b) {
@@ -105,12 +103,7 @@ void attention_forward(const S* q, const S* k, const S* v, S* o, const AttnDims&
       auto qb = detail::attn_head_block(q, i0, bq, h, d.hd, ldq);
       auto kb = detail::attn_head_block(k, j0, nk, g, d.hd, ldk);
       auto vb = detail::attn_head_block(v, j0, nk, g, d.hd, ldk);
-#if defined(_OPENMP)
-      const int tid = omp_get_thread_num();
-#else
-      const int tid = 0;
-#endif
-      MatMap<S> s(scratch + tid * per_thread, bq, nk);  // (bq, nk)
+      MatMap<S> s(scratch + par::thread_id() * per_thread, bq, nk);  // (bq, nk)
       s.noalias() = qb * kb.transpose();  // scaled apart: "(product) * scale" makes a temporary
       s *= scale;
       for (Index i = 0; i < bq; ++i) {
@@ -161,18 +154,11 @@ void attention_backward(const S* q, const S* k, const S* v, const S* o, const S*
   // rows, so a group is never split between threads (no races, deterministic sums).
   const bool parallel = detail::attn_parallel(d);
   const Index bq_max = std::min<Index>(d.Tq, detail::kAttnBlock), per_thread = 2 * bq_max * d.Tk + bq_max;
-  Vec<S> own;
-  if (!scratch) {
-    own.resize(attention_backward_scratch(d, parallel ? par::threads() : 1));
-    scratch = own.data();
-  }
+  Buffer<S> own;
+  scratch = scratch_or_own(scratch, attention_backward_scratch(d, parallel ? par::threads() : 1), own);
 #pragma omp parallel for schedule(static) if (parallel)
   for (int g = 0; g < d.Hkv; ++g) {
-#if defined(_OPENMP)
-    S* mine = scratch + omp_get_thread_num() * per_thread;
-#else
-    S* mine = scratch;
-#endif
+    S* mine = scratch + par::thread_id() * per_thread;
     for (int h = g * rep; h < (g + 1) * rep; ++h) {
       for (Index b = 0; b < nblk; ++b) {
         const Index i0 = b * detail::kAttnBlock, i1 = std::min(d.Tq, i0 + detail::kAttnBlock);

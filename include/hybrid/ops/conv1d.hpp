@@ -9,6 +9,7 @@
 #pragma once
 #include <algorithm>
 
+#include "../core/buffer.hpp"
 #include "../core/error.hpp"
 #include "../core/parallel.hpp"
 #include "../core/tensor.hpp"
@@ -35,9 +36,8 @@ void causal_conv1d_forward(CView<S> uv, CView<S> wv, CView<S> biasv, CView<S> hi
     if (t >= 0) return u(t, c);
     return hist ? hist(c, K + t) : S(0);  // t in [-K+1, -1] -> hist column K + t
   };
-  Mat<S> own;
-  if (!wt_scratch) own.resize(K, C);
-  MatMap<S> wt(wt_scratch ? wt_scratch : own.data(), K, C);  // (K, C): taps contiguous over channels
+  Buffer<S> own;
+  MatMap<S> wt(scratch_or_own(wt_scratch, K * C, own), K, C);  // (K, C): taps contiguous over channels
   wt = w.transpose();
   par::for_ranges(C, par::threads_for(T * C * K), [&](Index c0, Index c1) {
     const Index n = c1 - c0;
@@ -77,11 +77,8 @@ void causal_conv1d_backward(CView<S> uv, CView<S> wv, CView<S> dyv, View<S> du, 
   const auto u = emap(uv);
   const auto w = emap(wv);
   const auto dy = emap(dyv);
-  Vec<S> own;
-  if (!scratch) {
-    own.resize(causal_conv1d_backward_scratch(C, K));
-    scratch = own.data();
-  }
+  Buffer<S> own;
+  scratch = scratch_or_own(scratch, causal_conv1d_backward_scratch(C, K), own);
   MatMap<S> wt(scratch, K, C);  // taps contiguous over channels
   if (du) wt = w.transpose();
   // Sums over time run row by row (contiguous over channels, vectorised) into accumulators:

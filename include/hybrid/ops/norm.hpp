@@ -9,6 +9,7 @@
 #pragma once
 #include <cmath>
 
+#include "../core/buffer.hpp"
 #include "../core/parallel.hpp"
 #include "../core/tensor.hpp"
 #include "activation.hpp"
@@ -141,11 +142,8 @@ void gated_rmsnorm_backward(CView<S> yv, CView<S> zv, CView<S> wv, Index group, 
   const auto z = emap(zv);
   const auto w = emap(wv);
   const auto dout = emap(doutv);
-  Vec<S> own;
-  if (!scratch) {
-    own.resize(gated_rmsnorm_backward_scratch(R, W));
-    scratch = own.data();
-  }
+  Buffer<S> own;
+  scratch = scratch_or_own(scratch, gated_rmsnorm_backward_scratch(R, W), own);
   S* rows_buf = scratch + par::reduce_scratch(R, W, W);  // 4 W per range
   par::for_rows_reduce(R, W, dw.data, W, [&](Index r0, Index r1, S* dw_part, int part) {
     S* b = rows_buf + Index(part) * 4 * W;  // sigmoid(z), silu(z), normalised v, dL/dv of a row

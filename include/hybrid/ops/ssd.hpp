@@ -13,11 +13,9 @@
 
 #include "../config.hpp"
 #include "../core/error.hpp"
+#include "../core/buffer.hpp"
+#include "../core/parallel.hpp"
 #include "../core/tensor.hpp"
-
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
 
 #if defined(_OPENMP)
 #define HYBRID_SSD_OMP(directive) _Pragma(#directive)
@@ -149,22 +147,6 @@ inline void segsum_step(const S* a, int t, S* run) {
 
 inline constexpr int kRecurrentBlock = 64;  // tokens per block of the recurrence
 
-inline int thread_id() {
-#if defined(_OPENMP)
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-// Threads a parallel region started here gets (1 inside one).
-inline int max_threads() {
-#if defined(_OPENMP)
-  return omp_in_parallel() ? 1 : omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
-
 // Row widths are padded to kPad so that Eigen's vectorised exp has no scalar tail.
 inline constexpr int kPad = 16;
 inline constexpr Index pad(Index n) { return (n + kPad - 1) / kPad * kPad; }
@@ -210,8 +192,6 @@ struct ChunkLayout {
     total = vec + 4 * Index(Qp);
   }
 };
-template <class S>
-using Buffer = Vec<S>;  // aligned, not initialised
 
 // One chunk of one head, given the chunk's C B^T for the head's group.
 //   cb (L, L), ld Qp     x, y (L, P), row strides xs, ys     Bg, Cg (L, N), row stride bs
@@ -390,11 +370,8 @@ template <class S>
 void ssd_recurrent(const SsdDims& d, const SsdArgs<S>& args, S* work = nullptr) {
   ssd_detail::check_args(d, args);
   if (d.T == 0) return ssd_detail::pass_state(d, args);
-  ssd_detail::Buffer<S> own;
-  if (!work) {
-    own.resize(ssd_recurrent_scratch(d, ssd_detail::max_threads()));
-    work = own.data();
-  }
+  Buffer<S> own;
+  work = scratch_or_own(work, ssd_recurrent_scratch(d, par::threads()), own);
   if (d.T <= kSsdShortT) return ssd_detail::recurrent_short(d, args, work);
   const int H = d.H, P = d.P, N = d.N, hpg = H / d.G;
   const Index T = d.T, xs = args.x_stride(d), ys = Index(H) * P, bs = args.bc_stride(d),
@@ -404,7 +381,7 @@ void ssd_recurrent(const SsdDims& d, const SsdArgs<S>& args, S* work = nullptr) 
   S* states = work;  // (H, N, P): transposed states, then kTb values per thread
   HYBRID_SSD_OMP(omp parallel) {
     [[maybe_unused]] ssd_detail::FlushDenormals ftz;
-    S* e = states + ssd_detail::pad(Index(H) * hs) + ssd_detail::thread_id() * kTb;  // exp(dt A)
+    S* e = states + ssd_detail::pad(Index(H) * hs) + par::thread_id() * kTb;  // exp(dt A)
     // schedule(static) everywhere: a thread owns the same heads in every loop below.
     HYBRID_SSD_OMP(omp for schedule(static) nowait)
     for (int h = 0; h < H; ++h) {
@@ -454,11 +431,8 @@ void ssd_chunked(const SsdDims& d, int Q, const SsdArgs<S>& args, S* work_buf = 
   if (d.T == 0) return ssd_detail::pass_state(d, args);
   const int H = d.H, P = d.P, N = d.N, G = d.G, hpg = H / G;
   const Index T = d.T, xs = args.x_stride(d), ys = Index(H) * P, bs = args.bc_stride(d);
-  ssd_detail::Buffer<S> own;
-  if (!work_buf) {
-    own.resize(ssd_chunked_scratch(d, Q, ssd_detail::max_threads()));
-    work_buf = own.data();
-  }
+  Buffer<S> own;
+  work_buf = scratch_or_own(work_buf, ssd_chunked_scratch(d, Q, par::threads()), own);
   Q = int(std::min<Index>(Q, T));
   const ssd_detail::ChunkLayout lay(Q, P, N);
   const int Qp = lay.Qp, nc = int((T + Q - 1) / Q);
@@ -485,7 +459,7 @@ void ssd_chunked(const SsdDims& d, int Q, const SsdArgs<S>& args, S* work_buf = 
       CB.leftCols(L).noalias() = Cm * Bm.transpose();
       CB.rightCols(Qp - L).setZero();  // read by chunk_decay's padded rows
     }
-    S* work = per_thread + ssd_detail::thread_id() * lay.total;
+    S* work = per_thread + par::thread_id() * lay.total;
     // Chunk-outer: a thread reads the rows of one chunk for all its heads together (the
     // order of x and y in memory). schedule(static) gives a thread the same heads in every
     // loop, so no barrier is needed between chunks, nor before the state is written out.

@@ -52,11 +52,8 @@ void ssd_backward(const SsdDims& d, int Q, const SsdArgs<S>& a, const S* dy, con
   using StridedOut = Eigen::Map<Mat<S>, 0, Eigen::OuterStride<>>;
   Q = int(std::min<Index>(Q, T));
   const Index n_chunks = (T + Q - 1) / Q;
-  std::vector<S> own;
-  if (!work) {
-    own.resize(std::size_t(ssd_backward_scratch(d, Q)));
-    work = own.data();
-  }
+  Buffer<S> own;
+  work = scratch_or_own(work, ssd_backward_scratch(d, Q), own);
   const Index per_head = ssd_backward_head_scratch(d, Q);
   const bool want_bc = g.dB || g.dC;
   S* dBh = work + H * per_head;  // (H, T, N) each, head-private, reduced after the loop
