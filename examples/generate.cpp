@@ -1,10 +1,11 @@
 // generate: text from a shipped model alias (random-init weights), a saved checkpoint or a
 // Hugging Face checkpoint directory (LFM2, GraniteMoeHybrid, Mamba2) with its tokenizer;
 // streams the text, reports prefill / decode speed, and can dump the logits of every
-// position or convert the model to a Hugging Face directory. Every bad input ends with a
-// message and exit code 2.
+// position or convert the model to a Hugging Face directory; the weights can be stored as
+// bf16, f16 or int8 for inference. Every bad input ends with a message and exit code 2.
 //
 //   generate --prompt "ROMEO:" --max-new-tokens 32
+//   generate --model Golf15x3E2 --weights-dtype int8 --weight-group 32 --prompt "ROMEO:"
 //   generate --model TinyLfm2 --ids 256,72,105 --temperature 0 --dump-logits l.f32
 //   generate --hf ./LFM2-350M --prompt "The capital of France is" --temperature 0
 #include <Eigen/Core>
@@ -57,12 +58,14 @@ struct Cli {
   hybrid::GenerateOptions gen;
   std::string dump_logits;
   bool summary = false, quiet = false, raw = false;
+  hybrid::DType weights_dtype = hybrid::DType::F32;
+  hybrid::Index weight_group = 0;  // int8 columns per scale, 0 = per row
 };
 
 // ---- the shipped aliases -----------------------------------------------------------------
 
 template <class S>
-int run_model(const hybrid::RuntimeModel<S>& model, const Cli& cli, const std::string& name,
+int run_model(hybrid::RuntimeModel<S>& model, const Cli& cli, const std::string& name,
               const std::string& origin, const hybrid::Tokenizer& tok);
 
 // For a checkpoint without a tokenizer: prompts are given as --ids and each generated id is
@@ -89,15 +92,18 @@ class IdsOnlyTokenizer final : public hybrid::Tokenizer {
 
 // An alias from the registry (alias_registry.hpp), built in the scalar type it is declared
 // in; RuntimeModel(desc, seed) is what the typed Model<> runs, so the weights are the same.
+// Stored weights compute in float, so with --weights-dtype a double alias is built in float.
 int run_alias(const Cli& cli) {
   const hybrid::AliasInfo& a = hybrid::find_alias(cli.model);
-  const std::string origin =
+  std::string origin =
       "random-init weights (seed " + std::to_string(cli.seed) + "): the text is noise";
-  if (a.scalar == "double")
-    return run_model(hybrid::RuntimeModel<double>(a.desc(), cli.seed), cli, cli.model, origin,
-                     hybrid::ByteTokenizer());
-  return run_model(hybrid::RuntimeModel<float>(a.desc(), cli.seed), cli, cli.model, origin,
-                   hybrid::ByteTokenizer());
+  if (a.scalar == "double" && cli.weights_dtype == hybrid::DType::F32) {
+    hybrid::RuntimeModel<double> model(a.desc(), cli.seed);
+    return run_model(model, cli, cli.model, origin, hybrid::ByteTokenizer());
+  }
+  if (a.scalar == "double") origin += "; built in float for --weights-dtype";
+  hybrid::RuntimeModel<float> model(a.desc(), cli.seed);
+  return run_model(model, cli, cli.model, origin, hybrid::ByteTokenizer());
 }
 
 std::string with_commas(hybrid::Index n) {
@@ -251,15 +257,16 @@ class LogitsFile {
 };
 
 template <class S>
-int run_model(const hybrid::RuntimeModel<S>& model, const Cli& cli, const std::string& name,
+int run_model(hybrid::RuntimeModel<S>& model, const Cli& cli, const std::string& name,
               const std::string& origin, const hybrid::Tokenizer& tok) {
   const int V = model.vocab();
   if (!cli.save_hf.empty()) {
-    hybrid::hf::save_hf(model, cli.save_hf);
+    hybrid::hf::save_hf(model, cli.save_hf);  // the float weights, whatever --weights-dtype says
     std::fprintf(stderr, "wrote %s (config.json + model.safetensors, %s)\n", cli.save_hf.c_str(),
                  hybrid::hf::architecture(hybrid::hf::family_for(model.desc())));
     if (!cli.prompt && !cli.ids) return 0;
   }
+  model.set_weight_storage(cli.weights_dtype, cli.weight_group);
   std::vector<int> prompt;
   if (cli.bos) {
     HYBRID_CHECK(tok.bos().has_value(), "--bos: the tokenizer has no BOS token");
@@ -286,6 +293,14 @@ int run_model(const hybrid::RuntimeModel<S>& model, const Cli& cli, const std::s
                  name.c_str(), with_commas(model.param_count()).c_str(),
                  model.layout_string().c_str(), V, tok.vocab_size(),
                  V > tok.vocab_size() ? ", only those are sampled" : "", origin.c_str());
+  if (!cli.quiet && model.weight_store()) {
+    const std::string kind = cli.weights_dtype != hybrid::DType::I8 ? ""
+                             : cli.weight_group ? ", a scale per 32 columns" : ", a scale per row";
+    std::fprintf(stderr, "  weights stored as %s%s: %.1f MiB for the projections, embedding and "
+                 "head (norms, convolutions and SSM dynamics stay f32)\n",
+                 hybrid::dtype_name(cli.weights_dtype), kind.c_str(),
+                 double(model.weight_store()->bytes()) / (1 << 20));
+  }
 
   std::optional<LogitsFile> dump;
   if (!cli.dump_logits.empty()) dump.emplace(cli.dump_logits);
@@ -375,6 +390,13 @@ int run(int argc, char** argv) {
                   "that transformers loads, then exit unless a prompt is given",
        cxxopts::value<std::string>())
       ("summary", "Print the model summary (blocks, parameters, state sizes) to stdout")
+      ("weights-dtype", "Store the weights of the projections, embedding and head for "
+                        "inference as f32, bf16, f16 or int8 (activations and sums stay float; "
+                        "norms, convolutions and SSM dynamics stay f32)",
+       cxxopts::value<std::string>()->default_value("f32"))
+      ("weight-group", "int8 columns per scale: row (one scale per row) or 32 (GGUF Q8_0's "
+                       "blocks; every packed width must be a multiple of 32)",
+       cxxopts::value<std::string>()->default_value("row"))
       ("threads", "Threads for OpenMP and Eigen (default: all cores)", cxxopts::value<std::string>());
   options.add_options("Prompt")
       ("prompt", "Prompt text, encoded as bytes", cxxopts::value<std::string>())
@@ -454,6 +476,14 @@ int run(int argc, char** argv) {
     HYBRID_CHECK(!cli.dump_logits.empty(), "--dump-logits needs a file name");
   }
   cli.summary = res.count("summary") > 0;
+  cli.weights_dtype = hybrid::parse_dtype(str("weights-dtype"));
+  {
+    const std::string g = str("weight-group");
+    HYBRID_CHECK(g == "row" || g == "32", "--weight-group: '", g, "' is not 'row' or '32'");
+    HYBRID_CHECK(res.count("weight-group") == 0 || cli.weights_dtype == hybrid::DType::I8,
+                 "--weight-group goes with --weights-dtype int8 (the other types have no scales)");
+    cli.weight_group = g == "row" ? 0 : 32;
+  }
   cli.quiet = res.count("quiet") > 0;
   cli.raw = res.count("raw") > 0;
   if (res.count("threads")) {
@@ -468,7 +498,7 @@ int run(int argc, char** argv) {
   if (!cli.weights.empty()) {
     HYBRID_CHECK(!cli.model_given, "give either --model or --weights, not both: a checkpoint ",
                  "holds its own layout");
-    const auto model = hybrid::load_model<float>(cli.weights);
+    auto model = hybrid::load_model<float>(cli.weights);
     return run_model<float>(model, cli, cli.weights, "weights from " + cli.weights, hybrid::ByteTokenizer());
   }
   if (!cli.hf_dir.empty()) {

@@ -12,9 +12,11 @@
 #include <string>
 #include <vector>
 
+#include "core/dtype.hpp"
 #include "desc.hpp"
 #include "infer/state.hpp"
 #include "layers/block_layer.hpp"
+#include "layers/weight_store.hpp"
 
 namespace hybrid {
 
@@ -47,7 +49,7 @@ class RuntimeModel {
   }
   RuntimeModel(const RuntimeModel& o)
       : desc_(o.desc_), table_(o.table_), embed_(o.embed_), head_(o.head_), blocks_(o.blocks_),
-        final_norm_(o.final_norm_), store_(o.store_) {
+        final_norm_(o.final_norm_), store_(o.store_), packed_(o.packed_) {
     bind_maps();
   }
   RuntimeModel& operator=(const RuntimeModel& o) {
@@ -89,6 +91,28 @@ class RuntimeModel {
   }
 
   Index param_count() const { return table_.count(); }
+
+  // Inference weight storage: the projections, the embedding and the LM head read in
+  // `dtype` (bf16, f16, or int8 with a float scale per `group` columns, 0 = per row, else
+  // 32), packed from the current float values, which stay the master (training, files,
+  // visit). A snapshot: call it again after the float values change. DType::F32 drops the
+  // packed copy, so the float path runs exactly as before. Float models only; a recording
+  // tape refuses a model with stored weights.
+  void set_weight_storage(DType dtype, Index group = 0) {
+    if (dtype == DType::F32) {
+      packed_.reset();
+      return;
+    }
+    if constexpr (std::is_same_v<S, float>)
+      packed_ = std::make_shared<const WeightStore>(
+          WeightStore::build(table_, store_.data(), dtype, group));
+    else
+      fail("set_weight_storage(", dtype_name(dtype), "): stored weights compute in float; this "
+           "model computes in double (build a RuntimeModel<float>)");
+  }
+  DType weight_dtype() const { return packed_ ? packed_->dtype() : DType::F32; }
+  // The packed weights, nullptr with float storage.
+  const WeightStore* weight_store() const { return packed_.get(); }
 
   std::string layout_string() const {
     std::string s;
@@ -216,6 +240,8 @@ class RuntimeModel {
   NormLayer<S> final_norm_;
   ParamStore<S> store_;           // every parameter value, one allocation
   std::vector<MatMap<S>> maps_;   // one per table entry, for visit()
+  // Inference weights in a storage type (set_weight_storage); immutable, so copies share it.
+  std::shared_ptr<const WeightStore> packed_;
 };
 
 template <class S>
@@ -243,7 +269,7 @@ template <class S>
 std::vector<Mat<S>> RuntimeModel<S>::hidden_states(std::span<const int> tokens, Index B, Index T) const {
   check_tokens(tokens, B, T, nullptr);
   Tape<S> t(false);
-  t.bind_values(store_.data());
+  t.bind_values(store_.data(), packed_.get());
   std::vector<Mat<S>> out;
   Var<S> x = ag::embedding(t, embed_, tokens.data(), B * T, S(desc_.model.embedding_multiplier));
   for (int l = 0; l < n_blocks(); ++l) {
@@ -332,7 +358,7 @@ std::string RuntimeModel<S>::summary(const std::string& name) const {
 template <class S>
 Var<S> RuntimeModel<S>::run(Tape<S>& t, std::span<const int> tokens, Index B, Index T, SequenceState<S>* const* states, bool all_logits, const TrainingOptions& o) const {
   check_tokens(tokens, B, T, states);
-  t.bind_values(store_.data());
+  t.bind_values(store_.data(), packed_.get());
   const auto& m = desc_.model;
   Var<S> x = ag::embedding(t, embed_, tokens.data(), B * T, S(m.embedding_multiplier));  // (B*T, D)
   LayerState<S>** ls = states ? t.template scratch_as<LayerState<S>*>(B) : nullptr;

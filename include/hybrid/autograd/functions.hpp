@@ -12,13 +12,24 @@
 #include "../ops/linear.hpp"
 #include "../ops/loss.hpp"
 #include "../ops/norm.hpp"
+#include "../ops/qlinear.hpp"
+#include "../layers/weight_store.hpp"
 #include "tape.hpp"
 
 namespace hybrid::ag {
 
 // y = x W^T + b. x: (R, in); W: (out, in); b: (1, out) or absent.
+// With stored weights bound (a non-recording tape, Tape::bind_values), W is read in its
+// storage type (ops/qlinear.hpp) and nothing is recorded.
 template <class S>
 Var<S> linear(Tape<S>& t, Var<S> x, const Param& W, const Param& b) {
+  if constexpr (std::is_same_v<S, float>)
+    if (t.packed())
+      if (const ops::QWeight q = t.packed()->find(W)) {
+        Var<S> y = t.var(x.rows, W.rows);
+        ops::qlinear_forward(x.value(), q, t.param(b).value(), y.value());
+        return y;
+      }
   const Var<S> w = t.param(W), bb = t.param(b);
   Var<S> y = t.var(x.rows, W.rows);
   ops::linear_forward<S>(x.value(), w.value(), bb.value(), y.value());
@@ -31,6 +42,13 @@ Var<S> linear(Tape<S>& t, Var<S> x, const Param& W, const Param& b) {
 // out = mult * table[ids]. table: (V, D); ids: R ids (validated by the caller).
 template <class S>
 Var<S> embedding(Tape<S>& t, const Param& table, const int* ids, Index R, S mult) {
+  if constexpr (std::is_same_v<S, float>)
+    if (t.packed())
+      if (const ops::QWeight q = t.packed()->find(table)) {
+        Var<S> y = t.var(R, table.cols);
+        ops::qembedding_forward(q, ids, R, mult, y.value());
+        return y;
+      }
   const Var<S> w = t.param(table);
   Var<S> y = t.var(R, table.cols);
   ops::embedding_forward<S>(w.value(), ids, R, mult, y.value());

@@ -22,6 +22,8 @@
 
 namespace hybrid {
 
+class WeightStore;  // layers/weight_store.hpp
+
 // A tensor on the tape: value and (when recording) gradient buffers, (rows, cols) with row
 // stride ld for both. A column range is a view with the parent's ld: free, no node.
 template <class S>
@@ -111,11 +113,23 @@ class Tape {
   Arena& arena() { return arena_; }
   // The parameter values Param handles resolve against (a model binds its store at the
   // start of every call on the tape). With a GradStore, it must be that store's model.
-  void bind_values(const S* values) {
+  // packed: the model's weights in a storage type (layers/weight_store.hpp), which
+  // ag::linear and ag::embedding read instead of the float values; inference only, since
+  // gradients belong to the float master weights.
+  void bind_values(const S* values, const WeightStore* packed = nullptr) {
     HYBRID_CHECK(!(recording_ && grads_ && grads_->values() != values),
                  "tape: its GradStore was made for another model than the one running on it");
+    HYBRID_CHECK(!(packed && recording_),
+                 "tape: the model holds its weights in a storage type for inference, and a "
+                 "recording tape trains the float weights; call set_weight_storage(DType::F32) "
+                 "before training");
+    HYBRID_CHECK((!packed || std::is_same_v<S, float>),
+                 "tape: stored (bf16 / f16 / int8) weights compute in float, not in this scalar type");
     values_ = values;
+    packed_ = packed;
   }
+  // The bound stored weights, nullptr when the float values are all there is.
+  const WeightStore* packed() const { return packed_; }
 
   // Bytes taken from the arena since the last rewind, by kind: activation values, their
   // gradients, values saved for the backward (statistics, ids, masks, nodes), and the
@@ -234,6 +248,7 @@ class Tape {
   bool recording_;
   GradStore<S>* grads_;
   const S* values_ = nullptr;
+  const WeightStore* packed_ = nullptr;
   Usage usage_;
   Arena arena_;
   std::vector<Node> nodes_;

@@ -126,8 +126,9 @@ std::vector<GenerationResult> generate_batch(const RuntimeModel<S>& model, const
   GenerationTiming timing;
 
   std::vector<SequenceState<S>> states;
+  Tape<S> work(false);  // one tape for prefill and every step, so its memory is reused
   const auto t0 = clock::now();
-  std::vector<Mat<S>> pre = model.prefill(prompts, states, opt.return_logits);
+  std::vector<Mat<S>> pre = model.prefill(prompts, states, opt.return_logits, &work);
   const auto t1 = clock::now();
   timing.prefill_seconds = seconds(t0, t1);
   for (const auto& p : prompts) timing.prefill_tokens += Index(p.size());
@@ -179,7 +180,7 @@ std::vector<GenerationResult> generate_batch(const RuntimeModel<S>& model, const
     slot.resize(w);
     states.resize(w);
     if (slot.empty()) break;
-    cur = model.step(feed, states);  // (w, V)
+    cur = model.step(feed, states, &work);  // (w, V)
     timing.decode_tokens += Index(w);
     if (opt.return_logits)
       for (std::size_t i = 0; i < w; ++i)
