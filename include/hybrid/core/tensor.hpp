@@ -1,5 +1,6 @@
 // Dense matrix aliases used throughout: activations are row-major (rows = tokens),
-// weights are row-major [out, in] as in PyTorch, so a linear layer is y = x W^T.
+// weights are row-major [out, in] as in PyTorch, so a linear layer is y = x W^T. Ops take
+// views (core/view.hpp); emap() turns a host view into the Eigen map their bodies use.
 #pragma once
 #include <Eigen/Dense>
 #include <cstdint>
@@ -23,13 +24,6 @@ template <class S>
 using VecMap = Eigen::Map<Vec<S>>;
 template <class S>
 using CVecMap = Eigen::Map<const Vec<S>>;
-
-// Op arguments: any row-major block with unit inner stride (a Mat, a Map over an arena
-// buffer, a column range of a wider matrix) binds to these without a copy.
-template <class S>
-using CRef = Eigen::Ref<const Mat<S>>;
-template <class S>
-using Ref = Eigen::Ref<Mat<S>>;
 
 // A host view as an Eigen matrix with its row stride: what CPU op bodies compute on.
 template <class S>
