@@ -31,7 +31,7 @@ double decode(const RuntimeModel<float>& m, const std::vector<int>& prompt,
               const std::vector<int>& toks, Mat<float>& logits) {
   std::vector<SequenceState<float>> st;
   Tape<float> ctx(false);  // kept across steps, as generate() does
-  m.prefill({prompt}, st, false, &ctx);
+  m.prefill({prompt}, st, {}, &ctx);
   logits.resize(Index(toks.size()), m.vocab());
   const auto t0 = Clock::now();
   for (std::size_t i = 0; i < toks.size(); ++i)

@@ -95,7 +95,7 @@ int main(int argc, char** argv) {
     std::vector<SequenceState<float>> st;
     model.prefill({std::vector<int>(toks.begin(), toks.begin() + std::min<Index>(T, 64))}, st);  // warm-up
     auto t0 = Clock::now();
-    model.prefill({toks}, st, /*all_logits=*/false);
+    model.prefill({toks}, st);
     const double s = seconds_since(t0);
     const double mm_gflops = 2.0 * mm * T / s / 1e9;
     std::printf("{\"case\":\"prefill\",\"model\":\"Golf15x3\",\"T\":%lld,\"seconds\":%.4f,"

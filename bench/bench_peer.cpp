@@ -370,7 +370,7 @@ int main(int argc, char** argv) {
     // Warm-up: a short prefill and a few steps.
     {
       std::vector<SequenceState<float>> st;
-      const auto l = model.prefill({prompt}, st, false);
+      const auto l = model.prefill({prompt}, st);
       int tok = argmax_row(l[0], 0);
       for (int i = 0; i < 4; ++i) tok = argmax_row(model.step(std::span<const int>(&tok, 1), st), 0);
     }
@@ -378,7 +378,7 @@ int main(int argc, char** argv) {
     for (int r = 0; r < a.reps; ++r) {
       std::vector<SequenceState<float>> st;
       auto t0 = Clock::now();
-      const auto l = model.prefill({prompt}, st, /*all_logits=*/false);
+      const auto l = model.prefill({prompt}, st);
       int tok = argmax_row(l[0], 0);
       tp.push_back(seconds_since(t0));
       t0 = Clock::now();

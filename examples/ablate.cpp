@@ -192,7 +192,7 @@ double decode_tokens_per_s(const RuntimeModel<S>& model, const std::vector<int>&
     l.row(l.rows() - 1).maxCoeff(&i);
     return int(i);
   };
-  int tok = argmax(model.prefill({prompt}, states, false)[0]);
+  int tok = argmax(model.prefill({prompt}, states)[0]);
   const auto t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < n; ++i) tok = argmax(model.step(std::span<const int>(&tok, 1), states));
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

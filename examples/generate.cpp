@@ -23,6 +23,8 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#include <sys/resource.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -32,6 +34,7 @@
 
 #include <hybrid/alias_registry.hpp>
 #include <hybrid/core/atomic_file.hpp>
+#include <hybrid/core/file.hpp>
 #include <hybrid/core/utf8.hpp>
 #include <hybrid/hf/checkpoint.hpp>
 #include <hybrid/infer/generate.hpp>
@@ -57,7 +60,8 @@ struct Cli {
   bool bos = false;
   hybrid::GenerateOptions gen;
   std::string dump_logits;
-  bool summary = false, quiet = false, raw = false;
+  std::string prompt_file;
+  bool summary = false, quiet = false, raw = false, echo_prompt = true;
   hybrid::DType weights_dtype = hybrid::DType::F32;
   hybrid::Index weight_group = 0;  // int8 columns per scale, 0 = per row
 };
@@ -264,7 +268,7 @@ int run_model(hybrid::RuntimeModel<S>& model, const Cli& cli, const std::string&
     hybrid::hf::save_hf(model, cli.save_hf);  // the float weights, whatever --weights-dtype says
     std::fprintf(stderr, "wrote %s (config.json + model.safetensors, %s)\n", cli.save_hf.c_str(),
                  hybrid::hf::architecture(hybrid::hf::family_for(model.desc())));
-    if (!cli.prompt && !cli.ids) return 0;
+    if (!cli.prompt && !cli.ids && cli.prompt_file.empty()) return 0;
   }
   model.set_weight_storage(cli.weights_dtype, cli.weight_group);
   std::vector<int> prompt;
@@ -277,10 +281,16 @@ int run_model(hybrid::RuntimeModel<S>& model, const Cli& cli, const std::string&
     const auto enc = tok.encode(*cli.prompt);
     prompt.insert(prompt.end(), enc.begin(), enc.end());
   }
-  if (!cli.ids && !cli.prompt && tok.bos()) prompt.assign(1, *tok.bos());
+  if (!cli.prompt_file.empty()) {
+    const std::string text = hybrid::read_file(cli.prompt_file, "--prompt-file", "a text file");
+    HYBRID_CHECK(!text.empty(), "--prompt-file: '", cli.prompt_file, "' is empty");
+    const auto enc = tok.encode(text);
+    prompt.insert(prompt.end(), enc.begin(), enc.end());
+  }
+  if (!cli.ids && !cli.prompt && cli.prompt_file.empty() && tok.bos()) prompt.assign(1, *tok.bos());
   HYBRID_CHECK(!prompt.empty(), "the prompt is empty; give --prompt TEXT, --ids or --bos");
   for (std::size_t k = 0; k < prompt.size(); ++k)
-    HYBRID_CHECK(prompt[k] < V, cli.ids ? "--ids" : "--prompt", ": token id ", prompt[k],
+    HYBRID_CHECK(prompt[k] < V, cli.ids ? "--ids" : cli.prompt ? "--prompt" : "--prompt-file", ": token id ", prompt[k],
                  " (prompt position ", k, ") is outside model ", name, "'s vocabulary [0, ", V, ")");
 
   hybrid::GenerateOptions opt = cli.gen;
@@ -311,7 +321,7 @@ int run_model(hybrid::RuntimeModel<S>& model, const Cli& cli, const std::string&
     std::snprintf(buf, sizeof buf, "[%d]", id);  // an id the tokenizer has no text for
     return std::string(buf);
   };
-  if (!cli.quiet)
+  if (!cli.quiet && cli.echo_prompt)
     for (int id : prompt) sink.put(text(id));
   hybrid::GenerationResult r;
   try {
@@ -328,12 +338,14 @@ int run_model(hybrid::RuntimeModel<S>& model, const Cli& cli, const std::string&
 
   if (!cli.quiet) {
     const auto& tm = r.timing;
+    rusage ru{};
+    getrusage(RUSAGE_SELF, &ru);  // ru_maxrss: kB on Linux
     std::fprintf(stderr,
                  "prefill: %lld tokens, %.1f tokens/s | decode: %lld tokens, %.1f tokens/s | "
-                 "%zu new tokens, stopped by %s\n",
+                 "%zu new tokens, stopped by %s | peak RSS %.0f MiB\n",
                  (long long)tm.prefill_tokens, tm.prefill_tokens_per_s(),
                  (long long)tm.decode_tokens, tm.decode_tokens_per_s(), r.tokens.size(),
-                 hybrid::to_string(r.stop));
+                 hybrid::to_string(r.stop), double(ru.ru_maxrss) / 1024.0);
   }
   if (dump) {
     dump->commit(r.logits);
@@ -402,10 +414,15 @@ int run(int argc, char** argv) {
       ("prompt", "Prompt text, encoded as bytes", cxxopts::value<std::string>())
       ("ids", "Prompt as raw token ids instead of text, e.g. 256,72,105 (ids may exceed the "
               "tokenizer's 258 up to the model's vocab)", cxxopts::value<std::string>())
-      ("bos", "Prepend the BOS id (256). With neither --prompt nor --ids the prompt is BOS alone");
+      ("prompt-file", "Prompt text read from a file (a long context: it is prefilled in chunks "
+       "of --prefill-chunk tokens; the echo of a prompt file is skipped)", cxxopts::value<std::string>())
+      ("bos", "Prepend the BOS id (256). With no prompt given the prompt is BOS alone");
   options.add_options("Generation")
       ("max-new-tokens", "Tokens to generate at most",
        cxxopts::value<std::string>()->default_value("64"))
+      ("prefill-chunk", "Prompt tokens per forward pass of the prefill: memory grows with the "
+       "chunk, not the prompt; 0 = the whole prompt in one pass",
+       cxxopts::value<std::string>()->default_value(std::to_string(hybrid::PrefillOptions{}.chunk)))
       ("temperature", "Softmax temperature; 0 = greedy (argmax)",
        cxxopts::value<std::string>()->default_value("1"))
       ("top-k", "Sample among the k most likely ids; 0 = all", cxxopts::value<std::string>()->default_value("0"))
@@ -453,7 +470,10 @@ int run(int argc, char** argv) {
                "give one of --model, --weights and --hf");
   if (res.count("prompt")) cli.prompt = res["prompt"].as<std::string>();
   if (res.count("ids")) cli.ids = parse_ids("--ids", res["ids"].as<std::string>());
-  HYBRID_CHECK(!(cli.prompt && cli.ids), "give either --prompt or --ids, not both");
+  if (res.count("prompt-file")) cli.prompt_file = res["prompt-file"].as<std::string>();
+  HYBRID_CHECK(int(cli.prompt.has_value()) + int(cli.ids.has_value()) + int(!cli.prompt_file.empty()) <= 1,
+               "give one of --prompt, --ids and --prompt-file");
+  cli.echo_prompt = cli.prompt_file.empty();
   cli.bos = res.count("bos") > 0;
   cli.gen.max_new_tokens = number<int>("--max-new-tokens", str("max-new-tokens"));
   cli.gen.sampling = {.temperature = number<float>("--temperature", str("temperature")),
@@ -465,6 +485,9 @@ int run(int argc, char** argv) {
   cli.gen.sampling.validate();
   HYBRID_CHECK(cli.gen.max_new_tokens >= 0, "--max-new-tokens must be >= 0, got ",
                cli.gen.max_new_tokens);
+  cli.gen.prefill_chunk = number<hybrid::Index>("--prefill-chunk", str("prefill-chunk"));
+  HYBRID_CHECK(cli.gen.prefill_chunk >= 0, "--prefill-chunk must be >= 0 (0 = whole prompt), got ",
+               cli.gen.prefill_chunk);
   if (res.count("stop")) {
     const auto s = res["stop"].as<std::string>();
     cli.gen.stop_tokens.emplace();

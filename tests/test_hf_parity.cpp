@@ -104,7 +104,7 @@ void check_case(const std::string& name) {
     const auto pf = ex.get("decode.prompt"), tf = ex.get("decode.tokens"), lf = ex.get("decode.logits");
     std::vector<std::vector<int>> prompt{std::vector<int>(pf.begin(), pf.end())};
     std::vector<SequenceState<S>> st;
-    const auto pre = model.prefill(prompt, st, false);
+    const auto pre = model.prefill(prompt, st);
     Index arg;
     pre[0].row(0).maxCoeff(&arg);
     double e_dec = 0;

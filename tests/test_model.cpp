@@ -35,7 +35,7 @@ void check_inference_invariants(const char* name) {
 
   SUBCASE("prefill with state equals stateless forward") {
     std::vector<SequenceState<double>> st;
-    auto out = model.prefill({toks}, st);
+    auto out = model.prefill({toks}, st, {.all_logits = true});
     CHECK(max_abs(out[0], full) < kTol);
     CHECK(st[0].pos == T);
   }
@@ -51,7 +51,7 @@ void check_inference_invariants(const char* name) {
     for (Index p : {1, 3, 8, 13}) {
       CAPTURE(p);
       std::vector<SequenceState<double>> st;
-      auto out = model.prefill({std::vector<int>(toks.begin(), toks.begin() + p)}, st);
+      auto out = model.prefill({std::vector<int>(toks.begin(), toks.begin() + p)}, st, {.all_logits = true});
       CHECK(max_abs(out[0], full.topRows(p)) < kTol);
       for (Index t = p; t < T; ++t) {
         const int tok = toks[t];
@@ -59,10 +59,32 @@ void check_inference_invariants(const char* name) {
       }
     }
   }
+  SUBCASE("chunked prefill equals the whole-prompt prefill: logits and states") {
+    // Chunks of 1, shorter than the SSD chunk (8), not a multiple of it, a multiple of it,
+    // longer than the window (6), and the whole prompt.
+    const std::vector<int> more{5, 77, 200};
+    std::vector<SequenceState<double>> whole;
+    const auto ref = model.prefill({toks}, whole, {.all_logits = true, .chunk = 0});
+    CHECK(max_abs(ref[0], full) < kTol);
+    std::vector<Mat<double>> ref_steps;
+    for (int tok : more) ref_steps.push_back(model.step(std::span<const int>(&tok, 1), whole));
+    for (Index chunk : {1, 3, 5, 8, 13, 16, 20, 21, 64}) {
+      CAPTURE(chunk);
+      std::vector<SequenceState<double>> st;
+      const auto out = model.prefill({toks}, st, {.all_logits = true, .chunk = chunk});
+      CHECK(max_abs(out[0], full) < kTol);
+      CHECK(st[0].pos == T);
+      const auto last = model.prefill({toks}, st, {.chunk = chunk});  // last position only
+      REQUIRE(last[0].rows() == 1);
+      CHECK(max_abs(last[0], full.bottomRows(1)) < kTol);
+      for (std::size_t i = 0; i < more.size(); ++i)  // the states carry on as the whole one's
+        CHECK(max_abs(model.step(std::span<const int>(&more[i], 1), st), ref_steps[i]) < kTol);
+    }
+  }
   SUBCASE("batched prompts of different lengths equal one at a time") {
     const auto a = random_tokens(5, model.vocab(), 12), b = random_tokens(17, model.vocab(), 13);
     std::vector<SequenceState<double>> st, sa, sb;
-    auto out = model.prefill({a, b, toks}, st);
+    auto out = model.prefill({a, b, toks}, st, {.all_logits = true});
     CHECK(max_abs(out[0], model.forward(a, 1, 5)) < kTol);
     CHECK(max_abs(out[1], model.forward(b, 1, 17)) < kTol);
     CHECK(max_abs(out[2], full) < kTol);

@@ -269,7 +269,7 @@ Run run(const RuntimeModel<float>& m, std::uint64_t seed) {
   std::vector<std::vector<int>> prompts(3, std::vector<int>(toks.begin(), toks.begin() + 5));
   prompts[1][0] = 1, prompts[2][4] = 2;
   std::vector<SequenceState<float>> st;
-  m.prefill(prompts, st, false);
+  m.prefill(prompts, st);
   Mat<float> dec(0, m.vocab());
   for (int s = 0; s < 4; ++s) {
     const std::vector<int> step{toks[std::size_t(5 + s)], toks[std::size_t(10 + s)], toks[std::size_t(15 + s)]};
@@ -385,7 +385,7 @@ std::vector<int> read_ids(const SafetensorsReader& r, const std::string& name) {
 // path); the logits of every step, (steps, V).
 Mat<float> decode_logits(const RuntimeModel<float>& m, const std::vector<int>& prompt, const std::vector<int>& toks) {
   std::vector<SequenceState<float>> st;
-  m.prefill({prompt}, st, false);
+  m.prefill({prompt}, st);
   Mat<float> out(Index(toks.size()), m.vocab());
   for (std::size_t s = 0; s < toks.size(); ++s) out.row(Index(s)) = m.step(std::vector<int>{toks[s]}, st).row(0);
   return out;

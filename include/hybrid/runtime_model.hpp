@@ -35,6 +35,24 @@ struct TrainingOptions {
   }
 };
 
+// How prefill() runs. The prompt goes through the model `chunk` tokens at a time, each
+// chunk continuing from the decode state the previous one left, so the memory of a prefill
+// is the weights + the decode state (KV caches grow with the prompt, Mamba-2 and ShortConv
+// state does not) + O(chunk x width) of activations, whatever the prompt's length; the
+// logits and states equal a whole-prompt forward's to rounding.
+struct PrefillOptions {
+  bool all_logits = false;  // logits of every prompt position (T, V), else the last (1, V)
+  Index chunk = 512;        // tokens per forward pass; 0 = the whole prompt at once
+  Index reserve_new_tokens = 0;  // KV cache rows reserved beyond each prompt, for the decode
+                                 // steps to follow (they then allocate nothing)
+
+  void validate() const {
+    HYBRID_CHECK(chunk >= 0, "prefill: chunk must be >= 0 tokens (0 = whole prompt), got ", chunk);
+    HYBRID_CHECK(reserve_new_tokens >= 0, "prefill: reserve_new_tokens must be >= 0, got ",
+                 reserve_new_tokens);
+  }
+};
+
 template <class S>
 class RuntimeModel {
  public:
@@ -157,13 +175,13 @@ class RuntimeModel {
   // parameter gradient in its GradStore. Returns logits (B*T, V) (or (B, V), see forward).
   Var<S> logits(Tape<S>& t, std::span<const int> tokens, Index B, Index T,
                 SequenceState<S>* const* states = nullptr, bool all_logits = true) const {
-    return run(t, tokens, B, T, states, all_logits, TrainingOptions{});
+    return run(t, tokens, B, T, states, all_logits ? Rows::All : Rows::Last, TrainingOptions{});
   }
   // A recorded training forward with per-call options (recompute, drop-path).
   Var<S> logits(Tape<S>& t, std::span<const int> tokens, Index B, Index T,
                 const TrainingOptions& o) const {
     o.validate();
-    return run(t, tokens, B, T, nullptr, true, o);
+    return run(t, tokens, B, T, nullptr, Rows::All, o);
   }
 
   // Mean next-token cross-entropy (nats) of B sequences of T tokens against targets (B*T
@@ -171,12 +189,13 @@ class RuntimeModel {
   Var<S> loss(Tape<S>& t, std::span<const int> tokens, std::span<const int> targets, Index B,
               Index T, double z_loss = 0, const TrainingOptions& o = {}) const;
 
-  // Prompts of different lengths (each non-empty). Returns per prompt the logits (T_b, V)
-  // (or (1, V) for the last position when all_logits is false); states receives one
-  // SequenceState per prompt, ready for step().
+  // Prompts of different lengths (each non-empty), run in chunks (PrefillOptions). Returns
+  // per prompt the logits of its last position (1, V), or of every position (T_b, V) with
+  // all_logits; states receives one SequenceState per prompt, ready for step(). ctx: a
+  // tape kept between calls so that its memory is reused.
   std::vector<Mat<S>> prefill(const std::vector<std::vector<int>>& prompts,
                               std::vector<SequenceState<S>>& states,
-                              bool all_logits = true, Tape<S>* ctx = nullptr) const;
+                              const PrefillOptions& opt = {}, Tape<S>* ctx = nullptr) const;
 
   // One token per sequence. Returns logits (B, V).
   Mat<S> step(std::span<const int> tokens, std::vector<SequenceState<S>>& states,
@@ -190,7 +209,7 @@ class RuntimeModel {
                  states.size(), " sequences; expected one token per sequence");
     HYBRID_CHECK(!ctx.recording(), "step: the context tape must not record");
     ctx.rewind();
-    return run(ctx, tokens, Index(tokens.size()), 1, states.data(), true, TrainingOptions{}).value();
+    return run(ctx, tokens, Index(tokens.size()), 1, states.data(), Rows::All, TrainingOptions{}).value();
   }
 
   // Per block kind: count, parameters, decode state. One screen.
@@ -217,8 +236,11 @@ class RuntimeModel {
     for (const auto& e : table_.entries()) maps_.emplace_back(store_.data() + e.offset, e.rows, e.cols);
   }
 
+  // Which logits run() computes: every position, the last of each sequence, or none (a
+  // prefill chunk before the last only advances the states; run() then returns an empty Var).
+  enum class Rows { All, Last, None };
   Var<S> run(Tape<S>& t, std::span<const int> tokens, Index B, Index T,
-             SequenceState<S>* const* states, bool all_logits, const TrainingOptions& o) const;
+             SequenceState<S>* const* states, Rows rows, const TrainingOptions& o) const;
 
   // Row factors for drop-path of block l: one draw per sequence, seeded by (drop_seed, l).
   const S* drop_mask(Tape<S>& t, const TrainingOptions& o, int l, Index B, Index T) const;
@@ -292,17 +314,43 @@ Var<S> RuntimeModel<S>::loss(Tape<S>& t, std::span<const int> tokens, std::span<
 }
 
 template <class S>
-std::vector<Mat<S>> RuntimeModel<S>::prefill(const std::vector<std::vector<int>>& prompts, std::vector<SequenceState<S>>& states, bool all_logits, Tape<S>* ctx) const {
-  std::vector<Mat<S>> out;
-  states.clear();
+std::vector<Mat<S>> RuntimeModel<S>::prefill(const std::vector<std::vector<int>>& prompts, std::vector<SequenceState<S>>& states, const PrefillOptions& opt, Tape<S>* ctx) const {
+  opt.validate();
   for (std::size_t i = 0; i < prompts.size(); ++i) {
     HYBRID_CHECK(!prompts[i].empty(), "prefill: prompt ", i,
                  " is empty; every prompt needs at least one token (e.g. BOS)");
-    states.push_back(new_state());
+    check_tokens(prompts[i], 1, Index(prompts[i].size()), nullptr);
+    const Index need = Index(prompts[i].size()) + opt.reserve_new_tokens;
+    HYBRID_CHECK(desc_.model.max_context == 0 || need <= desc_.model.max_context, "prefill: prompt ",
+                 i, " (", prompts[i].size(), " tokens) + reserve_new_tokens (",
+                 opt.reserve_new_tokens, ") exceeds the model's maximum context of ",
+                 desc_.model.max_context);
   }
+  Tape<S> local(false);
+  Tape<S>& t = ctx ? *ctx : local;
+  HYBRID_CHECK(!t.recording(), "prefill: the context tape must not record");
+  std::vector<Mat<S>> out;
+  out.reserve(prompts.size());
+  states.clear();
+  states.reserve(prompts.size());
   for (std::size_t i = 0; i < prompts.size(); ++i) {
-    SequenceState<S>* st = &states[i];
-    out.push_back(forward(prompts[i], 1, Index(prompts[i].size()), &st, all_logits, ctx));
+    const auto& p = prompts[i];
+    const Index T = Index(p.size()), step = opt.chunk > 0 ? std::min(opt.chunk, T) : T;
+    states.push_back(new_state(T + opt.reserve_new_tokens));
+    SequenceState<S>* st = &states.back();
+    Mat<S> lg(opt.all_logits ? T : 1, vocab());
+    for (Index c0 = 0; c0 < T; c0 += step) {
+      const Index n = std::min(step, T - c0);
+      const bool last = c0 + n == T;
+      t.rewind();
+      const Rows rows = opt.all_logits ? Rows::All : last ? Rows::Last : Rows::None;
+      const Var<S> l = run(t, std::span<const int>(p.data() + c0, std::size_t(n)), 1, n, &st,
+                           rows, TrainingOptions{});
+      if (opt.all_logits) lg.middleRows(c0, n) = l.val();
+      else if (last) lg = l.val();
+    }
+    t.rewind();
+    out.push_back(std::move(lg));
   }
   return out;
 }
@@ -356,22 +404,36 @@ std::string RuntimeModel<S>::summary(const std::string& name) const {
 }
 
 template <class S>
-Var<S> RuntimeModel<S>::run(Tape<S>& t, std::span<const int> tokens, Index B, Index T, SequenceState<S>* const* states, bool all_logits, const TrainingOptions& o) const {
+Var<S> RuntimeModel<S>::run(Tape<S>& t, std::span<const int> tokens, Index B, Index T, SequenceState<S>* const* states, Rows rows, const TrainingOptions& o) const {
   check_tokens(tokens, B, T, states);
   t.bind_values(store_.data(), packed_.get());
   const auto& m = desc_.model;
   Var<S> x = ag::embedding(t, embed_, tokens.data(), B * T, S(m.embedding_multiplier));  // (B*T, D)
   LayerState<S>** ls = states ? t.template scratch_as<LayerState<S>*>(B) : nullptr;
   const bool train = t.recording();
+  // Inference keeps no activation past its block: each block runs in a freed region and
+  // its output lands in one of two buffers, alternately (the other holds its input).
+  Var<S> ping[2];
+  if (!train) ping[0] = t.var(B * T, m.d_model), ping[1] = t.var(B * T, m.d_model);
   for (int l = 0; l < n_blocks(); ++l) {
     for (Index b = 0; states && b < B; ++b) ls[b] = &states[b]->layers[l];
-    const S* keep = train && o.drop_path > 0 ? drop_mask(t, o, l, B, T) : nullptr;
-    if (train && o.recompute && !states) x = checkpointed_block(t, l, x, B, T, keep);
+    if (!train) {
+      const Var<S> y = ping[l & 1];
+      {
+        const typename Tape<S>::Region block(t);
+        ops::copy<S>(blocks_[l].forward(t, x, B, T, ls, nullptr).value(), y.value());
+      }
+      x = y;
+      continue;
+    }
+    const S* keep = o.drop_path > 0 ? drop_mask(t, o, l, B, T) : nullptr;
+    if (o.recompute && !states) x = checkpointed_block(t, l, x, B, T, keep);
     else x = blocks_[l].forward(t, x, B, T, ls, keep);
   }
   if (states)
     for (Index b = 0; b < B; ++b) states[b]->pos += T;
-  if (!all_logits && T > 1) {
+  if (rows == Rows::None) return Var<S>{};
+  if (rows == Rows::Last && T > 1) {
     Index* last = t.scratch_index(B);
     for (Index b = 0; b < B; ++b) last[b] = b * T + T - 1;
     x = ag::gather_rows(t, x, last, B);

@@ -192,6 +192,33 @@ class Tape {
   };
   Workspace workspace(Index n) { return Workspace(*this, n); }
 
+  // A stretch of a non-recording call whose activations die with it (one block of an
+  // inference forward): everything taken from the tape inside is freed when the scope
+  // ends, so a forward's memory is that of its largest block, not the sum over blocks.
+  // Usage counts it as workspace (the largest region), so usage() still bounds the arena.
+  // What must outlive the region is copied out before it ends.
+  class Region {
+   public:
+    explicit Region(Tape& t) : t_(t), mark_(t.arena_.mark()), before_(t.usage_) {
+      HYBRID_CHECK(!t.recording_, "tape: a freed region needs a non-recording tape (a "
+                   "recording tape keeps every activation for the backward)");
+      t.usage_.workspace = 0;  // the largest op workspace inside the region
+    }
+    ~Region() {
+      const std::size_t inside = t_.usage_.total() - (before_.total() - before_.workspace);
+      t_.arena_.release(mark_);
+      t_.usage_ = before_;
+      t_.usage_.workspace = std::max(before_.workspace, inside);
+    }
+    Region(const Region&) = delete;
+    Region& operator=(const Region&) = delete;
+
+   private:
+    Tape& t_;
+    Arena::Mark mark_;
+    Usage before_;
+  };
+
   // Records a backward closure. It must be trivially destructible (capture Vars, pointers
   // and numbers, not owning containers): the arena never runs destructors.
   template <class F>

@@ -27,6 +27,7 @@ struct GenerateOptions {
   std::optional<std::set<int>> stop_tokens{};  // nullopt: the tokenizer's EOS; {}: none
   bool return_logits = false;                // fill GenerationResult::logits
   bool restrict_to_tokenizer = true;         // sample only ids the tokenizer can decode
+  Index prefill_chunk = PrefillOptions{}.chunk;  // prompt tokens per forward pass (0 = all)
 };
 
 enum class StopReason { MaxTokens, StopToken, Callback };
@@ -128,7 +129,12 @@ std::vector<GenerationResult> generate_batch(const RuntimeModel<S>& model, const
   std::vector<SequenceState<S>> states;
   Tape<S> work(false);  // one tape for prefill and every step, so its memory is reused
   const auto t0 = clock::now();
-  std::vector<Mat<S>> pre = model.prefill(prompts, states, opt.return_logits, &work);
+  // KV caches sized for the whole generation up front: the decode loop allocates nothing.
+  std::vector<Mat<S>> pre = model.prefill(prompts, states,
+                                          {.all_logits = opt.return_logits,
+                                           .chunk = opt.prefill_chunk,
+                                           .reserve_new_tokens = opt.max_new_tokens},
+                                          &work);
   const auto t1 = clock::now();
   timing.prefill_seconds = seconds(t0, t1);
   for (const auto& p : prompts) timing.prefill_tokens += Index(p.size());
