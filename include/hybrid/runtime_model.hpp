@@ -175,8 +175,9 @@ class RuntimeModel {
 
   // Evaluation without (B*T, V) logits, on a tape that does not record: the summed
   // cross-entropy (nats) over the scored positions (target not -1), how many there are, and
-  // how many have the target as their largest logit. Float weights only (a model with
-  // stored weights evaluates through forward()).
+  // how many have the target as their largest logit. Holds one block's activations and a
+  // chunk of logits at a time. Float weights only (a model with stored weights evaluates
+  // through forward()).
   struct Score {
     double nats = 0;
     Index scored = 0, correct = 0;
@@ -248,7 +249,9 @@ class RuntimeModel {
 
   // loss() and score(): the targets checked, then the final-norm output (B*T, D) of the
   // stateless forward, the path of run() without decode states, with the options' drop-path
-  // and recompute when t records.
+  // when t records. With recompute each block runs on the side tape (checkpointed_block),
+  // so t holds only block inputs and outputs: recomputed in backward when t records, and
+  // one block's activations at a time when it does not (evaluation of long sequences).
   Var<S> final_hidden(Tape<S>& t, std::span<const int> tokens, std::span<const int> targets,
                       Index B, Index T, const TrainingOptions& o) const;
   ops::HeadLoss head_loss_config(double z_loss) const {
@@ -317,7 +320,7 @@ Var<S> RuntimeModel<S>::final_hidden(Tape<S>& t, std::span<const int> tokens, st
   const bool train = t.recording();
   for (int l = 0; l < n_blocks(); ++l) {
     const S* keep = train && o.drop_path > 0 ? drop_mask(t, o, l, B, T) : nullptr;
-    if (train && o.recompute) x = checkpointed_block(t, l, x, B, T, keep);
+    if (o.recompute) x = checkpointed_block(t, l, x, B, T, keep);
     else x = blocks_[l].forward(t, x, B, T, nullptr, keep);
   }
   return final_norm_.forward(t, x);  // (B*T, D)
@@ -334,7 +337,7 @@ typename RuntimeModel<S>::Score RuntimeModel<S>::score(Tape<S>& t, std::span<con
   HYBRID_CHECK(!t.recording(), "score: the tape must not record (use loss() to train)");
   HYBRID_CHECK(!packed_, "score: the model holds its weights in a storage type; evaluate it "
                "through forward(), or call set_weight_storage(DType::F32)");
-  const Var<S> x = final_hidden(t, tokens, targets, B, T, TrainingOptions{});
+  const Var<S> x = final_hidden(t, tokens, targets, B, T, TrainingOptions{.recompute = true});
   Score r;
   for (int tg : targets) r.scored += tg != -1;
   const Param& w = desc_.model.tied ? embed_ : head_;
