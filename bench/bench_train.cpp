@@ -2,8 +2,9 @@
 // optimiser at T = 1024, the model-FLOP rate as a fraction of the Eigen GEMM rate measured
 // in the same run, and the step's memory: parameters, gradients and optimiser state (one
 // allocation each) and the tape arena (reserved, and used in the step broken down into
-// activations, their gradients, saved values and op workspaces). One JSON object per line.
-//   bench_train [--quick] [--threads N] [--recompute]
+// activations, their gradients, saved values and op workspaces), with the memory per token
+// of the step (arena used / T, and the process peak / T). One JSON object per line.
+//   bench_train [--quick] [--threads N] [--recompute] [--seq-len T] [--steps N]
 #include <array>
 #include <chrono>
 #include <cstdio>
@@ -42,14 +43,19 @@ static long peak_rss_kb() {
 
 int main(int argc, char** argv) {
   bool quick = false, recompute = false;
+  Index seq_len = 0;
+  int n_steps = 0;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--quick")) quick = true;
     else if (!std::strcmp(argv[i], "--recompute")) recompute = true;
+    else if (!std::strcmp(argv[i], "--seq-len") && i + 1 < argc) seq_len = std::atol(argv[++i]);
+    else if (!std::strcmp(argv[i], "--steps") && i + 1 < argc) n_steps = std::atoi(argv[++i]);
 #ifdef _OPENMP
     else if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) omp_set_num_threads(std::atoi(argv[++i]));
 #endif
     else {
-      std::fprintf(stderr, "usage: bench_train [--quick] [--threads N] [--recompute]\n");
+      std::fprintf(stderr, "usage: bench_train [--quick] [--threads N] [--recompute] [--seq-len T] "
+                           "[--steps N]\n");
       return 2;
     }
   }
@@ -59,7 +65,7 @@ int main(int argc, char** argv) {
   std::printf("{\"case\":\"gemm_f32\",\"gflops\":%.2f}\n", gemm);
 
   Golf15x3 model(1);
-  const Index T = quick ? 256 : 1024, B = 1;
+  const Index T = seq_len > 0 ? seq_len : quick ? 256 : 1024, B = 1;
   // Model FLOPs per token of a training step: 6 x (projection weights, LM head included)
   // plus attention's 6 x T x d_attn per attention layer (causal: half of 12 T d).
   Index mm = 0;
@@ -92,7 +98,7 @@ int main(int argc, char** argv) {
   cfg.recompute = recompute;
   train::Trainer<float> tr(model, src, cfg);
   tr.step();  // warm-up: the arena and optimiser buffers reach their size
-  const int steps = quick ? 2 : 4;
+  const int steps = n_steps > 0 ? n_steps : quick ? 2 : 4;
   double best = 1e30;
   for (int i = 0; i < steps; ++i) best = std::min(best, tr.step().seconds);
   const double tps = double(B * T) / best;
@@ -117,5 +123,18 @@ int main(int argc, char** argv) {
               params * 4 * mb, params * 4 * mb, opt_state * 4 * mb, tr.arena_bytes() * mb,
               u.total() * mb, u.values * mb, u.gradients * mb, u.saved * mb, u.workspace * mb,
               accounted * mb, peak_rss_kb() / 1024.0);
+  // Per token of the step (B * T tokens): the arena it used, and the whole process's peak
+  // (parameters, gradients and optimiser state included, so it falls as T grows).
+  const double tokens = double(B * T);
+  const auto ru = tr.recompute_usage();  // one recomputed block's tape (recompute only)
+  std::printf("{\"case\":\"train_memory_recompute\",\"block_tape_used_mb\":%.1f,\"activations_mb\":%.1f,"
+              "\"activation_grads_mb\":%.1f,\"saved_mb\":%.1f,\"op_workspace_mb\":%.1f}\n",
+              ru.total() * mb, ru.values * mb, ru.gradients * mb, ru.saved * mb, ru.workspace * mb);
+  std::printf("{\"case\":\"train_memory_per_token\",\"B\":%lld,\"T\":%lld,\"recompute\":%s,"
+              "\"arena_high_water_bytes_per_token\":%.0f,\"arena_reserved_bytes_per_token\":%.0f,"
+              "\"peak_rss_bytes_per_token\":%.0f,\"peak_rss_mb\":%.1f,\"seconds\":%.3f}\n",
+              (long long)B, (long long)T, recompute ? "true" : "false", double(tr.arena_high_water()) / tokens,
+              double(tr.arena_bytes()) / tokens, peak_rss_kb() * 1024.0 / tokens,
+              peak_rss_kb() / 1024.0, best);
   return 0;
 }

@@ -153,6 +153,15 @@ int dump_grads(RuntimeModel<S>& model, data::Source& src, const Options& o) {
   return 0;
 }
 
+// The process's peak resident set (VmHWM) in bytes, 0 where /proc is not there.
+double peak_rss_bytes() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::atof(line.c_str() + 6) * 1024;
+  return 0;
+}
+
 std::string hms(double s) {
   char buf[32];
   const long t = long(s + 0.5);
@@ -206,6 +215,16 @@ int run(const Options& o) {
   const std::int64_t start = tr.optimizer().steps();
   while (tr.optimizer().steps() < cfg.steps) {
     const train::StepResult r = tr.step();
+    if (r.step == start + 1) {  // the arenas have their size after the first step
+      // Per token of one micro-batch (the arenas hold one at a time).
+      const double per = 1.0 / double(cfg.batch * cfg.seq_len), mb = 1.0 / (1 << 20);
+      std::printf("memory: arena_high_water_mb=%.1f bytes_per_token=%.0f peak_rss_mb=%.1f "
+                  "peak_rss_bytes_per_token=%.0f (B=%lld T=%lld%s)\n",
+                  double(tr.arena_high_water()) * mb, double(tr.arena_high_water()) * per,
+                  peak_rss_bytes() * mb, peak_rss_bytes() * per, (long long)cfg.batch,
+                  (long long)cfg.seq_len, cfg.recompute ? " recompute" : "");
+      std::fflush(stdout);
+    }
     elapsed += r.seconds;
     tokens += r.tokens;
     tok_s = double(tokens) / std::max(elapsed, 1e-9);

@@ -3,6 +3,7 @@
 // parameter tensor, and along a random direction of each whole tensor.
 #include <doctest/doctest.h>
 
+#include <hybrid/alias_registry.hpp>
 #include <hybrid/model.hpp>
 
 #include "grad_check.hpp"
@@ -151,4 +152,88 @@ TEST_CASE("grad: drop-path masks whole sequences per branch, and its gradient is
   // Recompute and drop-path together still give the same gradient.
   CHECK((model_grad(m, toks, tg, 3, 11, {.recompute = true, .drop_path = 0.5, .drop_seed = 1}) - dropped)
             .cwiseAbs().maxCoeff() < 1e-12);
+}
+
+namespace {
+// The loss and every parameter gradient of a training step, through loss() (the fused,
+// chunked head + loss) or through the (B*T, V) logits and cross_entropy (the unfused path).
+struct StepGrads {
+  double loss = 0;
+  Eigen::VectorXd grad;
+};
+StepGrads step_grads(RuntimeModel<double>& m, const std::vector<int>& toks,
+                     const std::vector<int>& tg, Index B, Index T, double z, bool fused,
+                     const TrainingOptions& o = {}) {
+  GradStore<double> grads(m);
+  Tape<double> tape(true, &grads);
+  const Var<double> l = fused ? m.loss(tape, toks, tg, B, T, z, o)
+                              : ag::cross_entropy(tape, m.logits(tape, toks, B, T, o), tg.data(), z);
+  tape.backward(l);
+  return {l.v[0], Eigen::Map<const Eigen::VectorXd>(grads.data(), grads.size())};
+}
+}  // namespace
+
+TEST_CASE("grad: the fused head + loss equals logits + cross_entropy on every Tiny alias") {
+  const Index B = 2, T = 13;
+  for (const AliasInfo& a : shipped_aliases()) {
+    if (std::string_view(a.name).rfind("Tiny", 0) != 0) continue;
+    CAPTURE(a.name);
+    RuntimeModel<double> m(a.desc(), 6);
+    Rng rng(8);
+    std::vector<int> toks(B * T), tg(B * T);
+    for (auto& x : toks) x = int(rng.below(m.vocab()));
+    for (Index i = 0; i < B * T; ++i) tg[i] = i % 5 == 2 ? -1 : int(rng.below(m.vocab()));
+    for (const bool recompute : {false, true}) {
+      CAPTURE(recompute);
+      const TrainingOptions o{.recompute = recompute};
+      const StepGrads f = step_grads(m, toks, tg, B, T, 0.01, true, o);
+      const StepGrads u = step_grads(m, toks, tg, B, T, 0.01, false, o);
+      CHECK(std::abs(f.loss - u.loss) < 1e-12);
+      CHECK((f.grad - u.grad).cwiseAbs().maxCoeff() < 1e-12);
+      CHECK(u.grad.norm() > 1e-3);
+    }
+    // Evaluation's score: the same nats and argmax hits as the logits.
+    Tape<double> t(false);
+    const auto s = m.score(t, toks, tg, B, T);
+    t.rewind();
+    const Mat<double> logits = m.logits(t, toks, B, T).val();
+    std::vector<double> lse(B * T);
+    const double nats = ops::cross_entropy_forward<double>(logits, tg.data(), lse.data(), 0);
+    Index scored = 0, correct = 0;
+    for (Index r = 0; r < B * T; ++r) {
+      if (tg[r] < 0) continue;
+      Eigen::Index arg = 0;
+      logits.row(r).maxCoeff(&arg);
+      ++scored;
+      correct += arg == tg[r];
+    }
+    CHECK(std::abs(s.nats - nats) < 1e-10);
+    CHECK(s.scored == scored);
+    CHECK(s.correct == correct);
+  }
+}
+
+TEST_CASE("grad: head_loss gives the same loss and gradients at every chunk size") {
+  const Index R = 23, D = 7, V = 11;
+  const Mat<double> x = testing::random_weights(R, D, 3) * 3, W = testing::random_weights(V, D, 4);
+  std::vector<int> tg(R);
+  for (Index r = 0; r < R; ++r) tg[r] = r % 6 == 1 ? -1 : int((r * 5 + 3) % V);
+  const ops::HeadLoss base{.divisor = 1.5, .softcap = 2, .z_loss = 0.03};
+  std::vector<double> lse0(R), lse(R), ws(R * V);
+  Mat<double> dx0 = Mat<double>::Zero(R, D), dW0 = Mat<double>::Zero(V, D);
+  const double l0 = ops::head_loss_forward<double>(x, W, tg.data(), base, lse0.data(), ws.data());
+  ops::head_loss_backward<double>(x, W, tg.data(), lse0.data(), 0.1, base, dx0, dW0, ws.data());
+  for (const Index c : {1, 4, 22, 23, 100}) {
+    CAPTURE(c);
+    ops::HeadLoss h = base;
+    h.chunk = c;
+    Mat<double> dx = Mat<double>::Zero(R, D), dW = Mat<double>::Zero(V, D);
+    CHECK(std::abs(ops::head_loss_forward<double>(x, W, tg.data(), h, lse.data(), ws.data()) - l0) < 1e-12);
+    ops::head_loss_backward<double>(x, W, tg.data(), lse.data(), 0.1, h, dx, dW, ws.data());
+    CHECK((dx - dx0).cwiseAbs().maxCoeff() < 1e-13);
+    CHECK((dW - dW0).cwiseAbs().maxCoeff() < 1e-13);
+  }
+  CHECK(dx0.norm() > 1e-3);
+  // Ignored rows get no gradient.
+  CHECK(dx0.row(1).cwiseAbs().maxCoeff() == 0);
 }

@@ -185,9 +185,23 @@ class RuntimeModel {
   }
 
   // Mean next-token cross-entropy (nats) of B sequences of T tokens against targets (B*T
-  // ids, -1 = not scored), plus z_loss * mean(logsumexp^2), as a 1x1 Var.
+  // ids, -1 = not scored), plus z_loss * mean(logsumexp^2), as a 1x1 Var. The LM head and
+  // the loss are one op (ops/head_loss.hpp) that holds a chunk of logits at a time, never
+  // (B*T, V); the result equals cross_entropy(logits(...)) to rounding.
   Var<S> loss(Tape<S>& t, std::span<const int> tokens, std::span<const int> targets, Index B,
               Index T, double z_loss = 0, const TrainingOptions& o = {}) const;
+
+  // Evaluation without (B*T, V) logits, on a tape that does not record: the summed
+  // cross-entropy (nats) over the scored positions (target not -1), how many there are, and
+  // how many have the target as their largest logit. Holds one block's activations and a
+  // chunk of logits at a time. Float weights only (a model with stored weights evaluates
+  // through forward()).
+  struct Score {
+    double nats = 0;
+    Index scored = 0, correct = 0;
+  };
+  Score score(Tape<S>& t, std::span<const int> tokens, std::span<const int> targets, Index B,
+              Index T) const;
 
   // Prompts of different lengths (each non-empty), run in chunks (PrefillOptions). Returns
   // per prompt the logits of its last position (1, V), or of every position (T_b, V) with
@@ -255,6 +269,20 @@ class RuntimeModel {
   // x: (R, D) → logits (R, V) after the final norm, LM head, divisor and soft-cap.
   Var<S> head(Tape<S>& t, Var<S> x) const;
 
+  // loss() and score(): the targets checked, then the final-norm output (B*T, D) of the
+  // stateless forward (blocks_forward without decode states), with the options' drop-path
+  // and recompute when t records, one block's activations at a time when it does not.
+  Var<S> final_hidden(Tape<S>& t, std::span<const int> tokens, std::span<const int> targets,
+                      Index B, Index T, const TrainingOptions& o) const;
+  // The blocks on x (B*T, D), continuing from states when given. A recording tape keeps
+  // what the backward needs (only block inputs with o.recompute); a non-recording one holds
+  // one block's activations at a time (Tape::Region) and two ping-pong buffers.
+  Var<S> blocks_forward(Tape<S>& t, Var<S> x, Index B, Index T, SequenceState<S>* const* states,
+                        const TrainingOptions& o) const;
+  ops::HeadLoss head_loss_config(double z_loss) const {
+    return {0, desc_.model.logits_divisor, desc_.model.logit_softcap, z_loss};
+  }
+
   ModelDesc desc_;
   ParamTable table_;
   Param embed_, head_;
@@ -303,14 +331,41 @@ std::vector<Mat<S>> RuntimeModel<S>::hidden_states(std::span<const int> tokens, 
 }
 
 template <class S>
-Var<S> RuntimeModel<S>::loss(Tape<S>& t, std::span<const int> tokens, std::span<const int> targets, Index B, Index T, double z_loss, const TrainingOptions& o) const {
+Var<S> RuntimeModel<S>::final_hidden(Tape<S>& t, std::span<const int> tokens, std::span<const int> targets, Index B, Index T, const TrainingOptions& o) const {
+  o.validate();
   HYBRID_CHECK(Index(targets.size()) == B * T, "loss: got ", targets.size(),
                " targets, expected B*T = ", B * T);
   for (Index i = 0; i < B * T; ++i)
     HYBRID_CHECK(targets[i] >= -1 && targets[i] < vocab(), "target id ", targets[i],
                  " at position ", i % T, " of sequence ", i / T, " is outside [0, ", vocab(),
                  ") (or -1 to skip)");
-  return ag::cross_entropy(t, logits(t, tokens, B, T, o), targets.data(), z_loss);
+  check_tokens(tokens, B, T, nullptr);
+  t.bind_values(store_.data(), packed_.get());
+  const Var<S> x0 = ag::embedding(t, embed_, tokens.data(), B * T, S(desc_.model.embedding_multiplier));
+  const Var<S> x = blocks_forward(t, x0, B, T, nullptr, o);
+  return final_norm_.forward(t, x);  // (B*T, D)
+}
+
+template <class S>
+Var<S> RuntimeModel<S>::loss(Tape<S>& t, std::span<const int> tokens, std::span<const int> targets, Index B, Index T, double z_loss, const TrainingOptions& o) const {
+  const Var<S> x = final_hidden(t, tokens, targets, B, T, o);
+  return ag::head_loss(t, x, desc_.model.tied ? embed_ : head_, targets.data(), head_loss_config(z_loss));
+}
+
+template <class S>
+typename RuntimeModel<S>::Score RuntimeModel<S>::score(Tape<S>& t, std::span<const int> tokens, std::span<const int> targets, Index B, Index T) const {
+  HYBRID_CHECK(!t.recording(), "score: the tape must not record (use loss() to train)");
+  HYBRID_CHECK(!packed_, "score: the model holds its weights in a storage type; evaluate it "
+               "through forward(), or call set_weight_storage(DType::F32)");
+  const Var<S> x = final_hidden(t, tokens, targets, B, T, TrainingOptions{});
+  Score r;
+  for (int tg : targets) r.scored += tg != -1;
+  const Param& w = desc_.model.tied ? embed_ : head_;
+  const ops::HeadLoss h = head_loss_config(0);
+  auto ws = t.workspace(ops::head_loss_scratch(x.rows, w.rows, h));
+  r.nats = ops::head_loss_forward<S>(x.value(), t.param(w).value(), targets.data(), h, nullptr,
+                                     ws.data, &r.correct);
+  return r;
 }
 
 template <class S>
@@ -404,17 +459,13 @@ std::string RuntimeModel<S>::summary(const std::string& name) const {
 }
 
 template <class S>
-Var<S> RuntimeModel<S>::run(Tape<S>& t, std::span<const int> tokens, Index B, Index T, SequenceState<S>* const* states, Rows rows, const TrainingOptions& o) const {
-  check_tokens(tokens, B, T, states);
-  t.bind_values(store_.data(), packed_.get());
-  const auto& m = desc_.model;
-  Var<S> x = ag::embedding(t, embed_, tokens.data(), B * T, S(m.embedding_multiplier));  // (B*T, D)
+Var<S> RuntimeModel<S>::blocks_forward(Tape<S>& t, Var<S> x, Index B, Index T, SequenceState<S>* const* states, const TrainingOptions& o) const {
   LayerState<S>** ls = states ? t.template scratch_as<LayerState<S>*>(B) : nullptr;
   const bool train = t.recording();
   // Inference keeps no activation past its block: each block runs in a freed region and
   // its output lands in one of two buffers, alternately (the other holds its input).
   Var<S> ping[2];
-  if (!train) ping[0] = t.var(B * T, m.d_model), ping[1] = t.var(B * T, m.d_model);
+  if (!train) ping[0] = t.var(B * T, x.cols), ping[1] = t.var(B * T, x.cols);
   for (int l = 0; l < n_blocks(); ++l) {
     for (Index b = 0; states && b < B; ++b) ls[b] = &states[b]->layers[l];
     if (!train) {
@@ -430,6 +481,16 @@ Var<S> RuntimeModel<S>::run(Tape<S>& t, std::span<const int> tokens, Index B, In
     if (o.recompute && !states) x = checkpointed_block(t, l, x, B, T, keep);
     else x = blocks_[l].forward(t, x, B, T, ls, keep);
   }
+  return x;
+}
+
+template <class S>
+Var<S> RuntimeModel<S>::run(Tape<S>& t, std::span<const int> tokens, Index B, Index T, SequenceState<S>* const* states, Rows rows, const TrainingOptions& o) const {
+  check_tokens(tokens, B, T, states);
+  t.bind_values(store_.data(), packed_.get());
+  const auto& m = desc_.model;
+  Var<S> x = ag::embedding(t, embed_, tokens.data(), B * T, S(m.embedding_multiplier));  // (B*T, D)
+  x = blocks_forward(t, x, B, T, states, o);
   if (states)
     for (Index b = 0; b < B; ++b) states[b]->pos += T;
   if (rows == Rows::None) return Var<S>{};

@@ -9,6 +9,7 @@
 #include "../ops/activation.hpp"
 #include "../ops/elementwise.hpp"
 #include "../ops/embedding.hpp"
+#include "../ops/head_loss.hpp"
 #include "../ops/linear.hpp"
 #include "../ops/loss.hpp"
 #include "../ops/norm.hpp"
@@ -237,6 +238,39 @@ Var<S> cross_entropy(Tape<S>& t, Var<S> logits, const int* targets, double z_los
   t.push(OpId::CrossEntropy, [logits, loss, saved, lse, n, z_loss] {
     ops::cross_entropy_backward<S>(logits.value(), saved, lse, double(loss.g[0]) / double(n), z_loss,
                                    logits.gradient());
+  });
+  return loss;
+}
+
+// The LM head fused with its loss (ops/head_loss.hpp): the mean over rows whose target is
+// not -1 of the cross-entropy (+ z_loss * lse^2) of softcap((x W^T) / divisor), as a 1x1
+// Var, with only a chunk of logits in memory at a time. x: (R, D) final-norm output; W:
+// (V, D) (the embedding table when tied); targets: R ids, copied to the tape. The forward
+// and the backward take one chunk of logits from the tape's workspace.
+template <class S>
+Var<S> head_loss(Tape<S>& t, Var<S> x, const Param& W, const int* targets, const ops::HeadLoss& h) {
+  const Index R = x.rows;
+  if constexpr (std::is_same_v<S, float>)
+    HYBRID_CHECK(!(t.packed() && t.packed()->find(W)),
+                 "head_loss: the head reads float weights; this model holds them in a storage "
+                 "type for inference (call set_weight_storage(DType::F32) first)");
+  Index n = 0;
+  for (Index i = 0; i < R; ++i) n += targets[i] != -1;
+  HYBRID_CHECK(n > 0, "head_loss: every target is ignored (-1); nothing to score");
+  const Var<S> w = t.param(W);
+  S* lse = t.recording() ? t.scratch(R) : nullptr;
+  int* saved = t.recording() ? t.scratch_int(R) : nullptr;
+  if (saved) std::copy(targets, targets + R, saved);
+  Var<S> loss = t.var(1, 1);
+  {
+    auto ws = t.workspace(ops::head_loss_scratch(R, W.rows, h));
+    loss.v[0] = S(ops::head_loss_forward<S>(x.value(), w.value(), targets, h, lse, ws.data) / double(n));
+  }
+  Tape<S>* tp = &t;
+  t.push(OpId::HeadLoss, [tp, x, w, loss, saved, lse, n, h] {
+    auto ws = tp->workspace(ops::head_loss_scratch(x.rows, w.rows, h));
+    ops::head_loss_backward<S>(x.value(), w.value(), saved, lse, double(loss.g[0]) / double(n), h,
+                               x.gradient(), w.gradient(), ws.data);
   });
   return loss;
 }

@@ -33,6 +33,11 @@ struct OpDims {
   int window = 0;          // attention window
   bool strided = false;    // activations are column ranges of wider tensors
   ScanPath path = ScanPath::Chunked;
+  // head_loss: its chunk is `chunk` (0: the op's own choice); logits divisor, soft-cap,
+  // z-loss; tied: W is also the table of an embedding that produces x (one gradient, two
+  // uses), as in a model with a tied head.
+  double divisor = 1, softcap = 0, z_loss = 0;
+  bool tied = false;
 };
 
 struct OpCase {
@@ -69,6 +74,7 @@ inline constexpr std::array<OpRow, kOpCount> op_rows{{
     {OpId::GatherRows, "ops/elementwise.hpp", true},
     {OpId::Softcap, "ops/loss.hpp", true},
     {OpId::CrossEntropy, "ops/loss.hpp", true},
+    {OpId::HeadLoss, "ops/head_loss.hpp", true},
     {OpId::Checkpoint, "runtime_model.hpp (checkpointed_block)", true},
 }};
 
@@ -119,6 +125,15 @@ inline std::vector<OpCase> op_cases() {
   add(OpId::Attention, "GQA B=2", OpDims{.B = 2, .T = 4, .H = 4, .Hkv = 2, .hd = 2});
   add(OpId::Attention, "window", OpDims{.T = 6, .H = 2, .Hkv = 1, .hd = 3, .window = 2});
   add(OpId::Attention, "T = 1", OpDims{.T = 1, .H = 2, .Hkv = 1, .hd = 3});
+
+  // Targets: row 1 is ignored (-1) in every case.
+  add(OpId::HeadLoss, "R % chunk != 0", OpDims{.T = 7, .chunk = 3});
+  add(OpId::HeadLoss, "one chunk, z-loss", OpDims{.T = 5, .chunk = 0, .z_loss = 0.05});
+  add(OpId::HeadLoss, "chunk 1, B=2 strided", OpDims{.B = 2, .T = 3, .chunk = 1, .strided = true});
+  add(OpId::HeadLoss, "soft-cap, divisor, z-loss",
+      OpDims{.B = 2, .T = 4, .chunk = 3, .divisor = 2, .softcap = 1.5, .z_loss = 0.02});
+  add(OpId::HeadLoss, "tied embedding, soft-cap",
+      OpDims{.T = 6, .C = 4, .O = 7, .chunk = 4, .softcap = 2, .z_loss = 0.01, .tied = true});
   return c;
 }
 
@@ -132,6 +147,7 @@ inline std::vector<OpCase> op_bench_cases(bool quick = false) {
     OpDims d = g;
     switch (r.op) {
       case OpId::Embedding: case OpId::CrossEntropy: d.O = 1024; break;
+      case OpId::HeadLoss: d.O = 1024, d.chunk = 0; break;
       case OpId::GatedRmsNorm: d.C = 768; break;
       case OpId::CausalConv1d: d.C = 832, d.K = 4; break;
       case OpId::Ssd: d.H = 12, d.P = 64, d.N = 32, d.G = 1, d.chunk = 64, d.path = ScanPath::Auto; break;
@@ -239,6 +255,15 @@ class OpCaseRun {
         for (Index r = 0; r < R; ++r) tg[r] = r == 1 ? -1 : int((r * 2 + 1) % d.O);
         return ag::cross_entropy(t, act(0), tg, 0.05);
       }
+      case OpId::HeadLoss: {
+        int* tg = t.scratch_int(R);
+        for (Index r = 0; r < R; ++r) tg[r] = r == 1 ? -1 : int((r * 2 + 1) % d.O);
+        const ops::HeadLoss h{d.chunk, d.divisor, d.softcap, d.z_loss};
+        if (!d.tied) return ag::head_loss(t, act(0), in_[1], tg, h);
+        int* ids = t.scratch_int(R);
+        for (Index r = 0; r < R; ++r) ids[r] = int((r * 3 + 2) % d.O);
+        return ag::head_loss(t, ag::embedding(t, in_[0], ids, R, S(0.8)), in_[0], tg, h);
+      }
       case OpId::Checkpoint:
       case OpId::kCount: break;
     }
@@ -280,6 +305,11 @@ class OpCaseRun {
         break;
       case OpId::DtSoftplus: act(d.H), in(1, d.H); break;
       case OpId::CrossEntropy: act(d.O); break;
+      case OpId::HeadLoss:
+        HYBRID_CHECK(!(d.tied && d.strided), "op case: a tied head_loss takes x from its embedding");
+        if (d.tied) in(d.O, d.C);
+        else act(d.C), in(d.O, d.C);
+        break;
       case OpId::Checkpoint: case OpId::kCount:
         fail("op case: ", op_name(c_.op), " has no inputs to declare");
     }

@@ -111,6 +111,7 @@ class Tape {
   void set_recording(bool r) { recording_ = r; }
   void set_grads(GradStore<S>* g) { grads_ = g; }
   Arena& arena() { return arena_; }
+  const Arena& arena() const { return arena_; }
   // The parameter values Param handles resolve against (a model binds its store at the
   // start of every call on the tape). With a GradStore, it must be that store's model.
   // packed: the model's weights in a storage type (layers/weight_store.hpp), which
@@ -140,6 +141,9 @@ class Tape {
     std::size_t total() const { return values + gradients + saved + workspace; }
   };
   const Usage& usage() const { return usage_; }
+  // The largest usage() any span between rewinds has had (a recompute tape is rewound once
+  // per block, so its usage() alone shows only the last block).
+  Usage peak_usage() const { return usage_.total() > peak_.total() ? usage_ : peak_; }
 
   // A new activation; its gradient (when recording) starts at zero.
   Var<S> var(Index rows, Index cols) {
@@ -253,11 +257,14 @@ class Tape {
     recompute_->set_grads(grads_);
     return *recompute_;
   }
+  // The recompute tape if one was made (its memory is part of the step's), else nullptr.
+  const Tape* recompute_tape_if_made() const { return recompute_.get(); }
 
   // Drops every node and activation; memory is kept for the next step.
   void rewind() {
     nodes_.clear();
     arena_.rewind();
+    peak_ = peak_usage();
     usage_ = Usage{};
   }
   // The op of every node recorded since the last rewind, in order (the op-table test).
@@ -276,7 +283,7 @@ class Tape {
   GradStore<S>* grads_;
   const S* values_ = nullptr;
   const WeightStore* packed_ = nullptr;
-  Usage usage_;
+  Usage usage_, peak_;
   Arena arena_;
   std::vector<Node> nodes_;
   std::unique_ptr<Tape> recompute_;

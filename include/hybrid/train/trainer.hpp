@@ -113,15 +113,14 @@ class Trainer {
     Index scored = 0;
     Tape<S> t(false);
     for (const data::Batch& b : data_.val_batches(cfg_.batch, cfg_.seq_len, cfg_.eval_batches)) {
-      t.rewind();
-      const Var<S> logits = model_.logits(t, b.tokens, b.B, b.T);
       Index n = 0;
       for (int tgt : b.targets) n += tgt != -1;
       if (n == 0) continue;
-      S* lse = t.scratch(logits.rows);
-      nats += ops::cross_entropy_forward<S>(logits.value(), b.targets.data(), lse, 0);
-      correct += data::accuracy(logits.val(), b) * double(n);
-      scored += n;
+      t.rewind();  // the head and the loss by chunks of rows: no (B*T, V) logits
+      const auto s = model_.score(t, b.tokens, b.targets, b.B, b.T);
+      nats += s.nats;
+      correct += double(s.correct);
+      scored += s.scored;
       e.tokens += b.B * b.T;
     }
     if (ema_) ema_->swap(model_);
@@ -138,9 +137,26 @@ class Trainer {
   GradStore<S>& grads() { return grads_; }
   data::Source& data() { return data_; }
   const TrainConfig& config() const { return cfg_; }
-  std::size_t arena_bytes() { return tape_.arena().capacity(); }
-  // The arena's use in the last step (its largest micro-batch), by kind.
+  // Bytes reserved by the tape's arenas: the step's, and with recompute the arena of the
+  // block being recomputed.
+  std::size_t arena_bytes() const {
+    const Tape<S>* rt = tape_.recompute_tape_if_made();
+    return tape_.arena().capacity() + (rt ? rt->arena().capacity() : 0);
+  }
+  // The most the arenas have held at once so far (the step's high-water plus, with
+  // recompute, the recomputed block's, which it reaches while the step's is still held).
+  std::size_t arena_high_water() const {
+    const Tape<S>* rt = tape_.recompute_tape_if_made();
+    return tape_.arena().high_water() + (rt ? rt->arena().high_water() : 0);
+  }
+  // The arena's use in the last step (its largest micro-batch), by kind; with recompute,
+  // the step's tape only (the recomputed blocks are recompute_usage()).
   const typename Tape<S>::Usage& arena_usage() const { return usage_; }
+  // With recompute: the largest use of one recomputed block's tape so far, by kind.
+  typename Tape<S>::Usage recompute_usage() const {
+    const Tape<S>* rt = tape_.recompute_tape_if_made();
+    return rt ? rt->peak_usage() : typename Tape<S>::Usage{};
+  }
 
  private:
   RuntimeModel<S>& model_;
