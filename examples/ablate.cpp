@@ -533,7 +533,8 @@ std::string gnuplot_script(const std::vector<Result>& rs, const std::string& tit
 
 // Two panels against the evaluation length (log-2 axis): accuracy (bits per byte for text)
 // and loss, one line per layout, with the training length marked. As in curves.csv each
-// layout's rows are contiguous, so the other layouts' NaN rows break no line.
+// layout's rows are contiguous, so the other layouts' NaN rows break no line. Tics at the
+// evaluation lengths; the dashed line marks the training length.
 std::string length_gnuplot_script(const std::vector<Result>& rs, const std::string& title,
                                   Index train_T, bool synthetic) {
   std::string names;
@@ -548,9 +549,16 @@ std::string length_gnuplot_script(const std::vector<Result>& rs, const std::stri
      << "set output outfile\nset datafile separator \",\"\n"
      << "names = \"" << names << "\"\n"
      << "sel(c) = strcol(1) eq word(names, i) && strcol(c) ne \"\" ? column(c) : NaN\n"
-     << "set grid\nset logscale x 2\nset xlabel \"evaluation length (tokens)\"\n"
-     << "set arrow 1 from " << train_T << ", graph 0 to " << train_T
-     << ", graph 1 nohead dashtype 2 lc rgb \"gray40\"\n"
+     << "set grid\nset logscale x 2\nset xlabel \"evaluation length (tokens)\"\n";
+  const auto& pts = rs.front().lengths;
+  os << "set xrange [" << double(pts.front().length) / 1.25 << ":" << double(pts.back().length) * 1.25
+     << "]\nset xtics (";
+  for (std::size_t i = 0; i < pts.size(); ++i) os << (i ? ", " : "") << pts[i].length;
+  os << ")\n";
+  if (train_T >= pts.front().length && train_T <= pts.back().length)
+    os << "set arrow 1 from " << train_T << ", graph 0 to " << train_T
+       << ", graph 1 nohead dashtype 2 lc rgb \"gray40\"\n";
+  os
      << "set multiplot layout 1,2 title \"" << title << "\"\n"
      << "set title \"" << (synthetic ? "accuracy" : "bits per byte") << " vs evaluation length, trained at T = "
      << train_T << "\"\n"
