@@ -557,17 +557,17 @@ std::string length_gnuplot_script(const std::vector<Result>& rs, const std::stri
   os << ")\n";
   if (train_T >= pts.front().length && train_T <= pts.back().length)
     os << "set arrow 1 from " << train_T << ", graph 0 to " << train_T
-       << ", graph 1 nohead dashtype 2 lc rgb \"gray40\"\n";
+       << ", graph 1 nohead back dashtype 2 lc rgb \"gray40\"\n";
   os
      << "set multiplot layout 1,2 title \"" << title << "\"\n"
      << "set title \"" << (synthetic ? "accuracy" : "bits per byte") << " vs evaluation length, trained at T = "
      << train_T << "\"\n"
      << "set ylabel \"" << (synthetic ? "accuracy (scored positions)" : "bits per byte") << "\"\n"
-     << (synthetic ? "set yrange [0:1.02]\nset key bottom left\n" : "set key top left\n")
+     << (synthetic ? "set yrange [0:1.02]\nset key top right opaque\n" : "set key top left opaque\n")
      << "plot for [i=1:words(names)] 'length.csv' skip 1 using 2:(sel(" << metric_col
      << ")) with linespoints lw 2 pt 7 ps 0.8 title word(names, i)\n"
      << "set title \"loss vs evaluation length, trained at T = " << train_T << "\"\n"
-     << "set ylabel \"loss (nats per scored token)\"\nset yrange [0:*]\nset key top left\n"
+     << "set ylabel \"loss (nats per scored token)\"\nset yrange [0:*]\nset key top left opaque\n"
      << "plot for [i=1:words(names)] 'length.csv' skip 1 using 2:(sel(4)) "
         "with linespoints lw 2 pt 7 ps 0.8 title word(names, i)\n"
      << "unset multiplot\n";
