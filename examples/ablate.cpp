@@ -13,10 +13,18 @@
 // Mamba-2 blocks carry no MLP (as in Mamba-2 / Nemotron-H's mixer layers); attention and
 // ShortConv blocks carry a SwiGLU of hidden width mlp_ratio * d_model. d_model is then
 // searched per layout to bring the parameter count closest to --target-params.
+//
+// --eval-lengths 128,256,...,4096 adds a length-generalisation figure: after training at
+// --seq-len, each layout is evaluated on the same task at every listed length (MQAR: the
+// same pairs and queries with the query region spread over the longer sequence; text:
+// windows of that length), scoring the positions with a target, --eval-seqs sequences per
+// length in forwards of --eval-batch. Writes length.csv, a table in results.md and
+// length.gnuplot / length.png (accuracy or bits per byte, and loss, against length).
 #include <cxxopts.hpp>
 
 #include <algorithm>
 #include <atomic>
+#include <charconv>
 #include <cctype>
 #include <chrono>
 #include <cmath>
@@ -86,6 +94,28 @@ std::vector<Layout> parse_layouts(const std::string& text) {
     out.push_back(l);
   }
   HYBRID_CHECK(!out.empty(), "--layouts: no layout given");
+  return out;
+}
+
+// "512,128,256" → {128, 256, 512}: positive integers, any order, each at most once.
+std::vector<Index> parse_lengths(const std::string& text) {
+  std::vector<Index> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    long long v = 0;
+    const char* end = item.data() + item.size();
+    const auto [p, ec] = std::from_chars(item.data(), end, v);
+    HYBRID_CHECK(!item.empty(), "--eval-lengths: '", text, "' has an empty entry; give lengths as 128,256,512");
+    HYBRID_CHECK(ec == std::errc() && p == end && v > 0, "--eval-lengths: '", item,
+                 "' is not a positive integer (give lengths as 128,256,512)");
+    HYBRID_CHECK(std::find(out.begin(), out.end(), Index(v)) == out.end(), "--eval-lengths: the length ",
+                 v, " appears twice");
+    out.push_back(Index(v));
+  }
+  HYBRID_CHECK(!out.empty() && text.back() != ',', "--eval-lengths: '", text,
+               "' has an empty entry; give a comma-separated list of lengths, e.g. 128,256,512");
+  std::sort(out.begin(), out.end());
   return out;
 }
 
@@ -170,6 +200,11 @@ struct CurvePoint {
   double train_loss, val_loss, val_metric;  // val_* NaN between evaluations
 };
 
+struct LengthPoint {
+  Index length = 0, sequences = 0, scored = 0;
+  double loss = kNaN, accuracy = kNaN, bits_per_byte = kNaN, seconds = 0;
+};
+
 struct Result {
   Layout layout;
   int d_model = 0;
@@ -182,6 +217,7 @@ struct Result {
   long long rss_bytes = -1;     // process peak RSS during this layout's training
   Index kv_bytes_per_token = 0, state_bytes = 0;
   std::vector<CurvePoint> curve;
+  std::vector<LengthPoint> lengths;  // with --eval-lengths
 };
 
 // Greedy decoding, batch 1: prefill `prompt`, then time n single-token steps.
@@ -197,6 +233,51 @@ double decode_tokens_per_s(const RuntimeModel<S>& model, const std::vector<int>&
   for (int i = 0; i < n; ++i) tok = argmax(model.step(std::span<const int>(&tok, 1), states));
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return double(n) / std::max(s, 1e-12);
+}
+
+// The trained model on --eval-seqs validation sequences of each length, through the
+// inference forward (no tape kept; one reused scratch tape) in slices of --eval-batch
+// sequences so that memory stays small at long lengths. Scores the positions with a
+// target, as the trainer's evaluate() does.
+std::vector<LengthPoint> evaluate_lengths(const RuntimeModel<S>& model, data::Source& src,
+                                          const std::vector<Index>& lengths, const Options& o,
+                                          const std::string& name, bool synthetic) {
+  const Index n_seqs = o.get<Index>("eval-seqs"), per_call = o.get<Index>("eval-batch");
+  std::vector<LengthPoint> out;
+  Tape<S> ctx(false);
+  for (const Index L : lengths) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const data::Batch all = src.val_batches(n_seqs, L, 1)[0];  // text: fewer rows if the split is short
+    LengthPoint p;
+    p.length = L;
+    p.sequences = all.B;
+    double nats = 0, right = 0;
+    for (Index r0 = 0; r0 < all.B; r0 += per_call) {
+      data::Batch b;
+      b.B = std::min(per_call, all.B - r0);
+      b.T = L;
+      b.tokens.assign(all.tokens.begin() + r0 * L, all.tokens.begin() + (r0 + b.B) * L);
+      b.targets.assign(all.targets.begin() + r0 * L, all.targets.begin() + (r0 + b.B) * L);
+      const Index n = b.scored();
+      if (n == 0) continue;
+      const Mat<S> logits = model.forward(b.tokens, b.B, L, nullptr, true, &ctx);  // (B*L, V)
+      nats += ops::cross_entropy_forward<S>(CView<S>(logits), b.targets.data(), nullptr, 0);
+      right += data::accuracy(logits, b) * double(n);
+      p.scored += n;
+    }
+    HYBRID_CHECK(p.scored > 0, "--eval-lengths: no scored positions at length ", L);
+    p.loss = nats / double(p.scored);
+    p.accuracy = right / double(p.scored);
+    p.bits_per_byte = data::bits_per_byte(p.loss, src.bytes_per_token());
+    p.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::printf("  %s length %5lld | loss %.4f | %s %.4f | %lld scored in %lld sequences | %.1f s\n",
+                name.c_str(), (long long)L, p.loss, synthetic ? "acc" : "bpb",
+                synthetic ? p.accuracy : p.bits_per_byte, (long long)p.scored, (long long)p.sequences,
+                p.seconds);
+    std::fflush(stdout);
+    out.push_back(p);
+  }
+  return out;
 }
 
 train::TrainConfig train_config(const Options& o) {
@@ -224,7 +305,8 @@ train::TrainConfig train_config(const Options& o) {
 }
 
 // measure_rss: only when this is the one layout in flight (VmHWM is per process).
-Result run_layout(const Layout& l, const Options& o, bool synthetic, bool measure_rss) {
+Result run_layout(const Layout& l, const Options& o, const std::vector<Index>& lengths, bool synthetic,
+                  bool measure_rss) {
   auto src = make_source(o);  // a fresh source per layout: every layout sees the same batches
   const int vocab = src->vocab_needed();
   Result r;
@@ -273,6 +355,7 @@ Result run_layout(const Layout& l, const Options& o, bool synthetic, bool measur
           else r.state_bytes += mx.state_bytes();
         },
         model.block(i).mixer());
+  if (!lengths.empty()) r.lengths = evaluate_lengths(model, *src, lengths, o, l.name, synthetic);
   const data::Batch vb = src->val_batches(1, cfg.seq_len, 1)[0];
   const Index plen = std::clamp<Index>(o.get<Index>("prefill"), 1, vb.T);
   r.decode_tok_s = decode_tokens_per_s(
@@ -282,7 +365,8 @@ Result run_layout(const Layout& l, const Options& o, bool synthetic, bool measur
 
 // Layouts on `--jobs` worker threads, each single-threaded inside (OpenMP's thread count is
 // per thread, so each worker sets its own). Results keep the order of `layouts`.
-std::vector<Result> run_all(const std::vector<Layout>& layouts, const Options& o, bool synthetic) {
+std::vector<Result> run_all(const std::vector<Layout>& layouts, const Options& o,
+                            const std::vector<Index>& lengths, bool synthetic) {
   const int jobs = std::min<int>(o.get<int>("jobs"), int(layouts.size()));
   std::vector<Result> rs(layouts.size());
   std::vector<std::exception_ptr> errors(layouts.size());
@@ -293,7 +377,7 @@ std::vector<Result> run_all(const std::vector<Layout>& layouts, const Options& o
 #endif
     for (std::size_t i; (i = next++) < layouts.size();) {
       try {
-        rs[i] = run_layout(layouts[i], o, synthetic, jobs == 1);
+        rs[i] = run_layout(layouts[i], o, lengths, synthetic, jobs == 1);
       } catch (...) {
         errors[i] = std::current_exception();
       }
@@ -339,6 +423,48 @@ std::string markdown(const std::vector<Result>& rs, const std::string& setup, bo
         "and allocator slack; only with --jobs 1). Decode: batch 1, greedy, after a short prefill. KV B/token: "
         "attention cache bytes per token of context, summed over attention blocks; state "
         "B/seq: Mamba-2 / ShortConv state per sequence, constant in context length.\n";
+  return os.str();
+}
+
+// Rows: layouts; columns: the evaluation lengths. One table of accuracy (or bits per byte
+// for text) and one of loss, as a recall model can keep its argmax while its loss grows.
+std::string length_markdown(const std::vector<Result>& rs, Index train_T, bool synthetic) {
+  const auto& pts = rs.front().lengths;
+  std::ostringstream os;
+  const auto table = [&](const char* what, auto&& cell) {
+    os << "\n| " << what << " |";
+    for (const auto& p : pts) os << " L=" << p.length << (p.length == train_T ? " (train)" : "") << " |";
+    os << "\n|---|";
+    for (std::size_t i = 0; i < pts.size(); ++i) os << "--:|";
+    os << '\n';
+    for (const auto& r : rs) {
+      os << "| " << r.layout.name << " |";
+      for (const auto& p : r.lengths) os << ' ' << cell(p) << " |";
+      os << '\n';
+    }
+  };
+  Index lo = pts.front().scored, hi = lo;
+  for (const auto& p : pts) lo = std::min(lo, p.scored), hi = std::max(hi, p.scored);
+  os << "\nLength generalisation: trained at T = " << train_T << ", evaluated at each length L on "
+     << pts.front().sequences << " validation sequences (" << lo;
+  if (hi != lo) os << " to " << hi;
+  os << " scored positions per length).\n";
+  if (synthetic) table("layout: val acc", [](const LengthPoint& p) { return fmt("%.4f", p.accuracy); });
+  else table("layout: val bpb", [](const LengthPoint& p) { return fmt("%.4f", p.bits_per_byte); });
+  table("layout: val loss", [](const LengthPoint& p) { return fmt("%.4f", p.loss); });
+  return os.str();
+}
+
+std::string length_csv(const std::vector<Result>& rs, bool synthetic) {
+  std::ostringstream os;
+  os << "layout,length,accuracy,loss,scored_positions" << (synthetic ? "" : ",bits_per_byte") << '\n';
+  for (const auto& r : rs)
+    for (const auto& p : r.lengths) {
+      os << r.layout.name << ',' << p.length << ',' << fmt("%.6f", p.accuracy) << ','
+         << fmt("%.6f", p.loss) << ',' << p.scored;
+      if (!synthetic) os << ',' << fmt("%.6f", p.bits_per_byte);
+      os << '\n';
+    }
   return os.str();
 }
 
@@ -405,23 +531,68 @@ std::string gnuplot_script(const std::vector<Result>& rs, const std::string& tit
   return os.str();
 }
 
+// Two panels against the evaluation length (log-2 axis): accuracy (bits per byte for text)
+// and loss, one line per layout, with the training length marked. As in curves.csv each
+// layout's rows are contiguous, so the other layouts' NaN rows break no line. Tics at the
+// evaluation lengths; the dashed line marks the training length.
+std::string length_gnuplot_script(const std::vector<Result>& rs, const std::string& title,
+                                  Index train_T, bool synthetic) {
+  std::string names;
+  for (const auto& r : rs) names += (names.empty() ? "" : " ") + r.layout.name;
+  const int metric_col = synthetic ? 3 : 6;
+  std::ostringstream os;
+  os << "# Written by ablate. Rerun in this folder: gnuplot length.gnuplot\n"
+     << "if (!exists(\"outfile\")) outfile = \"length.png\"\n"
+     << "if (strstrt(GPVAL_TERMINALS, \"pngcairo\") > 0) {\n"
+     << "  set terminal pngcairo size 1400,600 font \",11\" noenhanced\n} else {\n"
+     << "  set terminal png size 1400,600 noenhanced\n}\n"
+     << "set output outfile\nset datafile separator \",\"\n"
+     << "names = \"" << names << "\"\n"
+     << "sel(c) = strcol(1) eq word(names, i) && strcol(c) ne \"\" ? column(c) : NaN\n"
+     << "set grid\nset logscale x 2\nset xlabel \"evaluation length (tokens)\"\n";
+  const auto& pts = rs.front().lengths;
+  os << "set xrange [" << double(pts.front().length) / 1.25 << ":" << double(pts.back().length) * 1.25
+     << "]\nset xtics (";
+  for (std::size_t i = 0; i < pts.size(); ++i) os << (i ? ", " : "") << pts[i].length;
+  os << ")\n";
+  if (train_T >= pts.front().length && train_T <= pts.back().length)
+    os << "set arrow 1 from " << train_T << ", graph 0 to " << train_T
+       << ", graph 1 nohead back dashtype 2 lc rgb \"gray40\"\n";
+  os
+     << "set multiplot layout 1,2 title \"" << title << "\"\n"
+     << "set title \"" << (synthetic ? "accuracy" : "bits per byte") << " vs evaluation length, trained at T = "
+     << train_T << "\"\n"
+     << "set ylabel \"" << (synthetic ? "accuracy (scored positions)" : "bits per byte") << "\"\n"
+     << (synthetic ? "set yrange [0:1.02]\nset key top right opaque\n" : "set key top left opaque\n")
+     << "plot for [i=1:words(names)] 'length.csv' skip 1 using 2:(sel(" << metric_col
+     << ")) with linespoints lw 2 pt 7 ps 0.8 title word(names, i)\n"
+     << "set title \"loss vs evaluation length, trained at T = " << train_T << "\"\n"
+     << "set ylabel \"loss (nats per scored token)\"\nset yrange [0:*]\nset key top left opaque\n"
+     << "plot for [i=1:words(names)] 'length.csv' skip 1 using 2:(sel(4)) "
+        "with linespoints lw 2 pt 7 ps 0.8 title word(names, i)\n"
+     << "unset multiplot\n";
+  return os.str();
+}
+
 std::string shell_quote(const std::string& s) {
   std::string q = "'";
   for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
   return q + "'";
 }
 
-void plot(const fs::path& dir) {
+// Runs `name`.gnuplot in `dir` to draw `name`.png; false (with a note) when it could not.
+bool plot(const fs::path& dir, const std::string& name) {
+  const std::string script = name + ".gnuplot", png_name = name + ".png";
   if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
-    std::printf("note: gnuplot is not installed, so no curves.png was drawn; install it "
-                "(e.g. apt-get install gnuplot-nox) and run: cd %s && gnuplot curves.gnuplot\n",
-                dir.string().c_str());
-    return;
+    std::printf("note: gnuplot is not installed, so no %s was drawn; install it "
+                "(e.g. apt-get install gnuplot-nox) and run: cd %s && gnuplot %s\n",
+                png_name.c_str(), dir.string().c_str(), script.c_str());
+    return false;
   }
   // gnuplot draws to its stdout, and the one atomic writer puts the image in place, so an
-  // interrupted run never leaves a partial curves.png.
+  // interrupted run never leaves a partial PNG.
   const std::string cmd = "cd " + shell_quote(dir.string()) +
-                          " && gnuplot -e \"outfile='/dev/stdout'\" curves.gnuplot";
+                          " && gnuplot -e \"outfile='/dev/stdout'\" " + script;
   std::string png;
   int rc = -1;
   if (std::FILE* p = ::popen(cmd.c_str(), "r")) {
@@ -431,10 +602,11 @@ void plot(const fs::path& dir) {
   }
   if (rc != 0 || png.empty()) {
     std::printf("note: gnuplot failed; everything else was written (script: %s)\n",
-                (dir / "curves.gnuplot").string().c_str());
-    return;
+                (dir / script).string().c_str());
+    return false;
   }
-  write_atomic(dir / "curves.png", png);
+  write_atomic(dir / png_name, png);
+  return true;
 }
 
 int run(const Options& o) {
@@ -443,6 +615,10 @@ int run(const Options& o) {
   for (const char* k : {"d-step", "d-state", "headdim", "head-dim", "decode-tokens", "jobs"})
     HYBRID_CHECK(o.get<int>(k) > 0, "--", k, " must be positive, got ", o.get<int>(k));
   HYBRID_CHECK(o.get<Index>("eval-every") >= 0, "--eval-every must be >= 0");
+  for (const char* k : {"eval-seqs", "eval-batch"})
+    HYBRID_CHECK(o.get<Index>(k) > 0, "--", k, " must be positive, got ", o.get<Index>(k));
+  const std::vector<Index> lengths =
+      o.has("eval-lengths") ? parse_lengths(o.get<std::string>("eval-lengths")) : std::vector<Index>{};
   HYBRID_CHECK(o.get<double>("lr") > 0, "--lr must be positive");
   HYBRID_CHECK(o.get<double>("clip") >= 0, "--clip must be >= 0");
   HYBRID_CHECK(o.get<double>("mlp-ratio") > 0, "--mlp-ratio must be positive");
@@ -459,6 +635,18 @@ int run(const Options& o) {
     data_text = src->describe();
     vocab = src->vocab_needed();
     (void)src->val_batches(cfg.batch, cfg.seq_len, 1);
+    for (const Index L : lengths) {  // a length the task cannot make fails now, not after training
+      try {
+        (void)src->val_batches(1, L, 1);
+      } catch (const Error& e) {
+        fail("--eval-lengths: the data cannot give sequences of length ", L, ": ", e.what());
+      }
+    }
+  }
+  if (!lengths.empty()) {
+    std::printf("length generalisation: after training, %lld sequences at each of lengths", (long long)o.get<Index>("eval-seqs"));
+    for (const Index L : lengths) std::printf(" %lld", (long long)L);
+    std::printf(" (%lld per forward)\n", (long long)o.get<Index>("eval-batch"));
   }
   std::printf("data: %s\nbudget: %lld tokens per layout = %lld steps of %lld x %lld; target %lld parameters\n",
               data_text.c_str(), (long long)(cfg.steps * per_step), (long long)cfg.steps,
@@ -474,7 +662,7 @@ int run(const Options& o) {
   if (o.has("dry-run")) return 0;
 
   const auto t0 = std::chrono::steady_clock::now();
-  std::vector<Result> rs = run_all(layouts, o, synthetic);
+  std::vector<Result> rs = run_all(layouts, o, lengths, synthetic);
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   char setup[512];
@@ -485,7 +673,8 @@ int run(const Options& o) {
                 (long long)cfg.batch, (long long)cfg.seq_len, (long long)o.get<Index>("target-params"),
                 o.get<int>("d-state"), o.get<std::string>("optimizer").c_str(), o.get<double>("lr"),
                 (unsigned long long)o.get<std::uint64_t>("seed"), o.get<int>("jobs"), o.get<int>("threads"));
-  const std::string md = markdown(rs, setup, synthetic);
+  const std::string md =
+      markdown(rs, setup, synthetic) + (lengths.empty() ? "" : length_markdown(rs, cfg.seq_len, synthetic));
   std::printf("\n%s\ntotal time %.1f s\n", md.c_str(), total);
 
   const fs::path dir = o.get<std::string>("out");
@@ -498,9 +687,18 @@ int run(const Options& o) {
   std::snprintf(title, sizeof title, "%s, target %lld parameters, %lld tokens per layout", data_text.c_str(),
                 (long long)o.get<Index>("target-params"), (long long)(cfg.steps * per_step));
   write_atomic(dir / "curves.gnuplot", gnuplot_script(rs, title, bin, synthetic));
-  plot(dir);
-  std::printf("wrote %s/{results.md,results.csv,curves.csv,curves.gnuplot%s}\n", dir.string().c_str(),
-              fs::exists(dir / "curves.png") ? ",curves.png" : "");
+  std::string wrote = "results.md,results.csv,curves.csv,curves.gnuplot";
+  if (plot(dir, "curves")) wrote += ",curves.png";
+  if (!lengths.empty()) {
+    char ltitle[256];
+    std::snprintf(ltitle, sizeof ltitle, "%s, %lld sequences per length", data_text.c_str(),
+                  (long long)o.get<Index>("eval-seqs"));
+    write_atomic(dir / "length.csv", length_csv(rs, synthetic));
+    write_atomic(dir / "length.gnuplot", length_gnuplot_script(rs, ltitle, cfg.seq_len, synthetic));
+    wrote += ",length.csv,length.gnuplot";
+    if (plot(dir, "length")) wrote += ",length.png";
+  }
+  std::printf("wrote %s/{%s}\n", dir.string().c_str(), wrote.c_str());
   return 0;
 }
 
@@ -548,9 +746,16 @@ int main(int argc, char** argv) {
   opts.add_options("output")
       ("eval-every", "evaluate every N steps (and at the end; 0 = only at the end)", cxxopts::value<Index>()->default_value("50"))
       ("eval-batches", "validation batches per evaluation", cxxopts::value<Index>()->default_value("8"))
+      ("eval-lengths", "after training, evaluate each layout at these sequence lengths (comma-separated "
+                       "positive integers, e.g. 128,256,512,1024,2048,4096): MQAR keeps its pairs and queries "
+                       "and spreads the queries over the longer sequence; text is scored in bits per byte. "
+                       "Writes length.csv, a table in results.md and length.gnuplot / length.png",
+       cxxopts::value<std::string>())
+      ("eval-seqs", "validation sequences per evaluation length (text: fewer if the val split is short)", cxxopts::value<Index>()->default_value("64"))
+      ("eval-batch", "sequences per forward in the length evaluation (bounds its memory at long lengths)", cxxopts::value<Index>()->default_value("4"))
       ("prefill", "prompt tokens before the decode-speed measurement", cxxopts::value<Index>()->default_value("16"))
       ("decode-tokens", "greedy decode steps timed per layout (batch 1)", cxxopts::value<int>()->default_value("128"))
-      ("out", "output folder: results.md, results.csv, curves.csv, curves.gnuplot, curves.png", cxxopts::value<std::string>()->default_value("ablate_out"))
+      ("out", "output folder: results.md, results.csv, curves.csv, curves.gnuplot, curves.png (and length.*)", cxxopts::value<std::string>()->default_value("ablate_out"))
       ("dry-run", "print each layout's matched d_model and parameter count, then exit")
       ("h,help", "print this help");
   try {
