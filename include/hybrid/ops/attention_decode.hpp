@@ -41,8 +41,8 @@ struct DecodeDims {
 };
 
 namespace detail {
-// Keys per tile: a tile's scores and widened rows stay in L1.
-inline constexpr Index kDecodeTile = 64;
+// Keys per tile: a tile's widened rows (2 * 128 * hd values) stay in L2 for the rep heads.
+inline constexpr Index kDecodeTile = 128;
 // Fewest keys worth a slice of their own (below, merging costs more than it saves).
 inline constexpr Index kDecodeMinSlice = 256;
 
@@ -55,9 +55,9 @@ inline Index decode_max_splits(const DecodeDims& d, int threads) {
 inline Index decode_splits(const DecodeDims& d, Index keys, int threads) {
   return std::clamp<Index>(keys / kDecodeMinSlice, 1, decode_max_splits(d, threads));
 }
-// Per thread: scores (rep, tile) and a widened key and value tile (tile, hd) each.
+// Per thread: one head's scores (tile) and a widened key and value tile (tile, hd) each.
 inline Index decode_thread_scratch(const DecodeDims& d) {
-  return Index(d.Hq / d.Hkv) * kDecodeTile + 2 * kDecodeTile * d.hd;
+  return kDecodeTile + 2 * kDecodeTile * d.hd;
 }
 
 inline float widen(std::uint16_t h) { return bf16_to_f32(h); }
@@ -65,16 +65,19 @@ inline float widen(std::uint16_t h) { return bf16_to_f32(h); }
 // One work item: query heads q (rep, hd) contiguous against n keys and values whose first
 // rows are k, v (row stride ldk, the group's hd columns). part: rep runs of hd + 2 values,
 // pr apart, receiving per head the max m, the sum l of exp(s - m) and the unnormalised o.
-// work: decode_thread_scratch values.
+// Per tile of keys: scores by one GEMV over the tile, an online-softmax update, and the
+// output by one GEMV over the value tile (per-key dot products cost twice as much: each
+// reduces across lanes). work: decode_thread_scratch values.
 template <class S, class KT>
 void decode_slice(const S* q, const KT* k, const KT* v, Index ldk, Index n, int rep, int hd,
                   S scale, S* part, Index pr, S* work) {
   constexpr S kInf = std::numeric_limits<S>::infinity();
   constexpr bool widened = !std::is_same_v<KT, S>;
+  using TileMap = Eigen::Map<const Mat<S>, 0, Eigen::OuterStride<>>;
   const Index tile = kDecodeTile;
-  S* sc = work;                   // (rep, tile)
-  S* kt = work + rep * tile;      // (tile, hd) widened keys
-  S* vt = kt + tile * hd;         // (tile, hd) widened values
+  S* sc = work;              // (tile) scores of one head
+  S* kt = work + tile;       // (tile, hd) widened keys
+  S* vt = kt + tile * hd;    // (tile, hd) widened values
   for (int r = 0; r < rep; ++r) {
     S* p = part + r * pr;
     p[0] = -kInf;
@@ -95,19 +98,15 @@ void decode_slice(const S* q, const KT* k, const KT* v, Index ldk, Index n, int 
         for (int c = 0; c < hd; ++c) kd[c] = S(widen(ks[c]));
         for (int c = 0; c < hd; ++c) vd[c] = S(widen(vs[c]));
       }
-      kr = kt;
-      vr = vt;
-      ld = hd;
+      kr = kt, vr = vt, ld = hd;
     } else {
-      kr = k + t0 * ldk;
-      vr = v + t0 * ldk;
-      ld = ldk;
+      kr = k + t0 * ldk, vr = v + t0 * ldk, ld = ldk;
     }
+    const TileMap K(kr, nt, hd, Eigen::OuterStride<>(ld)), V(vr, nt, hd, Eigen::OuterStride<>(ld));
+    VecMap<S> sv(sc, nt);
     for (int r = 0; r < rep; ++r) {
-      const CVecMap<S> qr(q + Index(r) * hd, hd);
-      S* s = sc + r * tile;
-      for (Index j = 0; j < nt; ++j) s[j] = CVecMap<S>(kr + j * ld, hd).dot(qr);
-      auto sa = VecMap<S>(s, nt).array();
+      sv.noalias() = K * CVecMap<S>(q + Index(r) * hd, hd);
+      auto sa = sv.array();
       sa *= scale;
       S* p = part + r * pr;
       const S mnew = std::max(p[0], sa.maxCoeff());
@@ -117,7 +116,7 @@ void decode_slice(const S* q, const KT* k, const KT* v, Index ldk, Index n, int 
       p[1] = p[1] * alpha + sa.sum();
       VecMap<S> acc(p + 2, hd);
       acc *= alpha;
-      for (Index j = 0; j < nt; ++j) acc.noalias() += s[j] * CVecMap<S>(vr + j * ld, hd);
+      acc.noalias() += V.transpose() * sv;
     }
   }
 }
