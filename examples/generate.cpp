@@ -420,6 +420,9 @@ int run(int argc, char** argv) {
   options.add_options("Generation")
       ("max-new-tokens", "Tokens to generate at most",
        cxxopts::value<std::string>()->default_value("64"))
+      ("kv-dtype", "What the attention KV caches store: f32, or bf16 (half the memory of a long "
+       "context; keys and values rounded, sums in float)",
+       cxxopts::value<std::string>()->default_value("f32"))
       ("prefill-chunk", "Prompt tokens per forward pass of the prefill: memory grows with the "
        "chunk, not the prompt; 0 = the whole prompt in one pass",
        cxxopts::value<std::string>()->default_value(std::to_string(hybrid::PrefillOptions{}.chunk)))
@@ -486,6 +489,9 @@ int run(int argc, char** argv) {
   HYBRID_CHECK(cli.gen.max_new_tokens >= 0, "--max-new-tokens must be >= 0, got ",
                cli.gen.max_new_tokens);
   cli.gen.prefill_chunk = number<hybrid::Index>("--prefill-chunk", str("prefill-chunk"));
+  cli.gen.kv_dtype = hybrid::parse_dtype(str("kv-dtype"));
+  HYBRID_CHECK(cli.gen.kv_dtype == hybrid::DType::F32 || cli.gen.kv_dtype == hybrid::DType::BF16,
+               "--kv-dtype: '", str("kv-dtype"), "' is not f32 or bf16");
   HYBRID_CHECK(cli.gen.prefill_chunk >= 0, "--prefill-chunk must be >= 0 (0 = whole prompt), got ",
                cli.gen.prefill_chunk);
   if (res.count("stop")) {

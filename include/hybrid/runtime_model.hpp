@@ -45,11 +45,14 @@ struct PrefillOptions {
   Index chunk = 512;        // tokens per forward pass; 0 = the whole prompt at once
   Index reserve_new_tokens = 0;  // KV cache rows reserved beyond each prompt, for the decode
                                  // steps to follow (they then allocate nothing)
+  DType kv_dtype = DType::F32;   // what the KV caches store: F32, or BF16 (half the memory)
 
   void validate() const {
     HYBRID_CHECK(chunk >= 0, "prefill: chunk must be >= 0 tokens (0 = whole prompt), got ", chunk);
     HYBRID_CHECK(reserve_new_tokens >= 0, "prefill: reserve_new_tokens must be >= 0, got ",
                  reserve_new_tokens);
+    HYBRID_CHECK(kv_dtype == DType::F32 || kv_dtype == DType::BF16, "prefill: the KV cache "
+                 "stores f32 or bf16, not ", dtype_name(kv_dtype));
   }
 };
 
@@ -150,10 +153,12 @@ class RuntimeModel {
 
   // reserve_tokens: context to allocate attention caches for up front, so that decoding
   // up to that length allocates nothing.
-  SequenceState<S> new_state(Index reserve_tokens = 0) const {
+  // kv_dtype: what the attention caches store, F32 (exact) or BF16 (half the bytes; keys
+  // and values rounded to bf16, every product and sum in float).
+  SequenceState<S> new_state(Index reserve_tokens = 0, DType kv_dtype = DType::F32) const {
     SequenceState<S> s;
     s.layers.reserve(blocks_.size());
-    for (const auto& b : blocks_) s.layers.push_back(b.make_state(reserve_tokens));
+    for (const auto& b : blocks_) s.layers.push_back(b.make_state(reserve_tokens, kv_dtype));
     return s;
   }
 
@@ -391,7 +396,7 @@ std::vector<Mat<S>> RuntimeModel<S>::prefill(const std::vector<std::vector<int>>
   for (std::size_t i = 0; i < prompts.size(); ++i) {
     const auto& p = prompts[i];
     const Index T = Index(p.size()), step = opt.chunk > 0 ? std::min(opt.chunk, T) : T;
-    states.push_back(new_state(T + opt.reserve_new_tokens));
+    states.push_back(new_state(T + opt.reserve_new_tokens, opt.kv_dtype));
     SequenceState<S>* st = &states.back();
     Mat<S> lg(opt.all_logits ? T : 1, vocab());
     for (Index c0 = 0; c0 < T; c0 += step) {

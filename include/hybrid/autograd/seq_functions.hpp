@@ -3,10 +3,13 @@
 // optionally continues from per-sequence decode state (inference only: a tape that
 // records refuses state, since training starts every sequence fresh).
 #pragma once
+#include <algorithm>
+#include <cstdint>
 #include <vector>
 
 #include "../config.hpp"
 #include "../ops/attention.hpp"
+#include "../ops/attention_decode.hpp"
 #include "../ops/conv1d.hpp"
 #include "../ops/elementwise.hpp"
 #include "../ops/rope.hpp"
@@ -145,23 +148,51 @@ Var<S> attention(Tape<S>& t, Var<S> q, Var<S> k, Var<S> v, int Hq, int Hkv, int 
 }
 
 // Attention of B decoding sequences over their KV caches: q: (B*T, Hq*hd) contiguous,
-// queries of sequence b at positions qpos0[b] + [0, T); kv[b] the cache's (len, Hkv*hd)
-// keys and values starting at position kpos0[b]; cap: the largest cache capacity, which
-// sizes the score scratch (a pre-sized cache keeps it constant from step to step).
-// Inference only (no node).
+// queries of sequence b at positions qpos0[b] + [0, T); kv[b]: the cache's (len, Hkv*hd)
+// keys and values (in S or bf16) from position kv[b].kpos0; cap: the largest cache
+// capacity, which sizes the workspace (a pre-sized cache keeps it constant from step to
+// step). T == 1 runs the decode kernel (split-K over long caches); T > 1 the blocked
+// attention_forward, over a bf16 cache after widening the keys the chunk can see into the
+// workspace (2 * cap * Hkv*hd values). Inference only (no node).
 template <class S>
 Var<S> attention_cached(Tape<S>& t, Var<S> q, int Hq, int Hkv, int hd, Index B, Index T,
-                        const S* const* keys, const S* const* values, const Index* len,
-                        const Index* qpos0, const Index* kpos0, Index cap, S scale, int window) {
+                        const ops::KvSpan<S>* kv, const Index* qpos0, Index cap, S scale,
+                        int window) {
   HYBRID_CHECK(!t.recording(), "attention: decode state cannot be used while recording");
   HYBRID_CHECK(q.contiguous(), "attention: q must be contiguous");
   Var<S> o = t.var(q.rows, q.cols);
-  const Index ldq = Index(Hq) * hd;
-  const auto scores = t.workspace(ops::attention_scratch(ops::AttnDims{T, cap, Hq, Hkv, hd}, par::threads()));
+  if (T == 1) {
+    const ops::DecodeDims d{B, Hq, Hkv, hd};
+    const auto work = t.workspace(ops::attention_decode_scratch(d, par::threads()));
+    ops::attention_decode<S>(d, q.v, kv, qpos0, o.v, scale, window, work.data);
+    return o;
+  }
+  const Index ldq = Index(Hq) * hd, ldk = Index(Hkv) * hd;
+  bool any_bf16 = false;
+  for (Index b = 0; b < B; ++b) any_bf16 = any_bf16 || kv[b].bf16();
+  const Index nscores = ops::attention_scratch(ops::AttnDims{T, cap, Hq, Hkv, hd}, par::threads());
+  const auto work = t.workspace(nscores + (any_bf16 ? 2 * cap * ldk : 0));
   for (Index b = 0; b < B; ++b) {
-    const ops::AttnDims d{T, len[b], Hq, Hkv, hd};
-    ops::attention_forward<S>(q.v + b * T * ldq, keys[b], values[b], o.v + b * T * ldq, d, scale,
-                              qpos0[b], kpos0[b], window, nullptr, scores.data);
+    const ops::KvSpan<S>& c = kv[b];
+    if (!c.bf16()) {
+      const ops::AttnDims d{T, c.len, Hq, Hkv, hd};
+      ops::attention_forward<S>(q.v + b * T * ldq, c.k, c.v, o.v + b * T * ldq, d, scale,
+                                qpos0[b], c.kpos0, window, nullptr, work.data);
+      continue;
+    }
+    Index j0, j1;  // keys some query of the chunk sees, widened to S
+    ops::detail::attn_key_range(ops::AttnDims{T, c.len, Hq, Hkv, hd}, 0, T, qpos0[b], c.kpos0,
+                                window, j0, j1);
+    j1 = std::max(j1, j0);
+    S* kf = work.data + nscores;  // (j1 - j0, Hkv*hd)
+    S* vf = kf + cap * ldk;       // (j1 - j0, Hkv*hd)
+    const std::uint16_t* ks = c.kh + j0 * ldk;
+    const std::uint16_t* vs = c.vh + j0 * ldk;
+    for (Index i = 0; i < (j1 - j0) * ldk; ++i) kf[i] = S(bf16_to_f32(ks[i]));
+    for (Index i = 0; i < (j1 - j0) * ldk; ++i) vf[i] = S(bf16_to_f32(vs[i]));
+    const ops::AttnDims d{T, j1 - j0, Hq, Hkv, hd};
+    ops::attention_forward<S>(q.v + b * T * ldq, kf, vf, o.v + b * T * ldq, d, scale, qpos0[b],
+                              c.kpos0 + j0, window, nullptr, work.data);
   }
   return o;
 }

@@ -28,6 +28,7 @@ struct GenerateOptions {
   bool return_logits = false;                // fill GenerationResult::logits
   bool restrict_to_tokenizer = true;         // sample only ids the tokenizer can decode
   Index prefill_chunk = PrefillOptions{}.chunk;  // prompt tokens per forward pass (0 = all)
+  DType kv_dtype = DType::F32;                   // KV cache storage: F32 or BF16
 };
 
 enum class StopReason { MaxTokens, StopToken, Callback };
@@ -133,7 +134,8 @@ std::vector<GenerationResult> generate_batch(const RuntimeModel<S>& model, const
   std::vector<Mat<S>> pre = model.prefill(prompts, states,
                                           {.all_logits = opt.return_logits,
                                            .chunk = opt.prefill_chunk,
-                                           .reserve_new_tokens = opt.max_new_tokens},
+                                           .reserve_new_tokens = opt.max_new_tokens,
+                                           .kv_dtype = opt.kv_dtype},
                                           &work);
   const auto t1 = clock::now();
   timing.prefill_seconds = seconds(t0, t1);

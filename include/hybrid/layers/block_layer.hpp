@@ -69,8 +69,9 @@ class BlockLayer {
       std::visit([&](const auto& c) { c.init(w, derive_seed(seed, "channel"), out_div); }, *channel_);
   }
 
-  LayerState<S> make_state(Index reserve_tokens = 0) const {
-    return std::visit([&](const auto& m) { return LayerState<S>(m.make_state(reserve_tokens)); }, mixer_);
+  // kv_dtype: storage of an attention mixer's KV cache (F32 or BF16); others ignore it.
+  LayerState<S> make_state(Index reserve_tokens = 0, DType kv_dtype = DType::F32) const {
+    return std::visit([&](const auto& m) { return LayerState<S>(m.make_state(reserve_tokens, kv_dtype)); }, mixer_);
   }
 
   // x: (B*T, D) → (B*T, D). states: nullptr or B pointers to this block's state.

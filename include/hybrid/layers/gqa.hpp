@@ -57,9 +57,11 @@ class GqaLayer {
     init::fill(w.view(kn_), S(1));
   }
 
-  // reserve_tokens: rows of KV cache allocated up front (bounded by what a window keeps).
-  State make_state(Index reserve_tokens = 0) const {
-    State s;
+  // reserve_tokens: rows of KV cache allocated up front (bounded by what a window keeps);
+  // kv_dtype: the cache's storage, F32 (the scalar type S, exact) or BF16 (half the bytes
+  // a decode step reads, keys and values rounded once when appended).
+  State make_state(Index reserve_tokens = 0, DType kv_dtype = DType::F32) const {
+    State s(kv_dtype);
     s.window = sp_.window;
     const Index rows = sp_.window > 0 ? std::min<Index>(reserve_tokens, 2 * Index(sp_.window) + 1)
                                       : reserve_tokens;
@@ -67,10 +69,11 @@ class GqaLayer {
     return s;
   }
   // Decode state: nothing of constant size; KV bytes per token of context (bounded by the
-  // window when there is one).
+  // window when there is one) for a cache stored as kv_dtype.
   Index state_bytes() const { return 0; }
-  Index state_bytes_per_token() const {
-    return Index(sizeof(S)) * 2 * sp_.n_kv_heads * sp_.head_dim;
+  Index state_bytes_per_token(DType kv_dtype = DType::F32) const {
+    const Index elem = kv_dtype == DType::BF16 ? 2 : Index(sizeof(S));
+    return elem * 2 * sp_.n_kv_heads * sp_.head_dim;
   }
 
   // x: (B*T, D) → (B*T, D). states: nullptr (each sequence starts at position 0 and
@@ -92,22 +95,19 @@ class GqaLayer {
     }
     Var<S> o;
     if (states) {  // extend each cache, attend over it, then drop what the window hides
-      const S** keys = t.template scratch_as<const S*>(B);
-      const S** vals = t.template scratch_as<const S*>(B);
-      Index* len = t.scratch_index(B);
-      Index* kpos0 = t.scratch_index(B);
+      ops::KvSpan<S>* kv = t.template scratch_as<ops::KvSpan<S>>(B);
       Index cap = 0;
       for (Index b = 0; b < B; ++b) {
         State& st = *states[b];
         st.append(k.row_range(b * T, T).value(), v.row_range(b * T, T).value());
-        keys[b] = st.k.data();
-        vals[b] = st.v.data();
-        len[b] = st.len;
-        kpos0[b] = st.start_pos;
+        kv[b] = ops::KvSpan<S>{};
+        if (st.dtype() == DType::BF16) kv[b].kh = st.k.bf16(), kv[b].vh = st.v.bf16();
+        else kv[b].k = st.k.data(), kv[b].v = st.v.data();
+        kv[b].len = st.len;
+        kv[b].kpos0 = st.start_pos;
         cap = std::max(cap, st.k.rows());
       }
-      o = ag::attention_cached(t, q, Hq, Hkv, hd, B, T, keys, vals, len, pos0, kpos0, cap,
-                               scale(), sp_.window);
+      o = ag::attention_cached(t, q, Hq, Hkv, hd, B, T, kv, pos0, cap, scale(), sp_.window);
       for (Index b = 0; b < B; ++b) states[b]->trim();
     } else {
       o = ag::attention(t, q, k, v, Hq, Hkv, hd, B, T, scale(), sp_.window);

@@ -66,14 +66,14 @@ class Mamba2Layer {
   }
 
   // The state is constant in context length, so there is nothing to reserve.
-  State make_state(Index /*reserve_tokens*/ = 0) const {
+  State make_state(Index /*reserve_tokens*/ = 0, DType /*kv_dtype*/ = DType::F32) const {
     State s;
     s.conv.setZero(Cd_, sp_.d_conv);
     s.ssm.setZero(H_, Index(sp_.headdim) * sp_.d_state);
     return s;
   }
   // Bytes of decode state per sequence (independent of context length).
-  Index state_bytes_per_token() const { return 0; }  // constant in context length
+  Index state_bytes_per_token(DType /*kv_dtype*/ = DType::F32) const { return 0; }  // constant in context length
   Index state_bytes() const {
     return Index(sizeof(S)) * (Index(Cd_) * sp_.d_conv + Index(H_) * sp_.headdim * sp_.d_state);
   }

@@ -39,12 +39,12 @@ class ShortConvLayer {
   }
 
   // The state is constant in context length, so there is nothing to reserve.
-  State make_state(Index /*reserve_tokens*/ = 0) const {
+  State make_state(Index /*reserve_tokens*/ = 0, DType /*kv_dtype*/ = DType::F32) const {
     State s;
     s.conv.setZero(D_, sp_.L);
     return s;
   }
-  Index state_bytes_per_token() const { return 0; }  // constant in context length
+  Index state_bytes_per_token(DType /*kv_dtype*/ = DType::F32) const { return 0; }  // constant in context length
   Index state_bytes() const { return Index(sizeof(S)) * D_ * sp_.L; }
 
   // x: (B*T, D) → (B*T, D). states: nullptr or B pointers to conv caches to start from

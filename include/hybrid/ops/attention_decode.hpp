@@ -1,0 +1,195 @@
+// Attention of one query row per sequence over its KV cache (decode), keys and values read
+// in the cache's storage type (S, or bf16 widened to S on the fly). Work items are (sequence,
+// kv head, slice of keys): the rep query heads of a group share each key row they read, and
+// a long cache of a batch with few heads is cut into slices across threads (split-K, as
+// flash-decoding does), each slice giving a partial (max, sum, o) merged by log-sum-exp.
+//
+//   attention_decode(d, q, kv, qpos, o, scale, window, scratch)
+//   // o[b, h] = softmax_j(scale q[b, h] . k[b, j, h / rep]) v[b, j, h / rep], visible j only
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+
+#include "../core/buffer.hpp"
+#include "../core/dtype.hpp"
+#include "../core/error.hpp"
+#include "../core/parallel.hpp"
+#include "../core/tensor.hpp"
+#include "attention.hpp"
+
+namespace hybrid::ops {
+
+// One sequence's cached keys and values: (len, Hkv*hd) rows, row j at position kpos0 + j,
+// either in S (k, v) or as bf16 bits (kh, vh); exactly one pair is set.
+template <class S>
+struct KvSpan {
+  const S* k = nullptr;              // (len, Hkv*hd)
+  const S* v = nullptr;              // (len, Hkv*hd)
+  const std::uint16_t* kh = nullptr; // (len, Hkv*hd) bf16
+  const std::uint16_t* vh = nullptr; // (len, Hkv*hd) bf16
+  Index len = 0, kpos0 = 0;
+
+  bool bf16() const { return kh != nullptr; }
+};
+
+struct DecodeDims {
+  Index B;          // sequences, one query row each
+  int Hq, Hkv, hd;  // query heads, key/value heads, head dim
+};
+
+namespace detail {
+// Keys per tile: a tile's widened rows (2 * 128 * hd values) stay in L2 for the rep heads.
+inline constexpr Index kDecodeTile = 128;
+// Fewest keys worth a slice of their own (below, merging costs more than it saves).
+inline constexpr Index kDecodeMinSlice = 256;
+
+// Most slices per (sequence, kv head): enough work items to give each thread about two.
+inline Index decode_max_splits(const DecodeDims& d, int threads) {
+  const Index items = d.B * d.Hkv;
+  if (threads <= 1 || items >= 2 * Index(threads)) return 1;
+  return (2 * Index(threads) + items - 1) / items;
+}
+inline Index decode_splits(const DecodeDims& d, Index keys, int threads) {
+  return std::clamp<Index>(keys / kDecodeMinSlice, 1, decode_max_splits(d, threads));
+}
+// Per thread: one head's scores (tile) and a widened key and value tile (tile, hd) each.
+inline Index decode_thread_scratch(const DecodeDims& d) {
+  return kDecodeTile + 2 * kDecodeTile * d.hd;
+}
+
+inline float widen(std::uint16_t h) { return bf16_to_f32(h); }
+
+// One work item: query heads q (rep, hd) contiguous against n keys and values whose first
+// rows are k, v (row stride ldk, the group's hd columns). part: rep runs of hd + 2 values,
+// pr apart, receiving per head the max m, the sum l of exp(s - m) and the unnormalised o.
+// Per tile of keys: scores by one GEMV over the tile, an online-softmax update, and the
+// output by one GEMV over the value tile (per-key dot products cost twice as much: each
+// reduces across lanes). work: decode_thread_scratch values.
+template <class S, class KT>
+void decode_slice(const S* q, const KT* k, const KT* v, Index ldk, Index n, int rep, int hd,
+                  S scale, S* part, Index pr, S* work) {
+  constexpr S kInf = std::numeric_limits<S>::infinity();
+  constexpr bool widened = !std::is_same_v<KT, S>;
+  using TileMap = Eigen::Map<const Mat<S>, 0, Eigen::OuterStride<>>;
+  const Index tile = kDecodeTile;
+  S* sc = work;              // (tile) scores of one head
+  S* kt = work + tile;       // (tile, hd) widened keys
+  S* vt = kt + tile * hd;    // (tile, hd) widened values
+  for (int r = 0; r < rep; ++r) {
+    S* p = part + r * pr;
+    p[0] = -kInf;
+    p[1] = 0;
+    std::fill(p + 2, p + 2 + hd, S(0));
+  }
+  for (Index t0 = 0; t0 < n; t0 += tile) {
+    const Index nt = std::min(tile, n - t0);
+    const S* kr;
+    const S* vr;
+    Index ld;
+    if constexpr (widened) {
+      for (Index j = 0; j < nt; ++j) {
+        const KT* ks = k + (t0 + j) * ldk;
+        const KT* vs = v + (t0 + j) * ldk;
+        S* kd = kt + j * hd;
+        S* vd = vt + j * hd;
+        for (int c = 0; c < hd; ++c) kd[c] = S(widen(ks[c]));
+        for (int c = 0; c < hd; ++c) vd[c] = S(widen(vs[c]));
+      }
+      kr = kt, vr = vt, ld = hd;
+    } else {
+      kr = k + t0 * ldk, vr = v + t0 * ldk, ld = ldk;
+    }
+    const TileMap K(kr, nt, hd, Eigen::OuterStride<>(ld)), V(vr, nt, hd, Eigen::OuterStride<>(ld));
+    VecMap<S> sv(sc, nt);
+    for (int r = 0; r < rep; ++r) {
+      sv.noalias() = K * CVecMap<S>(q + Index(r) * hd, hd);
+      auto sa = sv.array();
+      sa *= scale;
+      S* p = part + r * pr;
+      const S mnew = std::max(p[0], sa.maxCoeff());
+      const S alpha = std::exp(p[0] - mnew);  // 0 on the first tile (p[0] = -inf)
+      sa = (sa - mnew).exp();
+      p[0] = mnew;
+      p[1] = p[1] * alpha + sa.sum();
+      VecMap<S> acc(p + 2, hd);
+      acc *= alpha;
+      acc.noalias() += V.transpose() * sv;
+    }
+  }
+}
+}  // namespace detail
+
+// Scratch of attention_decode for these dims and thread count (independent of the cache
+// lengths, so a decode loop takes the same workspace every step); splits: as passed to it.
+inline Index attention_decode_scratch(const DecodeDims& d, int threads, Index splits = 0) {
+  if (splits <= 0) splits = detail::decode_max_splits(d, threads);
+  return d.B * d.Hq * splits * (d.hd + 2) + Index(threads) * detail::decode_thread_scratch(d);
+}
+
+// q: (B, Hq*hd) one query per sequence, sequence b's at position qpos[b]; kv: B spans of
+// (len_b, Hkv*hd) keys and values; o: (B, Hq*hd) overwritten (0 where no key is visible).
+// Key j of sequence b is visible iff kpos <= qpos[b] and (window == 0 or qpos[b] - kpos <
+// window), kpos = kv[b].kpos0 + j: the rule of attention_forward, which this matches.
+// scratch: attention_decode_scratch(d, par::threads(), splits) values, or nullptr to
+// allocate here. splits: 0 picks the slices per (sequence, kv head) by the rule above; a
+// count forces it (tests of the merge).
+template <class S>
+void attention_decode(const DecodeDims& d, const S* q, const KvSpan<S>* kv, const Index* qpos,
+                      S* o, S scale, int window, S* scratch = nullptr, Index force_splits = 0) {
+  HYBRID_CHECK(d.Hq % d.Hkv == 0, "attention: Hkv ", d.Hkv, " does not divide Hq ", d.Hq);
+  constexpr S kInf = std::numeric_limits<S>::infinity();
+  const int rep = d.Hq / d.Hkv, hd = d.hd;
+  const Index ldq = Index(d.Hq) * hd, ldk = Index(d.Hkv) * hd, pstride = hd + 2;
+  Index kmax = 0;
+  for (Index b = 0; b < d.B; ++b) kmax = std::max(kmax, kv[b].len);
+  const bool parallel = double(d.B) * double(kmax) * d.Hq * hd >= detail::kAttnParallelWork;
+  const int threads = parallel ? par::threads() : 1;
+  const Index splits = force_splits > 0 ? force_splits : detail::decode_splits(d, kmax, threads);
+  Buffer<S> own;
+  scratch = scratch_or_own(scratch, attention_decode_scratch(d, threads, force_splits), own);
+  S* parts = scratch;  // (B, Hq, splits, hd + 2)
+  S* work = scratch + d.B * d.Hq *
+                          (force_splits > 0 ? force_splits : detail::decode_max_splits(d, threads)) * pstride;
+  const Index items = d.B * d.Hkv * splits;
+#pragma omp parallel for schedule(dynamic) if (parallel)
+  for (Index it = 0; it < items; ++it) {
+    const Index b = it / (Index(d.Hkv) * splits), s = it % splits;
+    const int g = int((it / splits) % d.Hkv);
+    const KvSpan<S>& c = kv[b];
+    Index lo, hi;
+    detail::attn_row_range(qpos[b], c.kpos0, c.len, window, lo, hi);
+    const Index n = std::max<Index>(hi - lo, 0);
+    const Index j0 = lo + n * s / splits, j1 = lo + n * (s + 1) / splits;
+    // Head g*rep + r's partial of slice s: parts + ((b*Hq + g*rep + r)*splits + s)*pstride.
+    S* part = parts + ((b * d.Hq + Index(g) * rep) * splits + s) * pstride;
+    S* w = work + par::thread_id() * detail::decode_thread_scratch(d);
+    const S* qg = q + b * ldq + Index(g) * rep * hd;
+    const Index off = j0 * ldk + Index(g) * hd, pr = splits * pstride;
+    if (c.bf16()) detail::decode_slice<S>(qg, c.kh + off, c.vh + off, ldk, j1 - j0, rep, hd, scale, part, pr, w);
+    else detail::decode_slice<S>(qg, c.k + off, c.v + off, ldk, j1 - j0, rep, hd, scale, part, pr, w);
+  }
+  // Merge the slices of each (sequence, head): o = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s.
+  for (Index bh = 0; bh < d.B * d.Hq; ++bh) {
+    const S* p = parts + bh * splits * pstride;
+    S M = -kInf;
+    for (Index s = 0; s < splits; ++s)
+      if (p[s * pstride + 1] > 0) M = std::max(M, p[s * pstride]);
+    VecMap<S> out(o + (bh / d.Hq) * ldq + (bh % d.Hq) * hd, hd);
+    out.setZero();
+    if (M == -kInf) continue;  // nothing visible
+    S l = 0;
+    for (Index s = 0; s < splits; ++s) {
+      const S* ps = p + s * pstride;
+      if (!(ps[1] > 0)) continue;
+      const S f = std::exp(ps[0] - M);
+      l += f * ps[1];
+      out.noalias() += f * CVecMap<S>(ps + 2, hd);
+    }
+    out /= l;
+  }
+}
+
+}  // namespace hybrid::ops

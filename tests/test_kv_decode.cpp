@@ -1,0 +1,284 @@
+// KV caches and decode attention: the cache's reserve / append / trim rules in f32 and bf16,
+// the decode kernel (split-K over the keys) against the blocked attention_forward, and
+// whole models decoding over a bf16 cache against the f32 cache.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include <hybrid/alias_registry.hpp>
+#include <hybrid/model.hpp>
+#include <hybrid/ops/attention_decode.hpp>
+
+#include "test_util.hpp"
+
+using namespace hybrid;
+using test_util::check_error;
+using test_util::random_mat;
+
+namespace {
+
+// Rows of the row's position plus half the column (below 128: exact in bf16): what a grown or
+// trimmed cache must still hold.
+Mat<float> position_rows(Index p0, Index n, Index cols) {
+  Mat<float> m(n, cols);
+  for (Index i = 0; i < n; ++i)
+    for (Index c = 0; c < cols; ++c) m(i, c) = float(p0 + i) + 0.5f * float(c);
+  return m;
+}
+
+void check_positions(const KvCache<float>& c, Index cols) {
+  for (Index i = 0; i < c.len; ++i)
+    for (Index col = 0; col < cols; ++col) {
+      const float want = float(c.start_pos + i) + 0.5f * float(col);
+      REQUIRE(c.k.at(i, col) == want);
+      REQUIRE(c.v.at(i, col) == -want);
+    }
+}
+
+}  // namespace
+
+TEST_CASE("kv cache: reserve, in-place append, geometric growth keeping the rows") {
+  for (DType d : {DType::F32, DType::BF16}) {
+    CAPTURE(std::string(dtype_name(d)));
+    KvCache<float> c(d);
+    CHECK(c.dtype() == d);
+    const Index cols = 6;
+    c.reserve(10, cols);
+    CHECK(c.k.rows() == 10);
+    CHECK(c.k.cols() == cols);
+    CHECK(c.bytes() == std::size_t(2 * 10 * cols) * (d == DType::BF16 ? 2 : 4));
+    const void* before = d == DType::BF16 ? static_cast<const void*>(c.k.bf16()) : c.k.data();
+    Index pos = 0;
+    for (Index n : {3, 1, 6}) {  // 10 rows: the reserved buffer, written in place
+      const Mat<float> r = position_rows(pos, n, cols);
+      const Mat<float> nr = -r;
+      c.append(r, nr);
+      pos += n;
+    }
+    CHECK(c.len == 10);
+    CHECK(c.k.rows() == 10);
+    CHECK((d == DType::BF16 ? static_cast<const void*>(c.k.bf16()) : c.k.data()) == before);
+    check_positions(c, cols);
+    const Mat<float> r = position_rows(pos, 1, cols), nr = -r;
+    c.append(r, nr);  // full: doubles
+    CHECK(c.k.rows() == 20);
+    CHECK(c.len == 11);
+    check_positions(c, cols);
+    c.reserve(5, cols);  // smaller than held: nothing happens
+    CHECK(c.k.rows() == 20);
+    c.reserve(64, cols);
+    CHECK(c.k.rows() == 64);
+    check_positions(c, cols);
+    const Mat<float> big = position_rows(11, 100, cols), nbig = -big;
+    c.append(big, nbig);  // more than twice the capacity at once: exactly what is needed
+    CHECK(c.k.rows() == 128);
+    CHECK(c.len == 111);
+    check_positions(c, cols);
+    KvCache<float> copy = c;  // states are values
+    CHECK(copy.len == c.len);
+    check_positions(copy, cols);
+  }
+}
+
+TEST_CASE("kv cache: bf16 rows are the rounded values, and each storage names its reader") {
+  const Mat<float> r = random_mat<float>(3, 8, 4), nr = -r;
+  KvCache<float> h(DType::BF16), f;
+  h.append(r, nr);
+  f.append(r, nr);
+  for (Index i = 0; i < 3; ++i)
+    for (Index c = 0; c < 8; ++c) {
+      CHECK(h.k.at(i, c) == bf16_to_f32(f32_to_bf16(r(i, c))));
+      CHECK(h.k.bf16()[i * 8 + c] == f32_to_bf16(r(i, c)));
+      CHECK(f.k.data()[i * 8 + c] == r(i, c));
+    }
+  check_error([&] { (void)h.k.data(); }, {"bf16 cache", "bf16()"});
+  check_error([&] { (void)f.k.bf16(); }, {"f32 cache", "data()"});
+  check_error([] { KvCache<float> c(DType::I8); }, {"int8", "f32 or bf16"});
+  check_error([&] {
+    const Mat<float> w = random_mat<float>(1, 4, 1);
+    f.append(w, w);
+  }, {"4 columns", "cache of 8"});
+}
+
+TEST_CASE("kv cache: a window keeps at most two windows and drops to one, content intact") {
+  for (DType d : {DType::F32, DType::BF16}) {
+    CAPTURE(std::string(dtype_name(d)));
+    KvCache<float> c(d);
+    c.window = 5;
+    const Index cols = 3;
+    Index pos = 0;
+    for (Index n : {1, 1, 4, 1, 3, 1, 1, 7, 1, 1, 1, 2, 1}) {
+      const Mat<float> r = position_rows(pos, n, cols), nr = -r;
+      c.append(r, nr);
+      pos += n;
+      CHECK(c.next_pos() == pos);
+      c.trim();
+      CHECK(c.len <= 2 * 5);
+      CHECK(c.len >= std::min<Index>(pos, 5));
+      CHECK(c.next_pos() == pos);
+      check_positions(c, cols);
+    }
+    CHECK(c.start_pos > 0);
+  }
+}
+
+TEST_CASE("kv cache: GQA states in the chosen storage and their bytes per token") {
+  const RuntimeModel<float> m(find_alias("TinyTransformer").desc(), 1);
+  const auto& gqa = std::get<GqaLayer<float>>(m.block(0).mixer());
+  CHECK(gqa.state_bytes_per_token(DType::BF16) * 2 == gqa.state_bytes_per_token());
+  CHECK(gqa.state_bytes_per_token() == 4 * 2 * gqa.spec().n_kv_heads * gqa.spec().head_dim);
+  const KvCache<float> s = gqa.make_state(40, DType::BF16);
+  CHECK(s.dtype() == DType::BF16);
+  CHECK(s.k.rows() == 40);
+  CHECK(Index(s.bytes()) == 40 * gqa.state_bytes_per_token(DType::BF16));
+  const LayerState<float> ls = m.block(0).make_state(8, DType::BF16);
+  CHECK(std::get<KvCache<float>>(ls).dtype() == DType::BF16);
+}
+
+namespace {
+
+// Decode over B caches against attention_forward with one query row per sequence.
+template <class S>
+void check_decode(int Hq, int Hkv, int hd, const std::vector<Index>& lens, int window, bool bf16,
+                  Index splits, std::uint64_t seed) {
+  const Index B = Index(lens.size()), ldq = Index(Hq) * hd, ldk = Index(Hkv) * hd;
+  const Mat<S> q = random_mat<S>(B, ldq, seed);
+  std::vector<Mat<S>> ks, vs;
+  std::vector<std::vector<std::uint16_t>> kh(B), vh(B);
+  std::vector<ops::KvSpan<S>> kv(B);
+  std::vector<Index> qpos(B);
+  for (Index b = 0; b < B; ++b) {
+    ks.push_back(random_mat<S>(lens[b], ldk, seed + 10 + b));
+    vs.push_back(random_mat<S>(lens[b], ldk, seed + 20 + b));
+    kv[b].len = lens[b];
+    kv[b].kpos0 = 3 * b;            // a trimmed cache starts later
+    qpos[b] = kv[b].kpos0 + lens[b] - 1 + (b == 2 ? 4 : 0);  // sequence 2: a query past its keys
+    if (bf16) {
+      for (Mat<S>* m : {&ks[b], &vs[b]}) {
+        auto& h = m == &ks[b] ? kh[b] : vh[b];
+        h.resize(std::size_t(m->size()));
+        for (Index i = 0; i < m->size(); ++i) {
+          h[std::size_t(i)] = f32_to_bf16(float(m->data()[i]));
+          m->data()[i] = S(bf16_to_f32(h[std::size_t(i)]));  // the reference sees the rounded values
+        }
+      }
+      kv[b].kh = kh[b].data();
+      kv[b].vh = vh[b].data();
+    } else {
+      kv[b].k = ks[b].data();
+      kv[b].v = vs[b].data();
+    }
+  }
+  const S scale = S(1) / std::sqrt(S(hd));
+  Mat<S> got(B, ldq), want(B, ldq);
+  got.setConstant(S(7));
+  const ops::DecodeDims d{B, Hq, Hkv, hd};
+  Buffer<S> work(ops::attention_decode_scratch(d, par::threads(), splits));
+  ops::attention_decode<S>(d, q.data(), kv.data(), qpos.data(), got.data(), scale, window,
+                           work.data(), splits);
+  for (Index b = 0; b < B; ++b)
+    ops::attention_forward<S>(q.data() + b * ldq, ks[b].data(), vs[b].data(), want.data() + b * ldq,
+                              ops::AttnDims{1, lens[b], Hq, Hkv, hd}, scale, qpos[b], kv[b].kpos0,
+                              window);
+  const double tol = std::is_same_v<S, double> ? 1e-13 : 2e-6;
+  const double err = double((got - want).cwiseAbs().maxCoeff());
+  CAPTURE(err);
+  CHECK(err <= tol * std::max(1.0, double(want.cwiseAbs().maxCoeff())));
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("attention_decode: matches attention_forward (lengths, windows, GQA, B, splits)",
+                   S, float, double) {
+  struct Heads { int Hq, Hkv, hd; };
+  const Heads heads[] = {{4, 4, 8}, {8, 2, 16}, {6, 1, 64}};
+  const std::vector<std::vector<Index>> batches = {{1}, {2}, {65}, {777}, {1, 130, 64}, {300, 5, 1025}};
+  std::uint64_t seed = 1;
+  for (const Heads& h : heads)
+    for (const auto& lens : batches)
+      for (int window : {0, 1, 7, 200})
+        for (Index splits : {0, 1, 3, 7})
+          for (bool bf16 : {false, true}) {
+            if (bf16 && std::is_same_v<S, double> && splits > 1) continue;  // covered in float
+            CAPTURE(h.Hq);
+            CAPTURE(h.Hkv);
+            CAPTURE(lens.size());
+            CAPTURE(lens.back());
+            CAPTURE(window);
+            CAPTURE(splits);
+            CAPTURE(bf16);
+            check_decode<S>(h.Hq, h.Hkv, h.hd, lens, window, bf16, splits, seed++);
+          }
+}
+
+namespace {
+
+// Fresh states of m whose attention caches store dtype d.
+std::vector<SequenceState<float>> states_with(const RuntimeModel<float>& m, Index B, DType d) {
+  std::vector<SequenceState<float>> st;
+  for (Index b = 0; b < B; ++b) {
+    SequenceState<float> s;
+    for (int i = 0; i < m.n_blocks(); ++i) s.layers.push_back(m.block(i).make_state(0, d));
+    st.push_back(std::move(s));
+  }
+  return st;
+}
+
+// Logits of two chunks (T = 9 then T = 5, the chunked path over a filled cache) and six
+// decode steps of B = 2 sequences, stacked.
+Mat<float> chunks_then_steps(const RuntimeModel<float>& m, DType d) {
+  std::vector<SequenceState<float>> st = states_with(m, 2, d);
+  std::vector<SequenceState<float>*> ptr{&st[0], &st[1]};
+  Rng rng(3);
+  auto toks = [&](Index n) {
+    std::vector<int> t(static_cast<std::size_t>(n));
+    for (auto& x : t) x = int(rng.below(std::uint64_t(m.vocab())));
+    return t;
+  };
+  Mat<float> out(0, m.vocab());
+  auto add = [&](const Mat<float>& l) {
+    out.conservativeResize(out.rows() + l.rows(), Eigen::NoChange);
+    out.bottomRows(l.rows()) = l;
+  };
+  for (Index T : {9, 5}) {
+    const std::vector<int> t = toks(2 * T);
+    add(m.forward(t, 2, T, ptr.data(), true));
+  }
+  for (int s = 0; s < 6; ++s) add(m.step(toks(2), st));
+  return out;
+}
+
+}  // namespace
+
+// Random-init Tiny models (attention with windows, GQA 4:1, an output gate, QK norm) with
+// keys and values stored in bf16, against the f32 cache: max |difference| / max |logit|
+// measured at most 3.5e-3 (TinyLfm2, QK norm); bound 2e-2.
+TEST_CASE("kv cache: bf16 cache logits within a bound of the f32 cache, prefill chunks and decode") {
+  for (const char* name : {"TinyTransformer", "TinyHybrid18x6", "TinyLfm2Ssm", "TinyLfm2", "TinyGolf15x3E2"}) {
+    CAPTURE(std::string(name));
+    const RuntimeModel<float> m(find_alias(name).desc(), 11);
+    const Mat<float> want = chunks_then_steps(m, DType::F32);
+    const Mat<float> got = chunks_then_steps(m, DType::BF16);
+    const double scale = double(want.cwiseAbs().maxCoeff());
+    const double err = double((got - want).cwiseAbs().maxCoeff()) / scale;
+    MESSAGE(std::string(name), ": bf16 cache against f32, max |diff| / max |logit| = ", err);
+    CHECK(err <= 2e-2);
+    CHECK(err > 0);  // the bf16 rows were read
+  }
+}
+
+// The f32 cache keeps the decode exact: a step after prefill equals the full forward (the
+// decode kernel against the blocked attention, in double).
+TEST_CASE("kv cache: decode over an f32 cache matches the full forward in double") {
+  TinyHybrid18x6 m(5);
+  const std::vector<int> toks = {1, 7, 99, 3, 250, 12, 40, 41, 8, 200, 17};
+  const Mat<double> full = m.forward(toks, 1, Index(toks.size()));
+  std::vector<SequenceState<double>> st;
+  m.prefill({std::vector<int>(toks.begin(), toks.begin() + 4)}, st);
+  for (std::size_t i = 4; i < toks.size(); ++i) {
+    const Mat<double> l = m.step(std::span<const int>(&toks[i], 1), st);
+    CHECK((l.row(0) - full.row(Index(i))).cwiseAbs().maxCoeff() <= 1e-10);
+  }
+}
