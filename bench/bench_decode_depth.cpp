@@ -15,28 +15,19 @@
 #include <vector>
 
 #include <hybrid/model.hpp>
+
+#include "bench_util.hpp"
 #include <hybrid/ops/attention_decode.hpp>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 using namespace hybrid;
-using Clock = std::chrono::steady_clock;
+using bench::Clock;
+using bench::load_average;
+using bench::seconds_since;
 
 namespace {
-
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-double load_average() {
-  double l = -1;
-  if (std::FILE* f = std::fopen("/proc/loadavg", "r")) {
-    if (std::fscanf(f, "%lf", &l) != 1) l = -1;
-    std::fclose(f);
-  }
-  return l;
-}
 
 // The state with every KV cache stored as d (rows rounded once), room for `rows` rows.
 SequenceState<float> with_kv_dtype(const SequenceState<float>& s, DType d, Index rows) {

@@ -11,12 +11,15 @@
 
 #include <hybrid/model.hpp>
 #include <hybrid/ops/qlinear.hpp>
+
+#include "bench_util.hpp"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 using namespace hybrid;
-using Clock = std::chrono::steady_clock;
+using bench::Clock;
+using bench::load_average;  // runs are comparable when it is below the thread count
 
 namespace {
 
@@ -36,18 +39,7 @@ double decode(const RuntimeModel<float>& m, const std::vector<int>& prompt,
   const auto t0 = Clock::now();
   for (std::size_t i = 0; i < toks.size(); ++i)
     logits.row(Index(i)) = m.step(std::span<const int>(&toks[i], 1), st, &ctx).row(0);
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-// The 1-minute load average (Linux; -1 elsewhere): runs on a shared machine are only
-// comparable when it is below the thread count.
-double load_average() {
-  double l = -1;
-  if (std::FILE* f = std::fopen("/proc/loadavg", "r")) {
-    if (std::fscanf(f, "%lf", &l) != 1) l = -1;
-    std::fclose(f);
-  }
-  return l;
+  return bench::seconds_since(t0);
 }
 
 }  // namespace

@@ -10,16 +10,15 @@
 #include <vector>
 
 #include <hybrid/model.hpp>
+
+#include "bench_util.hpp"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 using namespace hybrid;
-using Clock = std::chrono::steady_clock;
-
-static double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
+using bench::Clock;
+using bench::seconds_since;
 
 // Best-of-n GFLOP/s of a float GEMM shaped like the model's projections.
 static double gemm_gflops(Index m, Index k, Index n, int reps) {

@@ -35,24 +35,18 @@
 
 #include <hybrid/model.hpp>
 #include <hybrid/train/trainer.hpp>
+
+#include "bench_util.hpp"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 using namespace hybrid;
-using Clock = std::chrono::steady_clock;
+using bench::Clock;
+using bench::median;
+using bench::seconds_since;
 
 namespace {
-
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 // Median-of-reps GFLOP/s of c = a bᵀ (float), a (m, k), b (n, k), through the GEMM the
 // linear layers use (blas::gemm: OpenBLAS or Eigen): the shapes of the other benches, so

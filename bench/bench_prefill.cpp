@@ -9,39 +9,23 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <string>
 #include <vector>
 
 #include <hybrid/alias_registry.hpp>
 #include <hybrid/model.hpp>
+
+#include "bench_util.hpp"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 using namespace hybrid;
-using Clock = std::chrono::steady_clock;
+using bench::Clock;
+using bench::reset_peak;
+using bench::status_mb;
 
 namespace {
-
-// A field of /proc/self/status in MB (VmRSS, VmHWM), -1 where there is none.
-double status_mb(const char* field) {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  const std::size_t n = std::strlen(field);
-  while (std::getline(f, line))
-    if (line.compare(0, n, field) == 0 && line.size() > n && line[n] == ':')
-      return std::atof(line.c_str() + n + 1) / 1024.0;  // kB
-  return -1;
-}
-
-// Resets VmHWM to the current RSS (Linux >= 4.0); false where the kernel refuses.
-bool reset_peak() {
-  std::FILE* f = std::fopen("/proc/self/clear_refs", "w");
-  if (!f) return false;
-  const bool ok = std::fputs("5", f) >= 0;
-  return std::fclose(f) == 0 && ok;
-}
 
 // Bytes of decode state the sequence holds: KV rows in use and the constant SSM/conv state.
 double state_mb(const SequenceState<float>& s) {
@@ -60,7 +44,7 @@ double prefill_seconds(const RuntimeModel<float>& m, const std::vector<int>& tok
                        std::vector<SequenceState<float>>& st, Tape<float>& ctx) {
   const auto t0 = Clock::now();
   const auto l = m.prefill({toks}, st, {.chunk = chunk}, &ctx);
-  const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  const double s = bench::seconds_since(t0);
   HYBRID_CHECK(l[0].rows() == 1 && l[0].allFinite(), "prefill gave non-finite logits");
   return s;
 }

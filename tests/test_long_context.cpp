@@ -7,15 +7,12 @@
 
 #include <hybrid/model.hpp>
 
+#include "test_util.hpp"
+
 using namespace hybrid;
 
 namespace {
-std::vector<int> random_tokens(Index n, int vocab, std::uint64_t seed) {
-  Rng rng(seed);
-  std::vector<int> t(n);
-  for (auto& x : t) x = int(rng.below(vocab));
-  return t;
-}
+using test_util::random_tokens;
 
 // The most bytes the tape's arena held at once during one prefill of T tokens.
 template <class M>

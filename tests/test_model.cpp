@@ -5,15 +5,12 @@
 
 #include <hybrid/model.hpp>
 
+#include "test_util.hpp"
+
 using namespace hybrid;
 
 namespace {
-std::vector<int> random_tokens(Index n, int vocab, std::uint64_t seed) {
-  Rng rng(seed);
-  std::vector<int> t(n);
-  for (auto& x : t) x = int(rng.below(vocab));
-  return t;
-}
+using test_util::random_tokens;
 double max_abs(const Mat<double>& a, const Mat<double>& b) {
   REQUIRE(a.rows() == b.rows());
   REQUIRE(a.cols() == b.cols());

@@ -1,6 +1,6 @@
 // Helpers shared by the test files: a self-removing temporary directory, whole-file read /
-// write, checks on the message of a thrown hybrid::Error, seeded random matrices and a
-// stand-in model of named tensors.
+// write, checks on the message of a thrown hybrid::Error, seeded random matrices and token
+// ids, and a stand-in model of named tensors.
 #pragma once
 #include <doctest/doctest.h>
 #include <unistd.h>
@@ -13,6 +13,7 @@
 #include <iterator>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include <hybrid/core/error.hpp>
 #include <hybrid/core/rng.hpp>
@@ -108,5 +109,13 @@ struct ToyModel {
     for (std::size_t i = 0; i < maps.size(); ++i) f(table[i].name, maps[i], table[i].role);
   }
 };
+
+// n token ids drawn uniformly from [0, vocab), seeded.
+inline std::vector<int> random_tokens(Index n, int vocab, std::uint64_t seed) {
+  Rng rng(seed);
+  std::vector<int> t(static_cast<std::size_t>(n));
+  for (auto& x : t) x = int(rng.below(std::uint64_t(vocab)));
+  return t;
+}
 
 }  // namespace hybrid::test_util
