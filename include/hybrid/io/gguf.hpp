@@ -608,6 +608,25 @@ class GgufWriter {
     return nullptr;
   }
 
+  // Removes a key or a tensor; false when there is none of that name.
+  bool remove(const std::string& key) {
+    for (auto it = kv_.begin(); it != kv_.end(); ++it)
+      if (it->first == key) {
+        kv_.erase(it);
+        return true;
+      }
+    return false;
+  }
+  bool remove_tensor(const std::string& name) {
+    for (auto it = tensors_.begin(); it != tensors_.end(); ++it)
+      if (it->name == name) {
+        tensors_.erase(it);
+        return true;
+      }
+    return false;
+  }
+  std::size_t tensor_count() const { return tensors_.size(); }
+
   // ne fastest first; `data` holds the tensor in `type` (ggml_row_bytes(type, ne[0]) per row).
   void add_tensor(const std::string& name, GgmlType type, std::vector<std::int64_t> ne,
                   std::vector<unsigned char> data) {
