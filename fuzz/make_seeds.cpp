@@ -7,6 +7,7 @@
 #include <fstream>
 #include <hybrid/alias_registry.hpp>
 #include <hybrid/io/desc_json.hpp>
+#include <hybrid/io/gguf.hpp>
 #include <hybrid/io/safetensors.hpp>
 #include <hybrid/io/sharded.hpp>
 
@@ -24,7 +25,7 @@ int main(int argc, char** argv) {
   }
   try {
     const fs::path root = argv[1];
-    for (const char* t : {"fuzz_safetensors", "fuzz_safetensors_index", "fuzz_desc_json"})
+    for (const char* t : {"fuzz_safetensors", "fuzz_safetensors_index", "fuzz_desc_json", "fuzz_gguf"})
       fs::create_directories(root / t);
 
     // safetensors: every dtype, a scalar, an empty tensor, metadata; and edge files.
@@ -60,6 +61,46 @@ int main(int argc, char** argv) {
       put(root / "fuzz_desc_json" / (std::string(a.name) + ".json"), to_json(a.desc()).dump());
     put(root / "fuzz_desc_json" / "minimal.json",
         R"({"model": {"vocab": 10, "d_model": 8}, "blocks": [{"mixer": {"kind": "shortconv"}}]})");
+
+    // GGUF: keys of every value type (arrays, nested, empty) and a tensor of each type; the
+    // same at alignment 64; metadata only.
+    const fs::path gg = root / "fuzz_gguf";
+    float q[64];
+    for (int k = 0; k < 64; ++k) q[k] = float(k % 9) - 4.5f;
+    auto gguf = [&](std::uint32_t align, bool tensors) {
+      GgufWriter w;
+      w.set("general.architecture", GgufValue::str("llama"));
+      if (align != 32) w.set("general.alignment", GgufValue::u32(align));
+      GgufValue u8v, i64v, f64v;  // types without a factory
+      u8v.type = GgufType::U8;
+      u8v.u = 200;
+      i64v.type = GgufType::I64;
+      i64v.i = -5;
+      f64v.type = GgufType::F64;
+      f64v.f = 0.1;
+      w.set("u8", u8v);
+      w.set("i64", i64v);
+      w.set("f64", f64v);
+      w.set("llama.block_count", GgufValue::u32(2));
+      w.set("llama.rope.freq_base", GgufValue::f32(10000));
+      w.set("i32", GgufValue::i32(-7));
+      w.set("u64", GgufValue::u64(1ull << 40));
+      w.set("flag", GgufValue::boolean(true));
+      w.set("tokenizer.ggml.tokens", GgufValue::strings({"<s>", "a", ""}));
+      w.set("ids", GgufValue::array(GgufType::I32, {GgufValue::i32(1), GgufValue::i32(-1)}));
+      w.set("empty", GgufValue::array(GgufType::F32, {}));
+      w.set("nested", GgufValue::array(GgufType::ARRAY, {GgufValue::array(GgufType::U32, {GgufValue::u32(3)})}));
+      if (tensors) {
+        w.add_tensor("token_embd.weight", GgmlType::F32, {3, 2}, gguf_encode(GgmlType::F32, f, 6));
+        w.add_tensor("f16", GgmlType::F16, {5}, gguf_encode(GgmlType::F16, f, 5));
+        w.add_tensor("bf16", GgmlType::BF16, {2, 1, 2}, gguf_encode(GgmlType::BF16, f, 4));
+        w.add_tensor("blk.0.attn_q.weight", GgmlType::Q8_0, {32, 2}, gguf_encode(GgmlType::Q8_0, q, 64));
+      }
+      return w.bytes();
+    };
+    put(gg / "tensors.gguf", gguf(32, true));
+    put(gg / "align64.gguf", gguf(64, true));
+    put(gg / "metadata_only.gguf", gguf(32, false));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "hybrid_fuzz_seeds: %s\n", e.what());
     return 1;

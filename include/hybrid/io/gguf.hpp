@@ -91,7 +91,7 @@ inline std::string ggml_type_name(std::uint32_t t) {
                                 "BF16", "Q4_0_4_4", "Q4_0_4_8", "Q4_0_8_8", "TQ1_0", "TQ2_0",
                                 "IQ4_NL_4_4", "IQ4_NL_4_8", "IQ4_NL_8_8", "MXFP4"};
   if (t < sizeof names / sizeof names[0]) return names[t];
-  return "type " + std::to_string(t);
+  return "unknown (" + std::to_string(t) + ")";
 }
 
 inline bool gguf_supported_type(std::uint32_t t) {
@@ -341,9 +341,9 @@ class GgufReader {
   // Typed access: a missing key or one of another type is an error naming both.
   const GgufValue& at(const std::string& key, GgufType type) const {
     const GgufValue* v = get(key);
-    if (!v) bad("key '", key, "' is missing (expected a ", gguf_type_name(type), ")");
+    if (!v) bad("key '", key, "' is missing (expected type ", gguf_type_name(type), ")");
     if (v->type != type)
-      bad("key '", key, "' is a ", gguf_type_name(v->type), " (", v->brief(), "), expected a ",
+      bad("key '", key, "' has type ", gguf_type_name(v->type), " (", v->brief(), "), expected ",
           gguf_type_name(type));
     return *v;
   }
@@ -355,8 +355,8 @@ class GgufReader {
   const std::vector<GgufValue>& array(const std::string& key, GgufType elem) const {
     const GgufValue& v = at(key, GgufType::ARRAY);
     if (v.elem != elem)
-      bad("key '", key, "' is an array of ", gguf_type_name(v.elem), ", expected an array of ",
-          gguf_type_name(elem));
+      bad("key '", key, "' is an array of ", gguf_type_name(v.elem), " values, expected an array of ",
+          gguf_type_name(elem), " values");
     return v.items;
   }
 
@@ -516,7 +516,8 @@ class GgufReader {
     }
     alignment_ = 32;
     if (const GgufValue* a = get("general.alignment")) {
-      if (a->type != GgufType::U32) bad("key 'general.alignment' is a ", gguf_type_name(a->type), ", expected u32");
+      if (a->type != GgufType::U32)
+        bad("key 'general.alignment' has type ", gguf_type_name(a->type), ", expected u32");
       if (a->u == 0 || (a->u & (a->u - 1)) != 0)
         bad("general.alignment is ", a->u, ", expected a power of two");
       alignment_ = std::uint32_t(a->u);
