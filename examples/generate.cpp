@@ -1,5 +1,6 @@
-// generate: text from a shipped model alias (random-init weights), a saved checkpoint or a
-// Hugging Face checkpoint directory (LFM2, GraniteMoeHybrid, Mamba2) with its tokenizer;
+// generate: text from a shipped model alias (random-init weights), a saved checkpoint, a
+// Hugging Face checkpoint directory (LFM2, GraniteMoeHybrid, Mamba2) or a GGUF file
+// (granitehybrid, lfm2, mamba2, llama) with its tokenizer;
 // streams the text, reports prefill / decode speed, and can dump the logits of every
 // position or convert the model to a Hugging Face directory; the weights can be stored as
 // bf16, f16 or int8 for inference. Every bad input ends with a message and exit code 2.
@@ -8,6 +9,7 @@
 //   generate --model Golf15x3E2 --weights-dtype int8 --weight-group 32 --prompt "ROMEO:"
 //   generate --model TinyLfm2 --ids 256,72,105 --temperature 0 --dump-logits l.f32
 //   generate --hf ./LFM2-350M --prompt "The capital of France is" --temperature 0
+//   generate --gguf model.gguf --prompt "ROMEO:" --temperature 0
 #include <Eigen/Core>
 #include <bit>
 #include <cerrno>
@@ -36,6 +38,8 @@
 #include <hybrid/core/atomic_file.hpp>
 #include <hybrid/core/file.hpp>
 #include <hybrid/core/utf8.hpp>
+#include <hybrid/gguf/import.hpp>
+#include <hybrid/gguf/vocab.hpp>
 #include <hybrid/hf/checkpoint.hpp>
 #include <hybrid/infer/generate.hpp>
 #include <hybrid/io/checkpoint.hpp>
@@ -43,18 +47,23 @@
 #ifdef HYBRID_HAVE_TOKENIZERS
 #include <hybrid/tokenizer/bpe.hpp>
 #include <hybrid/tokenizer/sentencepiece.hpp>
+#include <hybrid/gguf/tokenizer.hpp>
 #endif
+
+#include "cli.hpp"
 
 namespace {
 
 using hybrid::fail;
+using hybrid::cli::number;
+using hybrid::cli::parse_ids;
 
 struct Cli {
   std::string model = "Golf15x3";
   bool model_given = false;
   std::uint64_t seed = 0;
   std::string weights;
-  std::string hf_dir, tokenizer, save_hf;
+  std::string hf_dir, tokenizer, save_hf, gguf;
   std::optional<std::string> prompt;
   std::optional<std::vector<int>> ids;
   bool bos = false;
@@ -64,6 +73,7 @@ struct Cli {
   bool summary = false, quiet = false, raw = false, echo_prompt = true;
   hybrid::DType weights_dtype = hybrid::DType::F32;
   hybrid::Index weight_group = 0;  // int8 columns per scale, 0 = per row
+  bool keep_storage = false;       // --gguf: keep the storage the file's tensor types gave
 };
 
 // ---- the shipped aliases -----------------------------------------------------------------
@@ -133,48 +143,6 @@ std::string model_table() {
 }
 
 // ---- flag parsing --------------------------------------------------------------------------
-
-// "1, 2,3" → {1, 2, 3}; anything else names the flag, the entry and what was expected.
-std::vector<int> parse_ids(const std::string& flag, const std::string& text) {
-  std::vector<int> out;
-  std::size_t start = 0;
-  for (int k = 0;; ++k) {
-    const std::size_t comma = text.find(',', start);
-    std::string piece = text.substr(start, comma == std::string::npos ? comma : comma - start);
-    piece.erase(0, piece.find_first_not_of(" \t"));
-    piece.erase(piece.find_last_not_of(" \t") + 1);
-    int v = 0;
-    const auto [end, ec] = std::from_chars(piece.data(), piece.data() + piece.size(), v);
-    HYBRID_CHECK(!piece.empty(), flag, ": entry ", k, " is empty in '", text,
-                 "'; expected comma-separated token ids like 1,2,3");
-    HYBRID_CHECK(ec != std::errc::result_out_of_range, flag, ": entry ", k, " ('", piece,
-                 "') is out of range for a token id");
-    HYBRID_CHECK(ec == std::errc() && end == piece.data() + piece.size(), flag, ": entry ", k,
-                 " ('", piece, "') is not an integer; expected comma-separated token ids like 1,2,3");
-    HYBRID_CHECK(v >= 0, flag, ": entry ", k, " is ", v, "; token ids are >= 0");
-    out.push_back(v);
-    if (comma == std::string::npos) break;
-    start = comma + 1;
-  }
-  return out;
-}
-
-// A whole flag value as a number: "--top-k: '3x' is not an integer" rather than a bare
-// parse failure.
-template <class T>
-T number(const char* flag, const std::string& text) {
-  T v{};
-  const char* b = text.data();
-  const char* e = b + text.size();
-  const auto [end, ec] = std::from_chars(b, e, v);
-  constexpr const char* kind = std::is_floating_point_v<T> ? "a number"
-                               : std::is_signed_v<T>       ? "an integer"
-                                                           : "a non-negative integer";
-  HYBRID_CHECK(ec != std::errc::result_out_of_range, flag, ": '", text, "' is out of range");
-  HYBRID_CHECK(!text.empty() && ec == std::errc() && end == e, flag, ": '", text, "' is not ",
-               kind);
-  return v;
-}
 
 // ---- output ----------------------------------------------------------------------------------
 
@@ -270,7 +238,7 @@ int run_model(hybrid::RuntimeModel<S>& model, const Cli& cli, const std::string&
                  hybrid::hf::architecture(hybrid::hf::family_for(model.desc())));
     if (!cli.prompt && !cli.ids && cli.prompt_file.empty()) return 0;
   }
-  model.set_weight_storage(cli.weights_dtype, cli.weight_group);
+  if (!cli.keep_storage) model.set_weight_storage(cli.weights_dtype, cli.weight_group);
   std::vector<int> prompt;
   if (cli.bos) {
     HYBRID_CHECK(tok.bos().has_value(), "--bos: the tokenizer has no BOS token");
@@ -304,12 +272,13 @@ int run_model(hybrid::RuntimeModel<S>& model, const Cli& cli, const std::string&
                  model.layout_string().c_str(), V, tok.vocab_size(),
                  V > tok.vocab_size() ? ", only those are sampled" : "", origin.c_str());
   if (!cli.quiet && model.weight_store()) {
-    const std::string kind = cli.weights_dtype != hybrid::DType::I8 ? ""
-                             : cli.weight_group ? ", a scale per 32 columns" : ", a scale per row";
-    std::fprintf(stderr, "  weights stored as %s%s: %.1f MiB for the projections, embedding and "
+    const hybrid::WeightStore& ws = *model.weight_store();
+    const std::string kind = ws.dtype() != hybrid::DType::I8 ? ""
+                             : ws.group() ? ", a scale per 32 columns" : ", a scale per row";
+    std::fprintf(stderr, "  weights stored as %s%s%s: %.1f MiB for %lld of the projections, embedding and "
                  "head (norms, convolutions and SSM dynamics stay f32)\n",
-                 hybrid::dtype_name(cli.weights_dtype), kind.c_str(),
-                 double(model.weight_store()->bytes()) / (1 << 20));
+                 hybrid::dtype_name(ws.dtype()), kind.c_str(), ws.mixed() ? " and the file's other types" : "",
+                 double(ws.bytes()) / (1 << 20), (long long)ws.tensors());
   }
 
   std::optional<LogitsFile> dump;
@@ -377,14 +346,31 @@ std::unique_ptr<hybrid::Tokenizer> hf_tokenizer(const Cli& cli, const hybrid::hf
 #endif
 }
 
+// The tokenizer a GGUF file holds: our byte vocabulary, none (ids only), or a BPE /
+// SentencePiece vocabulary.
+std::unique_ptr<hybrid::Tokenizer> gguf_tokenizer(const hybrid::GgufReader& r, int vocab) {
+  if (hybrid::gguf::is_byte_vocab(r)) return std::make_unique<hybrid::ByteTokenizer>();
+  const hybrid::GgufValue* m = r.get("tokenizer.ggml.model");
+  if (!m || (m->type == hybrid::GgufType::STRING && (m->s == "none" || m->s == "no_vocab")))
+    return std::make_unique<IdsOnlyTokenizer>(vocab, std::nullopt, std::nullopt);
+#ifdef HYBRID_HAVE_TOKENIZERS
+  auto tok = hybrid::gguf::tokenizer_from_gguf(r);
+  if (!tok) return std::make_unique<IdsOnlyTokenizer>(vocab, std::nullopt, std::nullopt);
+  return tok;
+#else
+  fail("GGUF '", r.path(), "': this build has no tokenizer support (libsentencepiece and PCRE2 were not "
+       "found at configure time) for its '", m->brief(), "' vocabulary; give the prompt as --ids");
+#endif
+}
+
 int run(int argc, char** argv) {
   cxxopts::Options options(
       "generate",
       "Generate text with a hybrid Mamba-2 / attention model: a shipped alias or --weights with\n"
       "the byte tokenizer (ids 0-255 bytes, 256 BOS, 257 EOS), or a Hugging Face checkpoint\n"
-      "(--hf) with its own tokenizer. The text streams to stdout (control bytes and malformed\n"
-      "UTF-8 shown as \\xNN unless --raw); model info and the prefill / decode tokens/s line\n"
-      "go to stderr. Errors exit with code 2.\n");
+      "(--hf) or a GGUF file (--gguf) with its own tokenizer. The text streams to stdout\n"
+      "(control bytes and malformed UTF-8 shown as \\xNN unless --raw); model info and the\n"
+      "prefill / decode tokens/s line go to stderr. Errors exit with code 2.\n");
   options.add_options("Model")
       ("model", "Shipped alias to build (see --list-models; random-init weights)",
        cxxopts::value<std::string>()->default_value("Golf15x3"))
@@ -395,6 +381,9 @@ int run(int argc, char** argv) {
       ("hf", "Load a Hugging Face checkpoint directory: config.json (Lfm2ForCausalLM, "
              "GraniteMoeHybridForCausalLM or Mamba2ForCausalLM) + model.safetensors or shards; "
              "its tokenizer.json / tokenizer.model is used when present",
+       cxxopts::value<std::string>())
+      ("gguf", "Load a GGUF file (llama.cpp's granitehybrid, lfm2, mamba2 or llama; F32, F16, BF16 "
+       "or Q8_0, whose int8 blocks are then the inference weights) with the tokenizer it holds",
        cxxopts::value<std::string>())
       ("tokenizer", "Tokenizer file for --hf: a Hugging Face tokenizer.json (byte-level BPE) or a "
                     "SentencePiece .model", cxxopts::value<std::string>())
@@ -468,9 +457,10 @@ int run(int argc, char** argv) {
   if (res.count("hf")) cli.hf_dir = res["hf"].as<std::string>();
   if (res.count("tokenizer")) cli.tokenizer = res["tokenizer"].as<std::string>();
   if (res.count("save-hf")) cli.save_hf = res["save-hf"].as<std::string>();
+  if (res.count("gguf")) cli.gguf = res["gguf"].as<std::string>();
   HYBRID_CHECK(cli.tokenizer.empty() || !cli.hf_dir.empty(), "--tokenizer goes with --hf");
-  HYBRID_CHECK(int(!cli.weights.empty()) + int(!cli.hf_dir.empty()) + int(cli.model_given) <= 1,
-               "give one of --model, --weights and --hf");
+  HYBRID_CHECK(int(!cli.weights.empty()) + int(!cli.hf_dir.empty()) + int(cli.model_given) + int(!cli.gguf.empty()) <= 1,
+               "give one of --model, --weights, --hf and --gguf");
   if (res.count("prompt")) cli.prompt = res["prompt"].as<std::string>();
   if (res.count("ids")) cli.ids = parse_ids("--ids", res["ids"].as<std::string>());
   if (res.count("prompt-file")) cli.prompt_file = res["prompt-file"].as<std::string>();
@@ -529,6 +519,23 @@ int run(int argc, char** argv) {
                  "holds its own layout");
     auto model = hybrid::load_model<float>(cli.weights);
     return run_model<float>(model, cli, cli.weights, "weights from " + cli.weights, hybrid::ByteTokenizer());
+  }
+  if (!cli.gguf.empty()) {
+    const hybrid::GgufReader r(cli.gguf);
+    const hybrid::gguf::GgufModelInfo info = hybrid::gguf::describe(r);
+    hybrid::RuntimeModel<float> model(info.desc);
+    hybrid::gguf::load_into(r, info, model);
+    cli.keep_storage = res.count("weights-dtype") == 0;  // the file's Q8_0 / F16 / BF16 tensors as they are
+    std::unique_ptr<hybrid::Tokenizer> tok;
+    try {
+      tok = gguf_tokenizer(r, model.vocab());
+    } catch (const hybrid::Error& e) {  // a vocabulary we cannot rebuild: ids still work
+      if (!cli.ids) fail(e.what(), "; give the prompt as --ids to run without the file's tokenizer");
+      if (!cli.quiet) std::fprintf(stderr, "note: the file's tokenizer is not usable (%s); running on ids\n", e.what());
+      tok = std::make_unique<IdsOnlyTokenizer>(model.vocab(), std::nullopt, std::nullopt);
+    }
+    return run_model<float>(model, cli, cli.gguf,
+                            std::string("GGUF ") + hybrid::gguf::arch_name(info.arch) + " from " + cli.gguf, *tok);
   }
   if (!cli.hf_dir.empty()) {
     const hybrid::hf::HfCheckpoint ck(cli.hf_dir);

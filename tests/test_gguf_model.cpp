@@ -189,8 +189,12 @@ TEST_CASE("GGUF export: Q8_0 projections import as int8 storage with the blocks'
   CHECK(back.weight_dtype() == DType::I8);
   REQUIRE(back.weight_store());
   CHECK(back.weight_store()->group() == 32);
-  // int8 weights: logits near the float model's.
-  const Mat<float> a = logits(m), b = logits(back);
+  // The int8 storage computes what the file's dequantised values compute, near the float
+  // model's logits.
+  RuntimeModel<float> deq = gguf::load_gguf<float>(r);
+  deq.set_weight_storage(DType::F32);
+  const Mat<float> a = logits(m), b = logits(back), c = logits(deq);
+  CHECK((b - c).cwiseAbs().maxCoeff() < 1e-5);
   CHECK((a - b).cwiseAbs().maxCoeff() < 0.05 * a.cwiseAbs().maxCoeff() + 1e-3);
 }
 
@@ -281,4 +285,37 @@ TEST_CASE("GGUF import: a file without a byte vocabulary is not taken for one") 
   CHECK(r.str("tokenizer.ggml.model") == "none");
   CHECK(r.u32("mamba2.vocab_size") == 258);
   CHECK(gguf::load_gguf<float>(r).vocab() == 258);
+}
+
+TEST_CASE("GGUF import: Q8_0 beside F32 matrices and F16 files keep each tensor's type") {
+  const RuntimeModel<float> m(TinyLfm2::desc(), 6);  // SwiGLU 48: w2 has 48 columns, not a multiple of 32
+  gguf::ExportOptions opt;
+  opt.type = GgmlType::Q8_0;
+  gguf::ExportReport rep;
+  const std::string q = gguf::to_gguf(m, opt, &rep).bytes();
+  REQUIRE_FALSE(rep.kept_f32.empty());
+  CHECK(rep.kept_f32[0].find("ffn_down") != std::string::npos);
+  const GgufReader rq = reader_of(q);
+  const RuntimeModel<float> bq = gguf::load_gguf<float>(rq);
+  REQUIRE(bq.weight_store());
+  CHECK(bq.weight_store()->dtype() == DType::I8);
+  // The F32 tensors are not packed: they read the float values, exactly the file's.
+  Index matrices = 0;
+  for (const auto& e : bq.param_table().entries())
+    matrices += e.role == ParamRole::Matrix || e.role == ParamRole::Embedding;
+  CHECK(bq.weight_store()->tensors() == matrices - Index(rep.kept_f32.size()));
+  // The int8 storage computes what the file's dequantised values compute.
+  RuntimeModel<float> deq = gguf::load_gguf<float>(rq);
+  deq.set_weight_storage(DType::F32);
+  const Mat<float> a = logits(m), b = logits(bq), c = logits(deq);
+  CHECK((b - c).cwiseAbs().maxCoeff() < 1e-5);
+  CHECK((a - b).cwiseAbs().maxCoeff() < 0.15 * a.cwiseAbs().maxCoeff());
+
+  opt.type = GgmlType::F16;
+  const std::string h = gguf::to_gguf(m, opt).bytes();
+  const RuntimeModel<float> bh = gguf::load_gguf<float>(reader_of(h));
+  REQUIRE(bh.weight_store());
+  CHECK(bh.weight_store()->dtype() == DType::F16);
+  CHECK(bh.weight_store()->tensors() == matrices);
+  CHECK((a - logits(bh)).cwiseAbs().maxCoeff() < 1e-2);
 }

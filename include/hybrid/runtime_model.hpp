@@ -131,6 +131,18 @@ class RuntimeModel {
       fail("set_weight_storage(", dtype_name(dtype), "): stored weights compute in float; this "
            "model computes in double (build a RuntimeModel<float>)");
   }
+  // Storage chosen per tensor (WeightStore::build_each): choose(ParamInfo) → {type, group},
+  // F32 leaving a tensor float. What a GGUF file with Q8_0 beside F32 matrices needs.
+  template <class Choose>
+  void set_weight_storage_each(Choose&& choose) {
+    if constexpr (std::is_same_v<S, float>) {
+      WeightStore ws = WeightStore::build_each(table_, store_.data(), std::forward<Choose>(choose));
+      if (ws.tensors() == 0) packed_.reset();
+      else packed_ = std::make_shared<const WeightStore>(std::move(ws));
+    } else {
+      fail("set_weight_storage_each: stored weights compute in float; this model computes in double");
+    }
+  }
   DType weight_dtype() const { return packed_ ? packed_->dtype() : DType::F32; }
   // The packed weights, nullptr with float storage.
   const WeightStore* weight_store() const { return packed_.get(); }

@@ -13,6 +13,7 @@
 // the layout needs is present with the expected shape, and no other tensor is.
 #pragma once
 #include <cmath>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -205,6 +206,7 @@ template <class S>
 void load_into(const GgufReader& r, const GgufModelInfo& info, RuntimeModel<S>& model) {
   const ModelDesc& d = model.desc();
   struct Item {
+    std::string name;  // ours
     MatMap<S>* dst;
     Slot slot;
     const GgufTensor* t;
@@ -222,7 +224,7 @@ void load_into(const GgufReader& r, const GgufModelInfo& info, RuntimeModel<S>& 
       r.bad("tensor '", s.name, "' has shape ", gt->shape_str(), ", expected ", GgufTensor{"", s.ne}.shape_str(),
             " from the metadata");
     used.insert(s.name);
-    items.push_back({&t, s, gt});
+    items.push_back({n, &t, s, gt});
   });
   for (const auto& t : r.tensors())
     if (!used.count(t.name))
@@ -245,8 +247,29 @@ void load_into(const GgufReader& r, const GgufModelInfo& info, RuntimeModel<S>& 
     }
   }
   model.check_finite();
-  if constexpr (std::is_same_v<S, float>)
-    if (info.q8_0) model.set_weight_storage(DType::I8, kQ8_0Block);
+  // Q8_0 tensors become int8 with a scale per block of 32 (requantising the dequantised
+  // blocks gives back their int8 values and, to a float ulp, their scales); F16 / BF16
+  // ones stay in their type beside them; F32 ones stay float.
+  if constexpr (std::is_same_v<S, float>) {
+    std::map<std::string, GgmlType> stored;
+    bool any = false;
+    for (const Item& it : items) {
+      stored[it.name] = it.t->type;
+      any |= it.t->type != GgmlType::F32;
+    }
+    if (any)
+      model.set_weight_storage_each([&](const ParamInfo& e) -> WeightStore::Choice {
+        const auto f = stored.find(e.name);
+        if (f == stored.end()) return {DType::F32, 0};
+        switch (f->second) {
+          case GgmlType::Q8_0: return {DType::I8, kQ8_0Block};
+          case GgmlType::F16: return {DType::F16, 0};
+          case GgmlType::BF16: return {DType::BF16, 0};
+          case GgmlType::F32: break;
+        }
+        return {DType::F32, 0};
+      });
+  }
 }
 
 template <class S = float>

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../core/buffer.hpp"
@@ -22,26 +23,40 @@ class WeightStore {
   // out by it). group: int8 columns per scale, 0 = one per row (else 32, which must divide
   // each packed tensor's columns). Throws naming the tensor that cannot be stored.
   static WeightStore build(const ParamTable& table, const float* values, DType dtype, Index group = 0) {
-    HYBRID_CHECK(values, "WeightStore::build: no float values to pack");
-    WeightStore ws;
+    WeightStore ws = build_each(table, values, [&](const ParamInfo&) { return Choice{dtype, group}; });
     ws.dtype_ = dtype;
     ws.group_ = dtype == DType::I8 ? std::max<Index>(group, 0) : 0;
+    return ws;
+  }
+
+  // Storage chosen per tensor: choose(entry) gives the type and int8 group of each Matrix /
+  // Embedding tensor; F32 leaves it unpacked (it reads the float values). A file whose
+  // tensors come in several types (GGUF Q8_0 projections beside F32 ones) keeps each as is.
+  using Choice = std::pair<DType, Index>;
+  template <class Choose>
+  static WeightStore build_each(const ParamTable& table, const float* values, Choose&& choose) {
+    HYBRID_CHECK(values, "WeightStore::build: no float values to pack");
+    WeightStore ws;
     std::size_t at = 0;
     const auto align = [](std::size_t n) { return (n + 63) / 64 * 64; };
+    std::vector<const ParamInfo*> packed;
     for (const auto& e : table.entries()) {
       if (e.role != ParamRole::Matrix && e.role != ParamRole::Embedding) continue;
-      Entry en{e.offset, e.rows, e.cols, ops::weight_group(e.name.c_str(), dtype, e.cols, group), at, 0};
-      at = align(at + ops::packed_bytes(dtype, e.rows, e.cols));
+      const auto [d, g] = choose(e);
+      if (d == DType::F32) continue;
+      if (ws.entries_.empty()) ws.dtype_ = d, ws.group_ = d == DType::I8 ? std::max<Index>(g, 0) : 0;
+      Entry en{e.offset, e.rows, e.cols, ops::weight_group(e.name.c_str(), d, e.cols, g), at, 0, d};
+      at = align(at + ops::packed_bytes(d, e.rows, e.cols));
       en.scales_at = at;
-      at = align(at + sizeof(float) * std::size_t(ops::packed_scales(dtype, e.rows, e.cols, en.group)));
+      at = align(at + sizeof(float) * std::size_t(ops::packed_scales(d, e.rows, e.cols, en.group)));
       ws.entries_.push_back(en);
+      packed.push_back(&e);
     }
     ws.buf_ = Buffer<unsigned char>(Index(at));
-    std::size_t k = 0;
-    for (const auto& e : table.entries()) {
-      if (e.role != ParamRole::Matrix && e.role != ParamRole::Embedding) continue;
-      const Entry& en = ws.entries_[k++];
-      ops::pack_weight(e.name.c_str(), values + e.offset, e.rows, e.cols, dtype, en.group,
+    for (std::size_t k = 0; k < packed.size(); ++k) {
+      const ParamInfo& e = *packed[k];
+      const Entry& en = ws.entries_[k];
+      ops::pack_weight(e.name.c_str(), values + e.offset, e.rows, e.cols, en.dtype, en.group,
                        ws.buf_.data() + en.data_at,
                        reinterpret_cast<float*>(ws.buf_.data() + en.scales_at));
     }
@@ -50,7 +65,13 @@ class WeightStore {
     return ws;
   }
 
+  // The storage type (of the first packed tensor when they differ; see mixed()).
   DType dtype() const { return dtype_; }
+  bool mixed() const {
+    for (const auto& e : entries_)
+      if (e.dtype != dtype_ || e.group != entries_.front().group) return true;
+    return false;
+  }
   // int8 columns per scale as requested: 0 = one per row.
   Index group() const { return group_; }
   // Bytes of the one allocation (values, scales and alignment).
@@ -67,14 +88,15 @@ class WeightStore {
                  p.offset, " is stored as (", it->rows, ", ", it->cols, ") but asked for as (",
                  p.rows, ", ", p.cols, "); the store was built from another parameter table");
     const unsigned char* base = buf_.data();
-    return ops::QWeight{dtype_, it->rows, it->cols, it->group, base + it->data_at,
-                        dtype_ == DType::I8 ? reinterpret_cast<const float*>(base + it->scales_at) : nullptr};
+    return ops::QWeight{it->dtype, it->rows, it->cols, it->group, base + it->data_at,
+                        it->dtype == DType::I8 ? reinterpret_cast<const float*>(base + it->scales_at) : nullptr};
   }
 
  private:
   struct Entry {
     Index offset, rows, cols, group;  // offset: the tensor's place in the float store
     std::size_t data_at, scales_at;   // byte offsets in buf_ (so a copy needs no rebinding)
+    DType dtype;
   };
   DType dtype_ = DType::F32;
   Index group_ = 0;
