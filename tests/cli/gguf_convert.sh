@@ -2,9 +2,11 @@
 # convert --to-gguf and generate --gguf: a model exported to GGUF generates the same greedy
 # text as the same weights from our checkpoint; Q8_0 runs on int8 storage; layouts the
 # architecture cannot express and bad flags fail with exit 2, a message, and no file.
-# Usage: gguf_convert.sh CONVERT_BINARY GENERATE_BINARY
+# With HF_FIXTURE (a Hugging Face directory with a tokenizer.json; builds with tokenizers),
+# the tokenizer is carried over: text prompts generate the same text from the GGUF file.
+# Usage: gguf_convert.sh CONVERT_BINARY GENERATE_BINARY [HF_FIXTURE]
 set -euo pipefail
-convert="$1"; generate="$2"
+convert="$1"; generate="$2"; hf="${3:-}"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
@@ -40,4 +42,13 @@ expect_error "cannot open" "$generate" --gguf "$tmp/missing.gguf" --ids 1
 printf 'GGUF\x03\x00\x00\x00' >"$tmp/short.gguf"
 expect_error "too short for the 24-byte GGUF header" "$generate" --gguf "$tmp/short.gguf" --ids 1
 "$convert" --help | grep -qF -- "--to-gguf" || { echo "FAIL: convert --help"; exit 1; }
+
+if [[ -n "$hf" ]]; then
+  "$convert" --hf "$hf" --to-gguf "$tmp/h.gguf" 2>"$tmp/log"
+  grep -qF "tokenizer from $hf/tokenizer.json" "$tmp/log" || { echo "FAIL: tokenizer not carried"; cat "$tmp/log"; exit 1; }
+  hgen=(--prompt "Hello world, again" --temperature 0 --max-new-tokens 12 --quiet --raw)
+  "$generate" --gguf "$tmp/h.gguf" "${hgen[@]}" >"$tmp/c.txt"
+  "$generate" --hf "$hf" "${hgen[@]}" >"$tmp/d.txt"
+  cmp "$tmp/c.txt" "$tmp/d.txt" || { echo "FAIL: GGUF and HF directory generate different text"; exit 1; }
+fi
 echo "gguf_convert: OK"

@@ -2,6 +2,8 @@
 // parameter store, a gradient store or an arena block. The host version is here; the CUDA
 // one (cudaMalloc) is a specialisation in kernels/.
 #pragma once
+#include <sys/mman.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -19,12 +21,22 @@ class Buffer;
 template <class S>
 class Buffer<S, Cpu> {
  public:
+  static constexpr std::size_t kHugePage = std::size_t(2) << 20;
+  static constexpr std::size_t kHugeBytes = std::size_t(8) << 20;
   Buffer() = default;
   explicit Buffer(Index n) : n_(n) {
     if (n > 0) {
-      const std::size_t bytes = (std::size_t(n) * sizeof(S) + 63) / 64 * 64;
-      p_.reset(static_cast<S*>(std::aligned_alloc(64, bytes)));
+      // Large buffers (weights, gradients, arena blocks) start on a 2 MiB boundary and ask for
+      // transparent huge pages: a decode step streams every weight once, and with 4 KiB pages
+      // that is one TLB miss per page.
+      const bool huge = std::size_t(n) * sizeof(S) >= kHugeBytes;
+      const std::size_t align = huge ? kHugePage : 64;
+      const std::size_t bytes = (std::size_t(n) * sizeof(S) + align - 1) / align * align;
+      p_.reset(static_cast<S*>(std::aligned_alloc(align, bytes)));
       if (!p_) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+      if (huge) (void)::madvise(p_.get(), bytes, MADV_HUGEPAGE);  // advice only: failure is harmless
+#endif
     }
   }
   Buffer(const Buffer& o) : Buffer(o.n_) {
