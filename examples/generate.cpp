@@ -49,6 +49,9 @@
 #include <hybrid/tokenizer/sentencepiece.hpp>
 #include <hybrid/gguf/tokenizer.hpp>
 #endif
+#ifdef HYBRID_HAVE_COMPRESSION
+#include <hybrid/quant/model_artifact.hpp>
+#endif
 
 #include "cli.hpp"
 
@@ -63,7 +66,7 @@ struct Cli {
   bool model_given = false;
   std::uint64_t seed = 0;
   std::string weights;
-  std::string hf_dir, tokenizer, save_hf, gguf;
+  std::string hf_dir, tokenizer, save_hf, gguf, artifact;
   std::optional<std::string> prompt;
   std::optional<std::vector<int>> ids;
   bool bos = false;
@@ -385,6 +388,8 @@ int run(int argc, char** argv) {
       ("gguf", "Load a GGUF file (llama.cpp's granitehybrid, lfm2, mamba2 or llama; F32, F16, BF16 "
        "or Q8_0, whose int8 blocks are then the inference weights) with the tokenizer it holds",
        cxxopts::value<std::string>())
+      ("artifact", "Load a quantised artifact written by quantize (byte tokenizer); its integers "
+       "are the inference weights", cxxopts::value<std::string>())
       ("tokenizer", "Tokenizer file for --hf: a Hugging Face tokenizer.json (byte-level BPE) or a "
                     "SentencePiece .model", cxxopts::value<std::string>())
       ("save-hf", "Write the model as a Hugging Face directory (config.json + model.safetensors) "
@@ -458,9 +463,12 @@ int run(int argc, char** argv) {
   if (res.count("tokenizer")) cli.tokenizer = res["tokenizer"].as<std::string>();
   if (res.count("save-hf")) cli.save_hf = res["save-hf"].as<std::string>();
   if (res.count("gguf")) cli.gguf = res["gguf"].as<std::string>();
+  if (res.count("artifact")) cli.artifact = res["artifact"].as<std::string>();
   HYBRID_CHECK(cli.tokenizer.empty() || !cli.hf_dir.empty(), "--tokenizer goes with --hf");
-  HYBRID_CHECK(int(!cli.weights.empty()) + int(!cli.hf_dir.empty()) + int(cli.model_given) + int(!cli.gguf.empty()) <= 1,
-               "give one of --model, --weights, --hf and --gguf");
+  HYBRID_CHECK(int(!cli.weights.empty()) + int(!cli.hf_dir.empty()) + int(cli.model_given) + int(!cli.gguf.empty()) +
+                       int(!cli.artifact.empty()) <=
+                   1,
+               "give one of --model, --weights, --hf, --gguf and --artifact");
   if (res.count("prompt")) cli.prompt = res["prompt"].as<std::string>();
   if (res.count("ids")) cli.ids = parse_ids("--ids", res["ids"].as<std::string>());
   if (res.count("prompt-file")) cli.prompt_file = res["prompt-file"].as<std::string>();
@@ -519,6 +527,16 @@ int run(int argc, char** argv) {
                  "holds its own layout");
     auto model = hybrid::load_model<float>(cli.weights);
     return run_model<float>(model, cli, cli.weights, "weights from " + cli.weights, hybrid::ByteTokenizer());
+  }
+  if (!cli.artifact.empty()) {
+#ifdef HYBRID_HAVE_COMPRESSION
+    auto model = hybrid::quant::load_artifact_model(hybrid::quant::read_artifact(cli.artifact), cli.artifact);
+    cli.keep_storage = res.count("weights-dtype") == 0;  // the artifact's integers as they are
+    return run_model<float>(model, cli, cli.artifact, "quantised artifact " + cli.artifact, hybrid::ByteTokenizer());
+#else
+    fail("--artifact: this build has no artifact support (liblzma, zstd and brotli were not found at "
+         "configure time)");
+#endif
   }
   if (!cli.gguf.empty()) {
     const hybrid::GgufReader r(cli.gguf);

@@ -10,6 +10,9 @@
 #include <hybrid/io/gguf.hpp>
 #include <hybrid/io/safetensors.hpp>
 #include <hybrid/io/sharded.hpp>
+#ifdef HYBRID_HAVE_COMPRESSION
+#include <hybrid/quant/artifact.hpp>
+#endif
 
 namespace fs = std::filesystem;
 using namespace hybrid;
@@ -101,6 +104,36 @@ int main(int argc, char** argv) {
     put(gg / "tensors.gguf", gguf(32, true));
     put(gg / "align64.gguf", gguf(64, true));
     put(gg / "metadata_only.gguf", gguf(32, false));
+#ifdef HYBRID_HAVE_COMPRESSION
+    {  // quantised artifacts: each codec, with and without the shuffle; one with no tensors
+      using namespace hybrid::quant;
+      const fs::path qa = root / "fuzz_artifact";
+      fs::create_directories(qa);
+      Artifact a;
+      a.desc = desc_from_layout("MA", ModelSpec{.vocab = 16, .d_model = 8}, Mamba2Spec{.d_state = 4, .expand = 2, .headdim = 8},
+                                GqaSpec{.n_heads = 2, .n_kv_heads = 1, .head_dim = 4}, ShortConvSpec{}, NoChannelSpec{},
+                                Relu2Spec{{16}});
+      a.policy = {{"bits", {{"matrix", 6}, {"embed", 8}}}, {"method", "rtn"}};
+      QTensor q6{.bits = 6, .rows = 3, .cols = 8, .group = 4, .q = {}, .scales = {0.5f, 0.25f, 1e-7f, 0, 2, 3}};
+      for (int i = 0; i < 24; ++i) q6.q.push_back(std::int8_t(i % 63 - 31));
+      QTensor q2{.bits = 2, .rows = 2, .cols = 4, .group = 4, .q = {1, 0, -1, 1, 0, 0, -1, 1}, .scales = {0.1f, 0.2f}};
+      a.tensors = {ArtifactTensor::quantized("blocks.0.mixer.in_proj.weight", q6),
+                   ArtifactTensor::quantized("embed.weight", q2, DType::F32, "embed"),
+                   ArtifactTensor::floats("blocks.0.mixer.A_log", {2}, {0.5f, -1.25f}),
+                   ArtifactTensor::floats("blocks.0.mixer.D", {}, {1}, DType::F32),
+                   ArtifactTensor::floats("blocks.0.mixer.conv1d.weight", {2, 1, 2}, {1, -0.f, 3, 65504}),
+                   ArtifactTensor::floats("empty", {0, 3}, {})};
+      const std::pair<const char*, Codec> codecs[] = {
+          {"raw", Codec::Raw}, {"lzma", Codec::Lzma}, {"zstd", Codec::Zstd}, {"brotli", Codec::Brotli}};
+      for (const auto& [name, c] : codecs)
+        for (ShuffleMode m : {ShuffleMode::Off, ShuffleMode::On}) {
+          ArtifactOptions o;
+          o.codecs = {c}, o.shuffle = m, o.threads = 1;
+          put(qa / (std::string(name) + (m == ShuffleMode::On ? "_shuffled" : "") + ".hybq"), artifact_bytes(a, o));
+        }
+      put(qa / "empty.hybq", artifact_bytes(Artifact{a.desc, {}, {}}, ArtifactOptions{.codecs = {Codec::Raw}}));
+    }
+#endif
   } catch (const std::exception& e) {
     std::fprintf(stderr, "hybrid_fuzz_seeds: %s\n", e.what());
     return 1;

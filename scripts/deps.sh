@@ -3,7 +3,7 @@
 set -euo pipefail
 pkgs=(cmake g++ make libeigen3-dev doctest-dev libcxxopts-dev nlohmann-json3-dev gnuplot-nox
       libsentencepiece-dev libpcre2-dev pkg-config clang libclang-rt-dev
-      libopenblas-openmp-dev)
+      libopenblas-openmp-dev liblzma-dev libzstd-dev libbrotli-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -151,7 +151,8 @@ TEST_CASE("GGUF export: the metadata and tensors llama.cpp reads") {
 
 TEST_CASE("GGUF export: neutral scales are not written; RoPE rows are permuted to adjacent pairs") {
   const RuntimeModel<float> m(llama_desc(), 2);
-  const GgufReader r = reader_of(gguf::to_gguf(m).bytes());
+  const std::string bytes = gguf::to_gguf(m).bytes();  // the reader reads these bytes in place
+  const GgufReader r = reader_of(bytes);
   for (const char* k : {"embedding_scale", "residual_scale", "logit_scale", "attention.scale"})
     CHECK_FALSE(r.has(std::string("llama.") + k));
   CHECK(r.u32("llama.attention.head_count_kv") == 2);
@@ -318,4 +319,40 @@ TEST_CASE("GGUF import: Q8_0 beside F32 matrices and F16 files keep each tensor'
   CHECK(bh.weight_store()->dtype() == DType::F16);
   CHECK(bh.weight_store()->tensors() == matrices);
   CHECK((a - logits(bh)).cwiseAbs().maxCoeff() < 1e-2);
+}
+
+TEST_CASE("GGUF import: the int8 storage holds the Q8_0 blocks' own values and scales") {
+  const RuntimeModel<float> m(llama_desc(), 8);  // RoPE rows permuted in the file
+  gguf::ExportOptions opt;
+  opt.type = GgmlType::Q8_0;
+  const std::string b = gguf::to_gguf(m, opt).bytes();
+  const GgufReader r = reader_of(b);
+  const RuntimeModel<float> back = gguf::load_gguf<float>(r);
+  REQUIRE(back.weight_store());
+  for (const char* name : {"blk.0.attn_q.weight", "blk.1.attn_k.weight", "blk.2.ffn_up.weight"}) {
+    CAPTURE(name);
+    const GgufTensor* t = r.find(name);
+    REQUIRE(t);
+    std::vector<std::int8_t> q(std::size_t(t->numel()));
+    std::vector<float> sc(q.size() / 32);
+    r.read_q8_0(*t, q.data(), sc.data());
+    const std::string ours = std::string(name) == "blk.0.attn_q.weight"   ? "blocks.0.mixer.q_proj.weight"
+                             : std::string(name) == "blk.1.attn_k.weight" ? "blocks.1.mixer.k_proj.weight"
+                                                                          : "blocks.2.channel.w3.weight";
+    const ParamInfo* e = nullptr;
+    for (const auto& x : back.param_table().entries())
+      if (x.name == ours) e = &x;
+    REQUIRE(e);
+    const ops::QWeight w = back.weight_store()->find(Param{e->offset, e->rows, e->cols});
+    REQUIRE(w);
+    CHECK(w.dtype == DType::I8);
+    const bool rope = ours.find("_proj") != std::string::npos && ours.find("v_proj") == std::string::npos;
+    for (Index row = 0; row < e->rows; ++row) {
+      const Index dst = rope ? gguf::rope_pair_source(row, 8) : row;
+      for (Index c = 0; c < e->cols; ++c) {
+        CHECK(std::int8_t(w.row(dst)[c]) == q[std::size_t(row * e->cols + c)]);
+        if (c % 32 == 0) CHECK(w.row_scales(dst)[c / 32] == sc[std::size_t((row * e->cols + c) / 32)]);
+      }
+    }
+  }
 }

@@ -133,10 +133,12 @@ class RuntimeModel {
   }
   // Storage chosen per tensor (WeightStore::build_each): choose(ParamInfo) → {type, group},
   // F32 leaving a tensor float. What a GGUF file with Q8_0 beside F32 matrices needs.
-  template <class Choose>
-  void set_weight_storage_each(Choose&& choose) {
+  // fill: see WeightStore::build_each (a tensor's stored bytes written from a file).
+  template <class Choose, class Fill = WeightStore::PackFromFloats>
+  void set_weight_storage_each(Choose&& choose, Fill&& fill = WeightStore::PackFromFloats{}) {
     if constexpr (std::is_same_v<S, float>) {
-      WeightStore ws = WeightStore::build_each(table_, store_.data(), std::forward<Choose>(choose));
+      WeightStore ws = WeightStore::build_each(table_, store_.data(), std::forward<Choose>(choose),
+                                               std::forward<Fill>(fill));
       if (ws.tensors() == 0) packed_.reset();
       else packed_ = std::make_shared<const WeightStore>(std::move(ws));
     } else {

@@ -13,6 +13,7 @@
 // the layout needs is present with the expected shape, and no other tensor is.
 #pragma once
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <set>
 #include <string>
@@ -247,28 +248,48 @@ void load_into(const GgufReader& r, const GgufModelInfo& info, RuntimeModel<S>& 
     }
   }
   model.check_finite();
-  // Q8_0 tensors become int8 with a scale per block of 32 (requantising the dequantised
-  // blocks gives back their int8 values and, to a float ulp, their scales); F16 / BF16
-  // ones stay in their type beside them; F32 ones stay float.
+  // Q8_0 tensors become int8 with a scale per block of 32: the blocks' own int8 values and
+  // scales. F16 / BF16 ones stay in their type beside them; F32 ones stay float.
   if constexpr (std::is_same_v<S, float>) {
-    std::map<std::string, GgmlType> stored;
+    std::map<std::string, const Item*> by_name;
     bool any = false;
     for (const Item& it : items) {
-      stored[it.name] = it.t->type;
+      by_name[it.name] = &it;
       any |= it.t->type != GgmlType::F32;
     }
     if (any)
-      model.set_weight_storage_each([&](const ParamInfo& e) -> WeightStore::Choice {
-        const auto f = stored.find(e.name);
-        if (f == stored.end()) return {DType::F32, 0};
-        switch (f->second) {
-          case GgmlType::Q8_0: return {DType::I8, kQ8_0Block};
-          case GgmlType::F16: return {DType::F16, 0};
-          case GgmlType::BF16: return {DType::BF16, 0};
-          case GgmlType::F32: break;
-        }
-        return {DType::F32, 0};
-      });
+      model.set_weight_storage_each(
+          [&](const ParamInfo& e) -> WeightStore::Choice {
+            const auto f = by_name.find(e.name);
+            if (f == by_name.end()) return {DType::F32, 0};
+            switch (f->second->t->type) {
+              case GgmlType::Q8_0: return {DType::I8, kQ8_0Block};
+              case GgmlType::F16: return {DType::F16, 0};
+              case GgmlType::BF16: return {DType::BF16, 0};
+              case GgmlType::F32: break;
+            }
+            return {DType::F32, 0};
+          },
+          [&](const ParamInfo& e, unsigned char* data, float* scales) {
+            const auto f = by_name.find(e.name);
+            if (f == by_name.end() || f->second->t->type != GgmlType::Q8_0) return false;
+            const Item& it = *f->second;
+            if (it.slot.rope_heads == 0) {
+              r.read_q8_0(*it.t, reinterpret_cast<std::int8_t*>(data), scales);
+              return true;
+            }
+            // q / k rows in adjacent-pair order: file row `row` is our row rope_pair_source(row).
+            std::vector<std::int8_t> q(std::size_t(it.t->numel()));
+            std::vector<float> sc(q.size() / kQ8_0Block);
+            r.read_q8_0(*it.t, q.data(), sc.data());
+            const Index cols = e.cols, g = cols / kQ8_0Block;
+            for (Index row = 0; row < e.rows; ++row) {
+              const Index dst = rope_pair_source(row, it.slot.head_dim);
+              std::memcpy(data + dst * cols, q.data() + row * cols, std::size_t(cols));
+              std::memcpy(scales + dst * g, sc.data() + row * g, sizeof(float) * std::size_t(g));
+            }
+            return true;
+          });
   }
 }
 

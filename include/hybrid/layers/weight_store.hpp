@@ -33,8 +33,15 @@ class WeightStore {
   // Embedding tensor; F32 leaves it unpacked (it reads the float values). A file whose
   // tensors come in several types (GGUF Q8_0 projections beside F32 ones) keeps each as is.
   using Choice = std::pair<DType, Index>;
-  template <class Choose>
-  static WeightStore build_each(const ParamTable& table, const float* values, Choose&& choose) {
+  // fill(entry, data, scales) may write a tensor's stored form itself (values exactly as a
+  // file holds them: GGUF Q8_0 blocks, an artifact's k-bit integers) and return true; when
+  // it returns false the tensor is packed from the float values.
+  struct PackFromFloats {
+    bool operator()(const ParamInfo&, unsigned char*, float*) const { return false; }
+  };
+  template <class Choose, class Fill = PackFromFloats>
+  static WeightStore build_each(const ParamTable& table, const float* values, Choose&& choose,
+                                Fill&& fill = PackFromFloats{}) {
     HYBRID_CHECK(values, "WeightStore::build: no float values to pack");
     WeightStore ws;
     std::size_t at = 0;
@@ -56,9 +63,10 @@ class WeightStore {
     for (std::size_t k = 0; k < packed.size(); ++k) {
       const ParamInfo& e = *packed[k];
       const Entry& en = ws.entries_[k];
-      ops::pack_weight(e.name.c_str(), values + e.offset, e.rows, e.cols, en.dtype, en.group,
-                       ws.buf_.data() + en.data_at,
-                       reinterpret_cast<float*>(ws.buf_.data() + en.scales_at));
+      unsigned char* data = ws.buf_.data() + en.data_at;
+      float* scales = reinterpret_cast<float*>(ws.buf_.data() + en.scales_at);
+      if (!fill(e, data, scales))
+        ops::pack_weight(e.name.c_str(), values + e.offset, e.rows, e.cols, en.dtype, en.group, data, scales);
     }
     std::sort(ws.entries_.begin(), ws.entries_.end(),
               [](const Entry& a, const Entry& b) { return a.offset < b.offset; });
