@@ -26,6 +26,7 @@ using namespace hybrid;
 using bench::Clock;
 using bench::load_average;
 using bench::seconds_since;
+using bench::stream_seconds;
 
 namespace {
 
@@ -55,28 +56,6 @@ std::size_t kv_bytes(const SequenceState<float>& s) {
     if (const auto* c = std::get_if<KvCache<float>>(&l))
       n += std::size_t(2 * c->len * c->k.cols()) * c->k.elem_bytes();
   return n;
-}
-
-// Seconds per pass of a streaming sum over the floats of buf (best of reps), each thread
-// summing its contiguous part with Eigen's vectorised sum: the machine's read rate for data
-// that does not fit in cache.
-double stream_seconds(const std::vector<float>& buf, int reps) {
-  double best = 1e30, sink = 0;
-  const int parts = par::threads();
-  const Index n = Index(buf.size());
-  std::vector<double> sums(static_cast<std::size_t>(parts));
-  for (int r = 0; r < reps; ++r) {
-    const auto t0 = Clock::now();
-#pragma omp parallel for schedule(static)
-    for (int p = 0; p < parts; ++p) {
-      const Index b = n * p / parts, e = n * (p + 1) / parts;
-      sums[std::size_t(p)] = double(CVecMap<float>(buf.data() + b, e - b).sum());
-    }
-    best = std::min(best, seconds_since(t0));
-    for (double x : sums) sink += x;
-  }
-  if (sink == 12345.678) std::printf("#\n");  // keeps the sums
-  return best;
 }
 
 // The GQA layers' decode attention alone over the state's caches: seconds per step (best

@@ -49,23 +49,8 @@ ModelDesc model_desc(const std::string& name) {
 
 // GB/s of a streaming sum over `mib` MiB, best of reps, all threads.
 double read_gbps(int mib, int reps) {
-  const Index n = Index(mib) * (1 << 20) / 4;
-  std::vector<float> buf(std::size_t(n), 1.0f);
-  double best = 1e30, sink = 0;
-  const int parts = par::threads();
-  std::vector<double> sums(static_cast<std::size_t>(parts));
-  for (int r = 0; r < reps; ++r) {
-    const auto t0 = Clock::now();
-#pragma omp parallel for schedule(static)
-    for (int p = 0; p < parts; ++p) {
-      const Index b = n * p / parts, e = n * (p + 1) / parts;
-      sums[std::size_t(p)] = double(CVecMap<float>(buf.data() + b, e - b).sum());
-    }
-    best = std::min(best, seconds_since(t0));
-    for (double x : sums) sink += x;
-  }
-  if (sink == 12345.678) std::printf("#\n");
-  return double(n) * 4 / best / 1e9;
+  const std::vector<float> buf(static_cast<std::size_t>(mib) * (1 << 20) / 4, 1.0f);
+  return double(buf.size()) * 4 / bench::stream_seconds(buf, reps) / 1e9;
 }
 
 // Bytes one decode step reads: every weight once (the stored matrices in their storage

@@ -1,6 +1,7 @@
 // Helpers the benchmark programs share: wall time since a point, the median of repeated
 // timings, the machine's load average (runs are comparable only on a quiet machine), and
-// the process's resident memory from /proc (Linux; -1 / false elsewhere).
+// the process's resident memory from /proc (Linux; -1 / false elsewhere), and the read rate
+// of a streaming sum (the same-run reference of bandwidth-bound measurements).
 #pragma once
 #include <algorithm>
 #include <chrono>
@@ -10,6 +11,9 @@
 #include <fstream>
 #include <string>
 #include <vector>
+
+#include <hybrid/core/parallel.hpp>
+#include <hybrid/core/tensor.hpp>
 
 namespace bench {
 
@@ -52,6 +56,29 @@ inline bool reset_peak() {
   if (!f) return false;
   const bool ok = std::fputs("5", f) >= 0;
   return std::fclose(f) == 0 && ok;
+}
+
+// Seconds per pass of a streaming sum over the floats of buf (best of reps), each thread
+// summing its contiguous part with Eigen's vectorised sum: the machine's read rate for data
+// that does not fit in cache.
+inline double stream_seconds(const std::vector<float>& buf, int reps) {
+  using hybrid::Index;
+  double best = 1e30, sink = 0;
+  const int parts = hybrid::par::threads();
+  const Index n = Index(buf.size());
+  std::vector<double> sums(static_cast<std::size_t>(parts));
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = Clock::now();
+#pragma omp parallel for schedule(static)
+    for (int p = 0; p < parts; ++p) {
+      const Index b = n * p / parts, e = n * (p + 1) / parts;
+      sums[std::size_t(p)] = double(hybrid::CVecMap<float>(buf.data() + b, e - b).sum());
+    }
+    best = std::min(best, seconds_since(t0));
+    for (double x : sums) sink += x;
+  }
+  if (sink == 12345.678) std::printf("#\n");  // keeps the sums
+  return best;
 }
 
 }  // namespace bench

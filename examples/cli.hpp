@@ -1,7 +1,11 @@
 // Flag-value parsing shared by the example programs: whole-value numbers and id lists,
-// with errors that name the flag, the value and what was expected.
+// with errors that name the flag, the value and what was expected; and the main() that
+// turns every error into a message and exit code 2.
 #pragma once
 #include <charconv>
+#include <cstdio>
+#include <cxxopts.hpp>
+#include <exception>
 #include <string>
 #include <system_error>
 #include <type_traits>
@@ -51,6 +55,19 @@ T number(const char* flag, const std::string& text) {
   HYBRID_CHECK(!text.empty() && ec == std::errc() && end == e, flag, ": '", text, "' is not ",
                kind);
   return v;
+}
+
+// main() of a program whose body is run(argc, argv): any error is printed as "error: ..."
+// and the exit code is 2.
+inline int guarded_main(int (*run)(int, char**), int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const cxxopts::exceptions::exception& e) {
+    std::fprintf(stderr, "error: %s (see --help)\n", e.what());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+  }
+  return 2;
 }
 
 }  // namespace hybrid::cli

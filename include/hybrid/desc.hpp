@@ -64,6 +64,21 @@ inline std::string mixer_label(const MixerDesc& m) {
 }
 constexpr bool has_channel(const BlockDesc& b) { return !std::holds_alternative<NoChannelSpec>(b.channel); }
 
+// Which kinds of block a layout has: what the file formats choose their family from.
+struct LayoutKinds {
+  bool conv = false, mamba = false, attn = false, channels = false;
+};
+inline LayoutKinds layout_kinds(const ModelDesc& d) {
+  LayoutKinds k;
+  for (const auto& b : d.blocks) {
+    k.conv |= std::holds_alternative<ShortConvSpec>(b.mixer);
+    k.mamba |= std::holds_alternative<Mamba2Spec>(b.mixer);
+    k.attn |= std::holds_alternative<GqaSpec>(b.mixer);
+    k.channels |= has_channel(b);
+  }
+  return k;
+}
+
 // ---- parameter counts --------------------------------------------------------------
 
 constexpr Index param_count(const Mamba2Spec& s, int D) {

@@ -10,14 +10,7 @@ convert="$1"; generate="$2"; hf="${3:-}"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
-expect_error() {  # expect_error MESSAGE PROGRAM ARGS...: exit status 2 and MESSAGE on stderr
-  local msg="$1"; shift
-  local rc=0
-  "$@" >"$tmp/out" 2>"$tmp/err" || rc=$?
-  if [[ $rc -ne 2 ]] || ! grep -qF -- "$msg" "$tmp/err"; then
-    echo "FAIL: $* gave exit $rc, expected 2 and: $msg"; cat "$tmp/err"; exit 1
-  fi
-}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # expect_error
 
 "$convert" --model TinyLfm2 --seed 5 --to-gguf "$tmp/m.gguf" --to-weights "$tmp/m.safetensors" 2>"$tmp/log"
 grep -qF "wrote $tmp/m.gguf: lfm2" "$tmp/log" || { echo "FAIL: no lfm2 export line"; cat "$tmp/log"; exit 1; }

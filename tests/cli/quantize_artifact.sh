@@ -8,14 +8,7 @@ convert="$1"; quantize="$2"; generate="$3"; data="$4"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
-expect_error() {  # expect_error MESSAGE PROGRAM ARGS...: exit status 2 and MESSAGE on stderr
-  local msg="$1"; shift
-  local rc=0
-  "$@" >"$tmp/out" 2>"$tmp/err" || rc=$?
-  if [[ $rc -ne 2 ]] || ! grep -qF -- "$msg" "$tmp/err"; then
-    echo "FAIL: $* gave exit $rc, expected 2 and: $msg"; cat "$tmp/err"; exit 1
-  fi
-}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # expect_error
 
 "$convert" --model TinyGolf15x3E2 --seed 4 --to-weights "$tmp/m.safetensors" 2>/dev/null
 "$quantize" --weights "$tmp/m.safetensors" --out "$tmp/m.hybq" --bits 6 --rule sdclip --group 32 --fast \

@@ -60,13 +60,7 @@ inline bool rotates_adjacent_pairs(Arch a) { return a == Arch::GraniteHybrid || 
 // The architecture a model is written as: any ShortConv block → lfm2; only mixer-only
 // Mamba-2 blocks → mamba2; only attention blocks → llama; otherwise granitehybrid.
 inline Arch arch_for(const ModelDesc& d) {
-  bool conv = false, mamba = false, attn = false, channels = false;
-  for (const auto& b : d.blocks) {
-    conv |= std::holds_alternative<ShortConvSpec>(b.mixer);
-    mamba |= std::holds_alternative<Mamba2Spec>(b.mixer);
-    attn |= std::holds_alternative<GqaSpec>(b.mixer);
-    channels |= has_channel(b);
-  }
+  const auto [conv, mamba, attn, channels] = layout_kinds(d);
   if (conv) return Arch::Lfm2;
   if (mamba && !attn && !channels) return Arch::Mamba2;
   if (!mamba) return Arch::Llama;

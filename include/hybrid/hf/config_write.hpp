@@ -15,13 +15,7 @@ namespace hybrid::hf {
 // The family a ModelDesc is written as: any ShortConv block → LFM2; only Mamba-2 blocks
 // without channels → Mamba2; otherwise GraniteMoeHybrid.
 inline Family family_for(const ModelDesc& d) {
-  bool conv = false, mamba = false, attn = false, channels = false;
-  for (const auto& b : d.blocks) {
-    conv |= std::holds_alternative<ShortConvSpec>(b.mixer);
-    mamba |= std::holds_alternative<Mamba2Spec>(b.mixer);
-    attn |= std::holds_alternative<GqaSpec>(b.mixer);
-    channels |= has_channel(b);
-  }
+  const auto [conv, mamba, attn, channels] = layout_kinds(d);
   if (conv && mamba)
     fail("save_hf: the layout mixes ShortConv and Mamba-2 blocks; no Hugging Face family "
          "(LFM2 has ShortConv + attention, GraniteMoeHybrid and Mamba2 have Mamba-2) holds both");
