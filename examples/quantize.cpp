@@ -5,6 +5,7 @@
 // message and exit code 2.
 //
 //   quantize --weights run/model.safetensors --out model.hybq --bits 6 --rule sdclip --sd-k 12
+//   quantize --weights run/model.safetensors --out model.hybq --method gptq --calib data/tinyshakespeare.txt
 //   quantize --weights run/model.safetensors --out model.hybq --eval ../shared/data/tinyshakespeare.txt
 //   generate --artifact model.hybq --prompt "ROMEO:"
 #include <cmath>
@@ -15,10 +16,13 @@
 
 #include <hybrid/alias_registry.hpp>
 #include <hybrid/core/file.hpp>
+#include <hybrid/data/shards.hpp>
+#include <hybrid/data/text.hpp>
 #include <hybrid/gguf/import.hpp>
 #include <hybrid/gguf/vocab.hpp>
 #include <hybrid/io/checkpoint.hpp>
 #include <hybrid/model.hpp>
+#include <hybrid/quant/gptq.hpp>
 #include <hybrid/quant/model_artifact.hpp>
 
 #include "cli.hpp"
@@ -91,6 +95,26 @@ int run(int argc, char** argv) {
       ("group", "Columns per scale: row, 32, 64 or 128 (a tensor whose columns it does not divide "
        "gets one scale per row)", cxxopts::value<std::string>()->default_value("row"))
       ("fast", "Try only zstd (level 22) instead of every codec: quicker, usually a little larger");
+  options.add_options("GPTQ")
+      ("method", "rtn (round to nearest) or gptq (each column's rounding error corrected on the "
+       "columns after it, weighted by the calibration inputs; the embedding stays round-to-nearest)",
+       cxxopts::value<std::string>()->default_value("rtn"))
+      ("calib", "gptq: calibration text, byte level; windows drawn from its first 90% (train's split)",
+       cxxopts::value<std::string>())
+      ("calib-shards", "gptq: calibration token shards (comma-separated paths or globs)",
+       cxxopts::value<std::string>())
+      ("calib-self", "gptq: calibrate on the model's own samples (temperature 1) instead of data")
+      ("calib-first", "--calib-self: the id each sample starts from (default: 256, the byte "
+       "vocabulary's BOS, when the model has it, else 1)", cxxopts::value<std::string>())
+      ("calib-seqs", "gptq: calibration sequences", cxxopts::value<std::string>()->default_value("32"))
+      ("calib-len", "gptq: tokens per calibration sequence", cxxopts::value<std::string>()->default_value("256"))
+      ("calib-seed", "gptq: seed of the calibration windows or samples", cxxopts::value<std::string>()->default_value("1"))
+      ("damp", "gptq: damping, a fraction of mean(diag H) added to H's diagonal",
+       cxxopts::value<std::string>()->default_value("0.01"))
+      ("gptq-block", "gptq: columns per lazy-update block", cxxopts::value<std::string>()->default_value("128"))
+      ("no-act-order", "gptq: columns in their own order instead of descending diag(H)")
+      ("sequential", "gptq: gather each block's inputs with the blocks before it already quantised "
+       "(one calibration forward per block; slower, usually better)");
   options.add_options("Output")
       ("out", "The artifact to write (a temporary file, then a rename)", cxxopts::value<std::string>())
       ("eval", "A text file: bits per byte of the float model and of the artifact's model on its last "
@@ -140,7 +164,52 @@ int run(int argc, char** argv) {
   }();
   model.set_weight_storage(DType::F32);  // quantise the float values
 
-  const Artifact a = quantize_model(model, policy);
+  const std::string method = str("method");
+  HYBRID_CHECK(method == "rtn" || method == "gptq", "--method: '", method, "' is not rtn or gptq");
+  const int calib_sources = int(res.count("calib") + res.count("calib-shards") + res.count("calib-self"));
+  HYBRID_CHECK(method == "gptq" || calib_sources == 0,
+               "--calib, --calib-shards and --calib-self calibrate GPTQ; add --method gptq");
+  Artifact a;
+  std::vector<GptqTensorReport> greport;
+  if (method == "rtn") {
+    a = quantize_model(model, policy);
+  } else {
+    HYBRID_CHECK(calib_sources == 1, "--method gptq needs exactly one of --calib FILE, --calib-shards GLOB, --calib-self");
+    const Index B = cli::number<Index>("--calib-seqs", str("calib-seqs")), T = cli::number<Index>("--calib-len", str("calib-len"));
+    HYBRID_CHECK(B >= 1 && T >= 1, "--calib-seqs and --calib-len must be >= 1");
+    const auto seed = cli::number<std::uint64_t>("--calib-seed", str("calib-seed"));
+    std::vector<int> calib;
+    if (res.count("calib-self")) {
+      const int first = res.count("calib-first") ? cli::number<int>("--calib-first", str("calib-first"))
+                                                 : (model.vocab() > ByteTokenizer::kBos ? ByteTokenizer::kBos : 1);
+      calib = self_calibration(model, B, T, first, seed);
+    } else {
+      std::unique_ptr<data::Source> src;
+      if (res.count("calib")) {
+        src = std::make_unique<data::TextSource>(str("calib"), seed);
+      } else {
+        std::vector<std::string> paths;
+        const std::string list = str("calib-shards");
+        for (std::size_t at = 0; at <= list.size();) {
+          const std::size_t comma = std::min(list.find(',', at), list.size());
+          if (comma > at) paths.push_back(list.substr(at, comma - at));
+          at = comma + 1;
+        }
+        src = std::make_unique<data::ShardSource>(paths, paths, seed, int(model.vocab()));
+      }
+      HYBRID_CHECK(src->vocab_needed() <= model.vocab(), "calibration data has ids up to ", src->vocab_needed() - 1,
+                   "; the model's vocabulary has ", model.vocab(), " ids");
+      calib = src->train_batch(B, T).tokens;
+    }
+    GptqOptions go;
+    go.damp = cli::number<double>("--damp", str("damp"));
+    go.block = cli::number<Index>("--gptq-block", str("gptq-block"));
+    go.act_order = !res.count("no-act-order");
+    go.sequential = res.count("sequential") > 0;
+    HYBRID_CHECK(go.damp > 0 && go.block >= 1, "--damp must be > 0 and --gptq-block >= 1");
+    a = quantize_model_gptq(model, policy, calib, B, T, go, &greport);
+    a.policy["calibration"] = res.count("calib-self") ? "self" : res.count("calib") ? str("calib") : str("calib-shards");
+  }
   ArtifactOptions ao;
   if (res.count("fast")) ao.codecs = {Codec::Raw, Codec::Zstd};
   const std::string out = str("out");
@@ -160,6 +229,12 @@ int run(int argc, char** argv) {
   std::printf("| bytes per million parameters | %.0f |\n", double(rep.total_bytes) / mparams);
   std::printf("| left of 16,000,000 bytes (before code bytes) | %lld |\n",
               (long long)artifact_golf_limit - (long long)rep.total_bytes);
+  if (!greport.empty()) {
+    double rtn = 0, gptq = 0;
+    for (const auto& r : greport) rtn += r.rtn_error, gptq += r.gptq_error;
+    std::printf("| GPTQ | %zu projections; layer-output error on the calibration inputs %.4g, round-to-nearest %.4g (%.3f) |\n",
+                greport.size(), gptq, rtn, rtn > 0 ? gptq / rtn : 0.0);
+  }
   if (res.count("eval")) {
     const std::string text = read_file(str("eval"), "--eval", "a text file");
     const std::string val = text.substr(text.size() * 9 / 10);

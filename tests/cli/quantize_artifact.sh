@@ -18,6 +18,17 @@ grep -qF "| tensors |" "$tmp/table" && grep -qF "bits per byte, artifact" "$tmp/
 "$generate" --artifact "$tmp/m.hybq" --prompt "ROMEO:" --temperature 0 --max-new-tokens 8 >/dev/null 2>"$tmp/log"
 grep -qF "weights stored as int8" "$tmp/log" || { echo "FAIL: not int8"; cat "$tmp/log"; exit 1; }
 
+# GPTQ from the corpus and from the model's own samples: the table reports its error ratio.
+for calib in "--calib $data" "--calib-self"; do
+  # shellcheck disable=SC2086
+  "$quantize" --weights "$tmp/m.safetensors" --out "$tmp/g.hybq" --bits 4 --fast --method gptq $calib \
+    --calib-seqs 4 --calib-len 32 >"$tmp/gtable"
+  grep -qE "^\| GPTQ \| [0-9]+ projections" "$tmp/gtable" || { echo "FAIL: gptq table ($calib)"; cat "$tmp/gtable"; exit 1; }
+done
+"$generate" --artifact "$tmp/g.hybq" --prompt "ROMEO:" --temperature 0 --max-new-tokens 4 >/dev/null 2>&1
+expect_error "add --method gptq" "$quantize" --weights "$tmp/m.safetensors" --out "$tmp/x.hybq" --calib "$data"
+expect_error "needs exactly one of --calib FILE" "$quantize" --weights "$tmp/m.safetensors" --out "$tmp/x.hybq" --method gptq
+expect_error "--method: 'awq' is not rtn or gptq" "$quantize" --weights "$tmp/m.safetensors" --out "$tmp/x.hybq" --method awq
 expect_error "--bits must be 2 to 8, got 9" "$quantize" --weights "$tmp/m.safetensors" --out "$tmp/x.hybq" --bits 9
 expect_error "--group: '48' is not row, 32, 64 or 128" "$quantize" --weights "$tmp/m.safetensors" --out "$tmp/x.hybq" --group 48
 expect_error "--out FILE is required" "$quantize" --weights "$tmp/m.safetensors"

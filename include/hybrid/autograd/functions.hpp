@@ -24,6 +24,7 @@ namespace hybrid::ag {
 // storage type (ops/qlinear.hpp) and nothing is recorded.
 template <class S>
 Var<S> linear(Tape<S>& t, Var<S> x, const Param& W, const Param& b) {
+  if (t.linear_observer()) t.linear_observer()(W, x.value());
   if constexpr (std::is_same_v<S, float>)
     if (t.packed())
       if (const ops::QWeight q = t.packed()->find(W)) {

@@ -8,6 +8,7 @@
 // passes before an optimiser step sum their gradients (micro-batch accumulation).
 #pragma once
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <type_traits>
 #include <vector>
@@ -131,6 +132,13 @@ class Tape {
   }
   // The bound stored weights, nullptr when the float values are all there is.
   const WeightStore* packed() const { return packed_; }
+
+  // Called by ag::linear with each weight and its input x (R, in) before the product, on
+  // any tape (calibration: GPTQ gathers sum x^T x per weight through the model's own
+  // forward). An empty function (the default) turns it off.
+  using LinearObserver = std::function<void(const Param& W, View<const S> x)>;
+  void set_linear_observer(LinearObserver f) { observer_ = std::move(f); }
+  const LinearObserver& linear_observer() const { return observer_; }
 
   // Bytes taken from the arena since the last rewind, by kind: activation values, their
   // gradients, values saved for the backward (statistics, ids, masks, nodes), and the
@@ -283,6 +291,7 @@ class Tape {
   GradStore<S>* grads_;
   const S* values_ = nullptr;
   const WeightStore* packed_ = nullptr;
+  LinearObserver observer_;
   Usage usage_, peak_;
   Arena arena_;
   std::vector<Node> nodes_;

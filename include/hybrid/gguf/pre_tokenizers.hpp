@@ -117,10 +117,10 @@ inline std::string describe(const std::vector<json>& steps) {
     if (!s.empty()) s += " + ";
     const std::string type = st.contains("type") && st["type"].is_string() ? st["type"].get<std::string>() : "?";
     if (type == "ByteLevel")
-      s += detail::concat_str("ByteLevel(add_prefix_space=", tf(st["add_prefix_space"].get<bool>()),
+      s += hybrid::detail::concat_str("ByteLevel(add_prefix_space=", tf(st["add_prefix_space"].get<bool>()),
                               ", use_regex=", tf(st["use_regex"].get<bool>()), ")");
     else if (type == "Digits")
-      s += detail::concat_str("Digits(individual_digits=", tf(st["individual_digits"].get<bool>()), ")");
+      s += hybrid::detail::concat_str("Digits(individual_digits=", tf(st["individual_digits"].get<bool>()), ")");
     else if (type == "Split")
       s += "Split(" + json_brief(st["pattern"]) + " " + json_brief(st["behavior"]) +
            (st["invert"].get<bool>() ? " inverted)" : ")");

@@ -151,7 +151,7 @@ inline GgufEntries bpe_tokenizer_metadata_from_text(std::string_view text, std::
     std::string hint;
     for (const auto& p : tok_detail::pre_tokenizers())
       if (p.steps == steps)
-        hint = detail::concat_str(" (llama.cpp's '", p.names[0], "' has these steps but ignore_merges = ",
+        hint = hybrid::detail::concat_str(" (llama.cpp's '", p.names[0], "' has these steps but ignore_merges = ",
                                   tok_detail::tf(p.ignore_merges), ", and model.ignore_merges is ",
                                   tok_detail::tf(ignore_merges), ")");
     f.fail("pre_tokenizer", tok_detail::describe(steps), hint,

@@ -174,7 +174,7 @@ struct GgufValue {
       case GgufType::ARRAY: return "[" + std::string(gguf_type_name(elem)) + " x " + std::to_string(items.size()) + "]";
       case GgufType::BOOL: return u ? "true" : "false";
       case GgufType::F32:
-      case GgufType::F64: return detail::concat_str(f);
+      case GgufType::F64: return hybrid::detail::concat_str(f);
       default: return is_signed() ? std::to_string(i) : std::to_string(u);
     }
   }
@@ -232,7 +232,7 @@ struct Cursor {
 
   template <class... A>
   [[noreturn]] void bad(const A&... a) const {
-    throw Error(detail::concat_str("GGUF file '", *file, "': ", a...));
+    throw Error(hybrid::detail::concat_str("GGUF file '", *file, "': ", a...));
   }
   void need(std::uint64_t n, const char* what) const {
     if (n > size - at)
@@ -407,7 +407,7 @@ class GgufReader {
 
   template <class... A>
   [[noreturn]] void bad(const A&... a) const {
-    throw Error(detail::concat_str("GGUF file '", path_, "': ", a...));
+    throw Error(hybrid::detail::concat_str("GGUF file '", path_, "': ", a...));
   }
 
  private:

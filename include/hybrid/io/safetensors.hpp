@@ -319,7 +319,7 @@ class SafetensorsReader {
 
   template <class... A>
   [[noreturn]] void bad(const A&... a) const {
-    throw Error(st_detail::printable(detail::concat_str("safetensors file '", path_, "': ", a...)));
+    throw Error(st_detail::printable(hybrid::detail::concat_str("safetensors file '", path_, "': ", a...)));
   }
 
   void map_file() {

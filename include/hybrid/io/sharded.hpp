@@ -65,7 +65,7 @@ inline std::string bad_shard_path(const std::string& shard) {
 // names the file in errors.
 inline SafetensorsIndex parse_safetensors_index(std::string_view text, const std::string& where) {
   auto bad = [&](const auto&... a) {
-    throw Error(st_detail::printable(detail::concat_str("safetensors index '", where, "': ", a...)));
+    throw Error(st_detail::printable(hybrid::detail::concat_str("safetensors index '", where, "': ", a...)));
   };
   auto in = [](const std::vector<std::string>& path) -> std::string {
     return path.empty() ? "the top-level object" : "\"" + path[0] + "\"";
@@ -186,7 +186,7 @@ class SafetensorsSet {
     namespace fs = std::filesystem;
     sharded_ = true;
     auto bad = [&](const auto&... a) {
-      throw Error(st_detail::printable(detail::concat_str("sharded checkpoint '", index_path, "': ", a...)));
+      throw Error(st_detail::printable(hybrid::detail::concat_str("sharded checkpoint '", index_path, "': ", a...)));
     };
     std::string text;
     {

@@ -924,7 +924,7 @@ class Reader {
  private:
   template <class... A>
   [[noreturn]] void bad(const A&... a) const {
-    throw Error(st_detail::printable(detail::concat_str("quantised artifact '", name_, "': ", a...)));
+    throw Error(st_detail::printable(hybrid::detail::concat_str("quantised artifact '", name_, "': ", a...)));
   }
 
   // Magic, version, header length and checksum; returns the header text.
