@@ -113,6 +113,9 @@ int run(int argc, char** argv) {
        cxxopts::value<std::string>()->default_value("0.01"))
       ("gptq-block", "gptq: columns per lazy-update block", cxxopts::value<std::string>()->default_value("128"))
       ("no-act-order", "gptq: columns in their own order instead of descending diag(H)")
+      ("lqer-rank", "Add a rank-R correction of each projection's quantisation error (LQER; 0 = off), "
+       "weighted by the calibration inputs with --method gptq", cxxopts::value<std::string>()->default_value("0"))
+      ("lqer-bits", "Bits of the LQER factors (one scale per factor row)", cxxopts::value<std::string>()->default_value("4"))
       ("sequential", "gptq: gather each block's inputs with the blocks before it already quantised "
        "(one calibration forward per block; slower, usually better)");
   options.add_options("Output")
@@ -171,6 +174,12 @@ int run(int argc, char** argv) {
                "--calib, --calib-shards and --calib-self calibrate GPTQ; add --method gptq");
   Artifact a;
   std::vector<GptqTensorReport> greport;
+  Hessians hessians;
+  LqerSpec lqer;
+  lqer.rank = cli::number<int>("--lqer-rank", str("lqer-rank"));
+  lqer.factor.bits = cli::number<int>("--lqer-bits", str("lqer-bits"));
+  HYBRID_CHECK(lqer.rank >= 0, "--lqer-rank must be >= 0 (0 = off), got ", lqer.rank);
+  HYBRID_CHECK(lqer.factor.bits >= 2 && lqer.factor.bits <= 8, "--lqer-bits must be 2 to 8, got ", lqer.factor.bits);
   if (method == "rtn") {
     a = quantize_model(model, policy);
   } else {
@@ -207,9 +216,10 @@ int run(int argc, char** argv) {
     go.act_order = !res.count("no-act-order");
     go.sequential = res.count("sequential") > 0;
     HYBRID_CHECK(go.damp > 0 && go.block >= 1, "--damp must be > 0 and --gptq-block >= 1");
-    a = quantize_model_gptq(model, policy, calib, B, T, go, &greport);
+    a = quantize_model_gptq(model, policy, calib, B, T, go, &greport, &hessians);
     a.policy["calibration"] = res.count("calib-self") ? "self" : res.count("calib") ? str("calib") : str("calib-shards");
   }
+  const int corrected = lqer.rank > 0 ? add_lqer(a, model, lqer, hessians.empty() ? nullptr : &hessians) : 0;
   ArtifactOptions ao;
   if (res.count("fast")) ao.codecs = {Codec::Raw, Codec::Zstd};
   const std::string out = str("out");
@@ -229,6 +239,9 @@ int run(int argc, char** argv) {
   std::printf("| bytes per million parameters | %.0f |\n", double(rep.total_bytes) / mparams);
   std::printf("| left of 16,000,000 bytes (before code bytes) | %lld |\n",
               (long long)artifact_golf_limit - (long long)rep.total_bytes);
+  if (corrected > 0)
+    std::printf("| LQER | %d projections, rank %d, %d-bit factors%s |\n", corrected, lqer.rank, lqer.factor.bits,
+                hessians.empty() ? "" : ", weighted by the calibration inputs");
   if (!greport.empty()) {
     double rtn = 0, gptq = 0;
     for (const auto& r : greport) rtn += r.rtn_error, gptq += r.gptq_error;

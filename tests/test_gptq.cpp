@@ -236,3 +236,88 @@ TEST_CASE("gptq: on a model trained on the corpus, lower held-out layer-output e
   const Mat<float> l = qm.forward(held, B, T);
   CHECK(l.allFinite());
 }
+
+TEST_CASE("lqer: the best rank-r correction of the error, weighted by the inputs, through an artifact") {
+  const Index rows = 40, cols = 48;
+  const auto w = random_weights(rows, cols, 8);
+  const QTensor q = quantize(w.data(), rows, cols, {.bits = 3});
+  Eigen::MatrixXd e(rows, cols);
+  for (Index i = 0; i < rows; ++i)
+    for (Index j = 0; j < cols; ++j) e(i, j) = double(w[std::size_t(i * cols + j)]) - double(q.value(i, j));
+  const Eigen::VectorXd sv = Eigen::JacobiSVD<Eigen::MatrixXd>(e).singularValues();
+  const auto residual = [&](const LqerFactors& f) {
+    std::vector<float> hat(static_cast<std::size_t>(rows * cols));
+    dequantize(q, hat.data());
+    add_correction(f, hat.data(), rows, cols);
+    Eigen::MatrixXd d(rows, cols);
+    for (Index i = 0; i < rows; ++i)
+      for (Index j = 0; j < cols; ++j) d(i, j) = double(w[std::size_t(i * cols + j)]) - double(hat[std::size_t(i * cols + j)]);
+    return d;
+  };
+  for (const int r : {1, 4, 8}) {
+    CAPTURE(r);
+    // With 8-bit factors the correction is the truncated SVD to within the factors' rounding.
+    const LqerFactors f = lqer_factors(w.data(), q, {.rank = r, .factor = {.bits = 8}});
+    CHECK(f.rank() == r);
+    CHECK(f.at.cols == rows);
+    CHECK(f.b.cols == cols);
+    const double tail = sv.tail(sv.size() - r).squaredNorm();
+    CHECK(residual(f).squaredNorm() == doctest::Approx(tail).epsilon(0.02));
+    // int4 factors still remove most of what the rank allows.
+    const double e4 = residual(lqer_factors(w.data(), q, {.rank = r})).squaredNorm();
+    CHECK(e4 < e.squaredNorm() - 0.7 * (e.squaredNorm() - tail));
+  }
+  // Weighted by correlated inputs: a lower layer-output error than the unweighted correction.
+  const Eigen::MatrixXd x = correlated_inputs(256, cols, 9);
+  const Eigen::MatrixXd h = x.transpose() * x;
+  const Eigen::MatrixXd dw = residual(lqer_factors(w.data(), q, {.rank = 4}, &h)),
+                        du = residual(lqer_factors(w.data(), q, {.rank = 4}));
+  const double ew = (dw * h).cwiseProduct(dw).sum(), eu = (du * h).cwiseProduct(du).sum();
+  MESSAGE("rank-4 correction, output error: weighted ", ew, ", unweighted ", eu, ", none ", (e * h).cwiseProduct(e).sum());
+  CHECK(ew < eu);
+  CHECK_THROWS_WITH(lqer_factors(w.data(), q, {.rank = 0}), doctest::Contains("expected 1 to 40"));
+
+  // A model's artifact: the loaded weights are the dequantised values plus the correction,
+  // and the logits move toward the float model's.
+  const RuntimeModel<float> m(TinyGolf15x3E2::desc(), 12);
+  QuantPolicy p;
+  p.set_all({.bits = 3});
+  Artifact plain = quantize_model(m, p), corr = plain;
+  const int n = add_lqer(corr, m, {.rank = 4});
+  Index projections = 0;
+  for (const auto& en : m.param_table().entries()) projections += en.role == ParamRole::Matrix;
+  CHECK(n == projections);
+  CHECK(corr.tensors.size() == plain.tensors.size() + 2 * std::size_t(n));
+  ArtifactOptions ao;
+  ao.codecs = {Codec::Raw, Codec::Zstd};
+  const std::string bytes = artifact_bytes(corr, ao);
+  const Artifact back = read_artifact_memory(bytes.data(), bytes.size(), "test");
+  const RuntimeModel<float> mq = load_artifact_model(plain), mc = load_artifact_model(back);
+  for (const auto& en : m.param_table().entries()) {
+    if (en.name != "blocks.1.mixer.out_proj.weight") continue;
+    const ArtifactTensor *t = nullptr, *fa = nullptr, *fb = nullptr;
+    for (const auto& at : back.tensors) {
+      if (at.name == en.name) t = &at;
+      if (at.name == en.name + kLqerA) fa = &at;
+      if (at.name == en.name + kLqerB) fb = &at;
+    }
+    REQUIRE((t && fa && fb));
+    std::vector<float> want(static_cast<std::size_t>(en.size()));
+    dequantize(t->q, want.data());
+    add_correction(fa->q, fb->q, want.data(), en.rows, en.cols);
+    RuntimeModel<float> deq = mc;
+    deq.set_weight_storage(DType::F32);
+    for (Index k = 0; k < en.size(); ++k) CHECK(deq.param_values()[en.offset + k] == want[std::size_t(k)]);
+  }
+  const std::vector<int> ids = {256, 72, 101, 108, 108, 111, 10, 33, 200, 5};
+  const Mat<float> lf = m.forward(ids, 1, 10), lq = mq.forward(ids, 1, 10), lc = mc.forward(ids, 1, 10);
+  MESSAGE("max logit error: 3-bit ", (lf - lq).cwiseAbs().maxCoeff(), ", with LQER ", (lf - lc).cwiseAbs().maxCoeff());
+  CHECK((lf - lc).squaredNorm() < (lf - lq).squaredNorm());
+  // A damaged correction: one factor missing, or a factor of another shape.
+  Artifact one = corr;
+  one.tensors.pop_back();
+  CHECK_THROWS_WITH(load_artifact_model(one), doctest::Contains("has only one of its two LQER factors"));
+  Artifact wrong = corr;
+  std::swap(wrong.tensors[wrong.tensors.size() - 1].q, wrong.tensors[wrong.tensors.size() - 3].q);
+  CHECK_THROWS_WITH(load_artifact_model(wrong), doctest::Contains("do not correct"));
+}

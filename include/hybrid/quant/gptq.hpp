@@ -41,6 +41,7 @@
 #include "../core/gemm.hpp"
 #include "../infer/generate.hpp"
 #include "../runtime_model.hpp"
+#include "lqer.hpp"
 #include "model_artifact.hpp"
 #include "policy.hpp"
 #include "quantize.hpp"
@@ -245,9 +246,10 @@ struct GptqTensorReport {
 // projections the policy quantises by GPTQ on the calibration tokens (B sequences of T);
 // the embedding (and an untied head) by round-to-nearest. The model is left unchanged.
 // report, when given, receives one row per GPTQ tensor.
+// hessians, when given, receives the Hessian each tensor was quantised with (for LQER).
 inline Artifact quantize_model_gptq(const RuntimeModel<float>& model, const QuantPolicy& policy,
                                     std::span<const int> tokens, Index B, Index T, const GptqOptions& opt = {},
-                                    std::vector<GptqTensorReport>* report = nullptr) {
+                                    std::vector<GptqTensorReport>* report = nullptr, Hessians* hessians = nullptr) {
   const auto spec_of = [&](const ParamInfo& e) -> const QuantSpec* {
     return e.role == ParamRole::Matrix ? policy.spec_for(tensor_role(e.name, e.role)) : nullptr;
   };
@@ -267,6 +269,7 @@ inline Artifact quantize_model_gptq(const RuntimeModel<float>& model, const Quan
                            output_error(w, q, it->second.h)});
       }
       done.emplace(e.name, std::move(q));
+      if (hessians) (*hessians)[e.offset] = it->second;
     }
   };
   if (!opt.sequential) {
@@ -300,6 +303,36 @@ inline Artifact quantize_model_gptq(const RuntimeModel<float>& model, const Quan
   a.policy["gptq"] = {{"damp", opt.damp},      {"block", opt.block},     {"act_order", opt.act_order},
                       {"sequential", opt.sequential}, {"calibration_sequences", B}, {"calibration_length", T}};
   return a;
+}
+
+// LQER corrections (quant/lqer.hpp) of every quantised projection (Matrix role) of an
+// artifact made from `model`: two factor tensors each, appended after the tensors. With
+// Hessians (by offset, as collect_hessians or quantize_model_gptq give them) the correction
+// is activation-weighted; tensors without one get the unweighted correction. Returns the
+// count of corrected tensors.
+inline int add_lqer(Artifact& a, const RuntimeModel<float>& model, const LqerSpec& spec,
+                    const Hessians* hessians = nullptr) {
+  std::map<std::string, const ParamInfo*> by_name;
+  for (const auto& e : model.param_table().entries()) by_name[e.name] = &e;
+  std::vector<ArtifactTensor> extra;
+  for (const auto& t : a.tensors) {
+    const auto it = by_name.find(t.name);
+    if (t.kind != ArtifactTensor::Kind::Quantized || it == by_name.end() || it->second->role != ParamRole::Matrix)
+      continue;
+    const ParamInfo& e = *it->second;
+    HYBRID_CHECK(t.name.find(".lqer_") == std::string::npos, "add_lqer: the artifact is already corrected");
+    const Hessian* h = nullptr;
+    if (hessians)
+      if (const auto hi = hessians->find(e.offset); hi != hessians->end()) h = &hi->second;
+    LqerFactors f = lqer_factors(model.param_values() + e.offset, t.q, spec, h ? &h->h : nullptr);
+    const std::string stream = t.stream.empty() ? "lqer" : t.stream + ".lqer";
+    extra.push_back(ArtifactTensor::quantized(t.name + kLqerA, std::move(f.at), DType::F16, stream));
+    extra.push_back(ArtifactTensor::quantized(t.name + kLqerB, std::move(f.b), DType::F16, stream));
+  }
+  for (auto& t : extra) a.tensors.push_back(std::move(t));
+  a.policy["lqer"] = {{"rank", spec.rank}, {"bits", spec.factor.bits}, {"rule", scale_rule_name(spec.factor.rule)},
+                      {"group", spec.factor.group}, {"weighted", hessians != nullptr}};
+  return int(extra.size() / 2);
 }
 
 }  // namespace hybrid::quant

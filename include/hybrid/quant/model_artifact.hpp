@@ -12,7 +12,10 @@
 // holds; the quantised matrices also become int8 storage (layers/weight_store.hpp) with
 // one scale per row, or per 32 columns for groups that are a multiple of 32 (a group of 64
 // or 128 repeats its scale), so inference reads the artifact's integers. Groups that are
-// not a multiple of 32 (nor the whole row) are left to the float path.
+// not a multiple of 32 (nor the whole row) are left to the float path. A tensor with an LQER
+// correction (quant/lqer.hpp: factors named <tensor>.lqer_a and <tensor>.lqer_b) loads as its
+// dequantised values plus the factors' product, and its int8 storage is that sum quantised
+// to int8 per row (the sum is not on the artifact's grid).
 #pragma once
 #include <map>
 #include <string>
@@ -20,6 +23,7 @@
 
 #include "../runtime_model.hpp"
 #include "artifact.hpp"
+#include "lqer.hpp"
 #include "policy.hpp"
 #include "quantize.hpp"
 
@@ -54,6 +58,15 @@ inline RuntimeModel<float> load_artifact_model(const Artifact& a, const std::str
   std::map<std::string, const ArtifactTensor*> by_name;
   for (const auto& t : a.tensors) by_name[t.name] = &t;
   std::size_t used = 0;
+  // An LQER correction of tensor n: quantised factors n + kLqerA and n + kLqerB.
+  const auto factor = [&](const std::string& n, const char* suffix) -> const ArtifactTensor* {
+    const auto it = by_name.find(n + suffix);
+    if (it == by_name.end()) return nullptr;
+    HYBRID_CHECK(it->second->kind == ArtifactTensor::Kind::Quantized, what, ": LQER factor '", n + suffix,
+                 "' is stored as floats; expected quantised factors");
+    return it->second;
+  };
+  std::map<std::string, bool> corrected;
   m.visit([&](const std::string& n, MatMap<float>& dst, ParamRole) {
     const auto it = by_name.find(n);
     HYBRID_CHECK(it != by_name.end(), what, ": tensor '", n, "' is missing (the model description has it)");
@@ -64,6 +77,14 @@ inline RuntimeModel<float> load_artifact_model(const Artifact& a, const std::str
       HYBRID_CHECK(t.q.rows == dst.rows() && t.q.cols == dst.cols(), what, ": tensor '", n, "' is (", t.q.rows, ", ",
                    t.q.cols, "), the model has (", dst.rows(), ", ", dst.cols(), ")");
       dequantize(t.q, dst.data());
+      const ArtifactTensor *fa = factor(n, kLqerA), *fb = factor(n, kLqerB);
+      HYBRID_CHECK(!fa == !fb, what, ": tensor '", n, "' has only one of its two LQER factors (", kLqerA, ", ",
+                   kLqerB, ")");
+      if (fa) {
+        add_correction(fa->q, fb->q, dst.data(), dst.rows(), dst.cols(), (what + ": LQER of '" + n + "'").c_str());
+        corrected[n] = true;
+        used += 2;
+      }
     } else {
       Index numel = 1;
       for (Index d : t.shape) numel *= d;
@@ -77,7 +98,10 @@ inline RuntimeModel<float> load_artifact_model(const Artifact& a, const std::str
                [&] {
                  for (const auto& t : a.tensors) {
                    bool found = false;
-                   m.visit([&](const std::string& n, const MatMap<float>&, ParamRole) { found |= n == t.name; });
+                   m.visit([&](const std::string& n, const MatMap<float>&, ParamRole) {
+                     found |= n == t.name ||
+                              (corrected.count(n) && (t.name == n + kLqerA || t.name == n + kLqerB));
+                   });
                    if (!found) return t.name;
                  }
                  return std::string();
@@ -91,10 +115,12 @@ inline RuntimeModel<float> load_artifact_model(const Artifact& a, const std::str
         const auto it = by_name.find(e.name);
         if (it == by_name.end() || it->second->kind != ArtifactTensor::Kind::Quantized || !storable(it->second->q))
           return {DType::F32, 0};
+        if (corrected.count(e.name)) return {DType::I8, 0};  // Q + A B is off the grid: int8 per row of it
         const QTensor& q = it->second->q;
         return {DType::I8, q.group == q.cols ? 0 : 32};
       },
       [&](const ParamInfo& e, unsigned char* data, float* scales) {
+        if (corrected.count(e.name)) return false;  // packed from the corrected float values
         const QTensor& q = by_name.at(e.name)->q;
         std::memcpy(data, q.q.data(), q.q.size());
         const Index g = q.group == q.cols ? 1 : q.cols / 32, rep = q.group == q.cols ? 1 : q.group / 32;
