@@ -26,12 +26,15 @@ std::vector<std::string> uncovered(const std::vector<OpId>& seen, std::span<cons
   return out;
 }
 
-// Every op id the Tiny aliases record in a forward + backward of the loss.
+// Every op id the Tiny aliases (and TinyGolfOptions, the golf-entry options, which the
+// registry does not list) record in a forward + backward of the loss.
 std::vector<OpId> ops_of_tiny_models() {
   std::vector<bool> seen(kOpCount, false);
-  for (const AliasInfo& a : shipped_aliases()) {
-    if (std::string_view(a.name).rfind("Tiny", 0) != 0) continue;
-    RuntimeModel<double> m(a.desc(), 3);
+  std::vector<ModelDesc> descs{TinyGolfOptions::desc()};
+  for (const AliasInfo& a : shipped_aliases())
+    if (std::string_view(a.name).rfind("Tiny", 0) == 0) descs.push_back(a.desc());
+  for (const ModelDesc& d : descs) {
+    RuntimeModel<double> m(d, 3);
     GradStore<double> grads(m);
     Tape<double> t(true, &grads);
     std::vector<int> toks(2 * 6), tg(2 * 6);

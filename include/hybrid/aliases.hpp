@@ -119,6 +119,13 @@ using XM = Block<Mamba2<Mamba2Spec{.d_state = 8, .expand = 2, .headdim = 8, .ngr
 using XA = Block<GQA<GqaSpec{.n_heads = 4, .n_kv_heads = 2, .head_dim = 8, .rope = false,
                              .scale = 0.0078125, .bias = true}>,
                  ReLU2<64, true>, LayerNorm>;
+// The golf-entry options: U-Net skips, a 61-bucket bigram embedding 16 wide (projected to
+// d 32), partial RoPE (4 of each head's 8 dims rotated).
+inline constexpr ModelSpec golf_options{.vocab = 258, .d_model = 32, .tied = true,
+                                        .unet_skips = true, .bigram_buckets = 61,
+                                        .bigram_dim = 16};
+using PA = Block<GQA<GqaSpec{.n_heads = 4, .n_kv_heads = 2, .head_dim = 8, .rope_dims = 4}>,
+                 ReLU2<64>>;
 }  // namespace tiny
 
 using TinyGolf15x3 = Model<Config<tiny::model, double>, Repeat<12, tiny::M>, Repeat<3, tiny::A>,
@@ -133,5 +140,8 @@ using TinyLfm2Ssm = Model<Config<tiny::model, double>, EveryKth<10, 5, tiny::SA,
 using TinyLfm2 = Model<Config<tiny::model, double>,
                        Pattern<tiny::LC, tiny::LC, tiny::LA, tiny::LC, tiny::LC, tiny::LA>>;
 using TinyScaled = Model<Config<tiny::scaled, double>, Repeat<2, Pattern<tiny::XM, tiny::XA>>>;
+// Five blocks: an encoder of two, a decoder of three whose first two take skips.
+using TinyGolfOptions = Model<Config<tiny::golf_options, double>,
+                              Pattern<tiny::M, tiny::PA, tiny::M, tiny::PA, tiny::M>>;
 
 }  // namespace hybrid

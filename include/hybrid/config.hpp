@@ -2,7 +2,9 @@
 // type, so it can be a template argument (sizes checked at compile time) or filled in at
 // run time (sizes read from a file) — the same struct either way.
 #pragma once
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 
 #include "core/error.hpp"
@@ -26,7 +28,32 @@ struct ModelSpec {
   double logit_softcap = 0;         // 0: off; else logits = c * tanh(logits / c)
   bool parallel_residual = false;   // x += Mixer(N(x)) + Channel(N(x)) with one norm
   double init_std = 0.02;           // embedding initialisation
+  // Parameter-golf options (docs/architecture.md, "Golf-entry options"); off by default.
+  bool unet_skips = false;  // decoder block j's input += skip_weights[j] * encoder block
+                            // (n_enc-1-j)'s output, n_enc = n_blocks / 2
+  int bigram_buckets = 0;   // hashed bigram embedding: 0 off, else the table's rows (>= 2;
+                            // the last row is the bucket of a sequence's first token)
+  int bigram_dim = 0;       // the bigram table's width; 0 = d_model (no projection), else
+                            // projected to d_model by a learned (D, bigram_dim) matrix
 };
+
+// The bigram table's width and whether it is projected to d_model.
+constexpr int bigram_width(const ModelSpec& m) { return m.bigram_dim > 0 ? m.bigram_dim : m.d_model; }
+constexpr bool bigram_projected(const ModelSpec& m) {
+  return m.bigram_buckets > 0 && bigram_width(m) != m.d_model;
+}
+
+// The bucket of token `cur` after token `prev` (prev < 0: cur starts its sequence) in a
+// table of `buckets` rows: (36313 cur XOR 27191 prev) mod (buckets - 1), computed exactly in
+// 64 bits, and buckets - 1 for a first token. The same hash as the parameter-golf entries'
+// BigramHashEmbedding (which compute it in int32: identical while 36313 * id < 2^31, i.e.
+// for ids up to 59,138).
+constexpr int bigram_bucket(int prev, int cur, int buckets) {
+  if (prev < 0) return buckets - 1;
+  const std::uint64_t h = (std::uint64_t(36313) * std::uint64_t(cur)) ^
+                          (std::uint64_t(27191) * std::uint64_t(prev));
+  return int(h % std::uint64_t(buckets - 1));
+}
 
 // Mamba-2 mixer (REFERENCE.md §1). d_inner = expand * d_model.
 struct Mamba2Spec {
@@ -66,7 +93,24 @@ struct GqaSpec {
   bool output_gate = false;    // o = attn * sigmoid(x Wg^T) before o_proj (gated attention)
   double scale = 0;            // 0: 1/sqrt(head_dim); else this (Granite attention_multiplier)
   bool bias = false;
+  int rope_dims = 0;           // partial RoPE: 0 = all of head_dim; else the first rope_dims
+                               // dims of each head rotate (even, <= head_dim), the rest pass
+
+  // The dims of each head that RoPE rotates (k), and whether that is fewer than all.
+  constexpr int rotated_dims() const { return rope_dims > 0 ? rope_dims : head_dim; }
+  constexpr bool partial_rope() const { return rope && rotated_dims() < head_dim; }
 };
+
+// rope_dims for a fraction of head_dim rotated: fraction * head_dim rounded to the nearest
+// even number (halves up), at least 2; 0 (all dims) when that is head_dim.
+inline int rope_dims_for_fraction(double fraction, int head_dim) {
+  HYBRID_CHECK(fraction > 0 && fraction <= 1, "partial RoPE: the rotated fraction of the head "
+               "dim must be in (0, 1], got ", fraction);
+  HYBRID_CHECK(head_dim >= 2 && head_dim % 2 == 0, "partial RoPE: head_dim must be even and at "
+               "least 2, got ", head_dim);
+  const int k = 2 * std::max(1, int(std::floor(fraction * head_dim / 2 + 0.5)));
+  return k >= head_dim ? 0 : k;
+}
 
 // LFM2 gated short convolution (REFERENCE.md §3).
 struct ShortConvSpec {
@@ -111,6 +155,11 @@ inline void validate(const GqaSpec& s, int d_model) {
   HYBRID_CHECK(!s.rope || s.head_dim % 2 == 0, "GQA: RoPE needs an even head_dim, got ",
                s.head_dim);
   HYBRID_CHECK(s.window >= 0, "GQA: window must be >= 0, got ", s.window);
+  HYBRID_CHECK(s.rope_dims == 0 || s.rope, "GQA: rope_dims = ", s.rope_dims,
+               " is set but RoPE is off (rope = false); leave rope_dims at 0");
+  HYBRID_CHECK(s.rope_dims >= 0 && s.rope_dims <= s.head_dim && s.rope_dims % 2 == 0,
+               "GQA: rope_dims must be an even number in [0, head_dim = ", s.head_dim,
+               "] (0 = all), got ", s.rope_dims);
 }
 
 inline void validate(const ShortConvSpec& s, int d_model) {
@@ -128,6 +177,12 @@ inline void validate(const ModelSpec& s) {
   HYBRID_CHECK(s.norm_eps > 0, "Model: norm_eps must be positive");
   HYBRID_CHECK(s.logits_divisor != 0, "Model: logits_divisor must be non-zero");
   HYBRID_CHECK(s.max_context >= 0, "Model: max_context must be >= 0");
+  HYBRID_CHECK(s.bigram_buckets == 0 || s.bigram_buckets >= 2, "Model: bigram_buckets must be 0 "
+               "(off) or at least 2 (one hashed bucket and the first-token bucket), got ",
+               s.bigram_buckets);
+  HYBRID_CHECK(s.bigram_dim >= 0, "Model: bigram_dim must be >= 0 (0 = d_model), got ", s.bigram_dim);
+  HYBRID_CHECK(s.bigram_dim == 0 || s.bigram_buckets > 0, "Model: bigram_dim = ", s.bigram_dim,
+               " is set but the bigram embedding is off (bigram_buckets = 0)");
 }
 
 }  // namespace hybrid

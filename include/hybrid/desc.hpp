@@ -47,7 +47,8 @@ struct MixerTraits<GqaSpec> {
   static constexpr char code = 'A';
   static std::string label(const GqaSpec& s) {
     return std::string(s.output_gate ? "GatedGQA(" : "GQA(") + std::to_string(s.n_heads) + "/" +
-           std::to_string(s.n_kv_heads) + "x" + std::to_string(s.head_dim) + ")";
+           std::to_string(s.n_kv_heads) + "x" + std::to_string(s.head_dim) +
+           (s.partial_rope() ? ",rope=" + std::to_string(s.rotated_dims()) : std::string()) + ")";
   }
 };
 template <>
@@ -126,11 +127,33 @@ constexpr Index param_count(const BlockDesc& b, const ModelSpec& m) {
   return mixer_params(b, m.d_model) + channel_params(b, m.d_model) +
          block_norms(b, m) * norm_params(b.norm, m.d_model);
 }
+// The hashed bigram embedding: its table (buckets, bigram_dim) and, when bigram_dim !=
+// d_model, the projection (D, bigram_dim).
+constexpr Index bigram_params(const ModelSpec& m) {
+  if (m.bigram_buckets == 0) return 0;
+  const Index w = bigram_width(m);
+  return Index(m.bigram_buckets) * w + (bigram_projected(m) ? Index(m.d_model) * w : 0);
+}
+// The embedding stage: the token embedding, the untied LM head, the bigram embedding.
 constexpr Index embedding_params(const ModelSpec& m) {
-  return Index(m.vocab) * m.d_model * (m.tied ? 1 : 2);
+  return Index(m.vocab) * m.d_model * (m.tied ? 1 : 2) + bigram_params(m);
+}
+// U-Net skips over n_blocks blocks: the first n_enc = n_blocks / 2 are the encoder, the rest
+// the decoder; decoder block j < n_skips = n_enc adds skip_weights[j] ⊙ (encoder block
+// n_enc-1-j's output) to its input (with n_blocks odd the last decoder block has no skip).
+constexpr int unet_encoder_blocks(int n_blocks) { return n_blocks / 2; }
+constexpr int unet_skip_count(const ModelSpec& m, int n_blocks) {
+  return m.unet_skips ? unet_encoder_blocks(n_blocks) : 0;
+}
+constexpr Index unet_skip_params(const ModelSpec& m, int n_blocks) {
+  return Index(unet_skip_count(m, n_blocks)) * m.d_model;
+}
+// Everything outside the blocks: the embedding stage, the skip weights and the final norm.
+constexpr Index model_level_params(const ModelSpec& m, int n_blocks) {
+  return embedding_params(m) + unet_skip_params(m, n_blocks) + norm_params(m.norm, m.d_model);
 }
 constexpr Index param_count(const ModelDesc& d) {
-  Index n = embedding_params(d.model) + norm_params(d.model.norm, d.model.d_model);
+  Index n = model_level_params(d.model, int(d.blocks.size()));
   for (const auto& b : d.blocks) n += param_count(b, d.model);
   return n;
 }
@@ -158,9 +181,29 @@ inline ModelDesc desc_from_layout(const std::string& layout, const ModelSpec& mo
   return d;
 }
 
+// The golf-entry options as programs take them from flags (--unet-skips, --bigram-buckets,
+// --bigram-dim, --rope-dims), applied to a description however it was built: the model-wide
+// ones to its spec, rope_dims to every attention block. Defaults leave d unchanged.
+struct GolfOptions {
+  bool unet_skips = false;
+  int bigram_buckets = 0, bigram_dim = 0;
+  int rope_dims = 0;  // 0: leave each attention block's own setting
+};
+inline ModelDesc with_golf_options(ModelDesc d, const GolfOptions& o) {
+  if (o.unet_skips) d.model.unet_skips = true;
+  if (o.bigram_buckets) d.model.bigram_buckets = o.bigram_buckets;
+  if (o.bigram_dim) d.model.bigram_dim = o.bigram_dim;
+  if (o.rope_dims)
+    for (auto& b : d.blocks)
+      if (auto* a = std::get_if<GqaSpec>(&b.mixer)) a->rope_dims = o.rope_dims;
+  return d;
+}
+
 inline void validate(const ModelDesc& d) {
   validate(d.model);
   HYBRID_CHECK(!d.blocks.empty(), "Model: the layout has no blocks");
+  HYBRID_CHECK(!d.model.unet_skips || d.blocks.size() >= 2, "Model: unet_skips needs at least 2 "
+               "blocks (an encoder half and a decoder half), the layout has ", d.blocks.size());
   for (const auto& b : d.blocks) {
     std::visit([&](const auto& s) { validate(s, d.model.d_model); }, b.mixer);
     if (const auto* s = std::get_if<SwiGluSpec>(&b.channel)) validate(*s, d.model.d_model);

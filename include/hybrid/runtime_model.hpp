@@ -1,5 +1,6 @@
-// RuntimeModel<S>: embedding → blocks → final norm → LM head, built from a ModelDesc (so
-// its shape and layout may come from a file). The compile-time Model<> derives from it.
+// RuntimeModel<S>: embedding (+ the hashed bigram embedding) → blocks (with U-Net skips
+// between the halves, when on) → final norm → LM head, built from a ModelDesc (so its shape
+// and layout may come from a file). The compile-time Model<> derives from it.
 //   forward  B sequences of equal length T, optionally continuing from decode states
 //   prefill  prompts of different lengths → logits + one SequenceState each
 //   step     one token per sequence → logits (B, V), states advanced
@@ -63,13 +64,15 @@ class RuntimeModel {
   using TrainingOptions = hybrid::TrainingOptions;
 
   explicit RuntimeModel(ModelDesc d, std::uint64_t seed = 0)
-      : desc_((validate(d), std::move(d))), final_norm_(declare(desc_, table_, embed_, head_, blocks_)),
+      : desc_((validate(d), std::move(d))),
+        final_norm_(declare(desc_, table_, embed_, head_, bigram_, bigram_proj_, skips_, blocks_)),
         store_(table_) {
     bind_maps();
     init(seed);
   }
   RuntimeModel(const RuntimeModel& o)
-      : desc_(o.desc_), table_(o.table_), embed_(o.embed_), head_(o.head_), blocks_(o.blocks_),
+      : desc_(o.desc_), table_(o.table_), embed_(o.embed_), head_(o.head_), bigram_(o.bigram_),
+        bigram_proj_(o.bigram_proj_), skips_(o.skips_), blocks_(o.blocks_),
         final_norm_(o.final_norm_), store_(o.store_), packed_(o.packed_) {
     bind_maps();
   }
@@ -96,7 +99,8 @@ class RuntimeModel {
   const ParamStore<S>& params() const { return store_; }
 
   // Seeded initialisation (REFERENCE.md §1): embedding N(0, init_std), projections
-  // U(±1/sqrt(fan_in)), residual-branch outputs divided by sqrt(n_residuals * n_layer).
+  // U(±1/sqrt(fan_in)), residual-branch outputs divided by sqrt(n_residuals * n_layer); the
+  // bigram table zero (the model starts as one without it), the U-Net skip weights one.
   void init(std::uint64_t seed);
 
   // f(name, MatMap<S>&, ParamRole) for every parameter tensor, in table order. The maps
@@ -249,15 +253,24 @@ class RuntimeModel {
   std::string summary(const std::string& name = "model") const;
 
  private:
-  // Declares every tensor in the table (embedding, blocks, final norm, head: the order of
-  // visit() and of the files) and returns the final norm.
+  // Declares every tensor in the table (embedding, bigram table and projection, blocks, skip
+  // weights, final norm, head: the order of visit() and of the files; the optional ones only
+  // when their option is on) and returns the final norm.
   static NormLayer<S> declare(const ModelDesc& d, ParamTable& tab, Param& embed, Param& head,
+                              Param& bigram, Param& bigram_proj, Param& skips,
                               std::vector<BlockLayer<S>>& blocks) {
     const auto& m = d.model;
     embed = tab.add("embed.weight", m.vocab, m.d_model, ParamRole::Embedding);
+    if (m.bigram_buckets > 0) {
+      bigram = tab.add("bigram.weight", m.bigram_buckets, bigram_width(m), ParamRole::Embedding);
+      if (bigram_projected(m))
+        bigram_proj = tab.add("bigram.proj.weight", m.d_model, bigram_width(m), ParamRole::Matrix);
+    }
     blocks.reserve(d.blocks.size());
     for (std::size_t i = 0; i < d.blocks.size(); ++i)
       blocks.emplace_back(d.blocks[i], m, tab, "blocks." + std::to_string(i));
+    if (const int n = unet_skip_count(m, int(d.blocks.size())); n > 0)
+      skips = tab.add("skip_weights", n, m.d_model, ParamRole::Scalar);
     NormLayer<S> fn(m.d_model, m.norm, m.norm_eps, tab, "norm_f");
     if (!m.tied) head = tab.add("lm_head.weight", m.vocab, m.d_model, ParamRole::Embedding);
     return fn;
@@ -280,7 +293,26 @@ class RuntimeModel {
 
   // Block l with only its input and output on the caller's tape; its backward re-runs the
   // block on the tape's recompute tape (same GradStore) and pushes the gradient through.
-  Var<S> checkpointed_block(Tape<S>& t, int l, Var<S> x, Index B, Index T, const S* keep) const;
+  // skip: the encoder output a U-Net decoder block adds to its input (skip_input, inside the
+  // recomputed part), or an empty Var.
+  Var<S> checkpointed_block(Tape<S>& t, int l, Var<S> x, Var<S> skip, Index B, Index T,
+                            const S* keep) const;
+
+  // The embedding stage, (B*T, D): mult * embed[tokens], plus, with the bigram embedding,
+  // [proj] bigram[bucket(previous token, token)]. The previous token of a sequence's first
+  // is states[b]->last_token when the state has consumed tokens, else none (the first-token
+  // bucket).
+  Var<S> embed(Tape<S>& t, std::span<const int> tokens, Index B, Index T,
+               SequenceState<S>* const* states) const;
+  // U-Net skips: the encoder block whose output block l adds to its input, or -1 (no skips,
+  // an encoder block, or the last block of an odd-length decoder).
+  int skip_source(int l) const {
+    const int n = skips_.rows, j = l - n;
+    return j >= 0 && j < n ? n - 1 - j : -1;
+  }
+  // Decoder block l's input: x + skip_weights[j] ⊙ s, j = l - n_skips; x, s: (R, D);
+  // skips: the (n_skips, D) weights. Static, so that a checkpoint node needs no model pointer.
+  static Var<S> skip_input(Tape<S>& t, const Param& skips, Var<S> x, Var<S> s, int l);
 
   void check_tokens(std::span<const int> tokens, Index B, Index T,
                     SequenceState<S>* const* states) const;
@@ -305,6 +337,8 @@ class RuntimeModel {
   ModelDesc desc_;
   ParamTable table_;
   Param embed_, head_;
+  Param bigram_, bigram_proj_;  // (buckets, bigram_dim), (D, bigram_dim); absent when off
+  Param skips_;                 // (n_skips, D) U-Net skip weights; absent when off
   std::vector<BlockLayer<S>> blocks_;
   NormLayer<S> final_norm_;
   ParamStore<S> store_;           // every parameter value, one allocation
@@ -317,6 +351,10 @@ template <class S>
 void RuntimeModel<S>::init(std::uint64_t seed) {
   init::normal(store_.view(embed_), desc_.model.init_std, derive_seed(seed, "embed"));
   if (!desc_.model.tied) init::normal(store_.view(head_), desc_.model.init_std, derive_seed(seed, "head"));
+  init::fill(store_.view(bigram_), S(0));
+  if (bigram_proj_.present())
+    init::uniform_fan_in(store_.view(bigram_proj_), bigram_proj_.cols, derive_seed(seed, "bigram.proj"));
+  init::fill(store_.view(skips_), S(1));
   final_norm_.init(store_);
   for (int i = 0; i < n_blocks(); ++i)
     blocks_[i].init(store_, derive_seed(seed, "block" + std::to_string(i)), n_blocks());
@@ -340,9 +378,12 @@ std::vector<Mat<S>> RuntimeModel<S>::hidden_states(std::span<const int> tokens, 
   Tape<S> t(false);
   t.bind_values(store_.data(), packed_.get());
   std::vector<Mat<S>> out;
-  Var<S> x = ag::embedding(t, embed_, tokens.data(), B * T, S(desc_.model.embedding_multiplier));
+  std::vector<Var<S>> enc;  // encoder outputs, for the U-Net skips
+  Var<S> x = embed(t, tokens, B, T, nullptr);
   for (int l = 0; l < n_blocks(); ++l) {
+    if (const int e = skip_source(l); e >= 0) x = skip_input(t, skips_, x, enc[std::size_t(e)], l);
     x = blocks_[l].forward(t, x, B, T, nullptr, nullptr);
+    if (l < skips_.rows) enc.push_back(x);
     out.push_back(x.val());
   }
   out.push_back(final_norm_.forward(t, x).val());
@@ -360,7 +401,7 @@ Var<S> RuntimeModel<S>::final_hidden(Tape<S>& t, std::span<const int> tokens, st
                  ") (or -1 to skip)");
   check_tokens(tokens, B, T, nullptr);
   t.bind_values(store_.data(), packed_.get());
-  const Var<S> x0 = ag::embedding(t, embed_, tokens.data(), B * T, S(desc_.model.embedding_multiplier));
+  const Var<S> x0 = embed(t, tokens, B, T, nullptr);
   const Var<S> x = blocks_forward(t, x0, B, T, nullptr, o);
   return final_norm_.forward(t, x);  // (B*T, D)
 }
@@ -470,10 +511,22 @@ std::string RuntimeModel<S>::summary(const std::string& name) const {
                   (long long)r.params, (long long)r.fixed, (long long)r.per_token);
     out += buf;
   }
+  const ModelSpec& m = desc_.model;
   std::snprintf(buf, sizeof buf, "  %-34s %6s %14lld\n",
-                desc_.model.tied ? "embedding (tied head)" : "embedding + head", "",
-                (long long)embedding_params(desc_.model));
+                m.tied ? "embedding (tied head)" : "embedding + head", "",
+                (long long)(embedding_params(m) - bigram_params(m)));
   out += buf;
+  if (m.bigram_buckets > 0) {
+    const std::string k = "bigram embedding (" + std::to_string(m.bigram_buckets) + "x" +
+                          std::to_string(bigram_width(m)) + (bigram_projected(m) ? " + proj)" : ")");
+    std::snprintf(buf, sizeof buf, "  %-34s %6s %14lld\n", k.c_str(), "", (long long)bigram_params(m));
+    out += buf;
+  }
+  if (skips_.present()) {
+    std::snprintf(buf, sizeof buf, "  %-34s %6lld %14lld\n", "U-Net skip weights", (long long)skips_.rows,
+                  (long long)skips_.size());
+    out += buf;
+  }
   return out;
 }
 
@@ -481,37 +534,87 @@ template <class S>
 Var<S> RuntimeModel<S>::blocks_forward(Tape<S>& t, Var<S> x, Index B, Index T, SequenceState<S>* const* states, const TrainingOptions& o) const {
   LayerState<S>** ls = states ? t.template scratch_as<LayerState<S>*>(B) : nullptr;
   const bool train = t.recording();
+  // U-Net skips: the outputs of the n_enc encoder blocks, kept for the decoder (n_enc = 0
+  // without skips: nothing kept, nothing taken from the tape).
+  const int n_enc = int(skips_.rows);
+  Var<S>* enc = n_enc > 0 ? t.template scratch_as<Var<S>>(n_enc) : nullptr;
   // Inference keeps no activation past its block: each block runs in a freed region and
-  // its output lands in one of two buffers, alternately (the other holds its input).
+  // its output lands in one of two buffers, alternately (the other holds its input), or,
+  // for an encoder block, in the buffer its skip is kept in.
   Var<S> ping[2];
-  if (!train) ping[0] = t.var(B * T, x.cols), ping[1] = t.var(B * T, x.cols);
+  if (!train) {
+    ping[0] = t.var(B * T, x.cols), ping[1] = t.var(B * T, x.cols);
+    for (int e = 0; e < n_enc; ++e) enc[e] = t.var(B * T, x.cols);  // (B*T, D) each
+  }
   for (int l = 0; l < n_blocks(); ++l) {
     for (Index b = 0; states && b < B; ++b) ls[b] = &states[b]->layers[l];
+    const int src = skip_source(l);
+    const Var<S> skip = src >= 0 ? enc[src] : Var<S>{};
     if (!train) {
-      const Var<S> y = ping[l & 1];
+      const Var<S> y = l < n_enc ? enc[l] : ping[l & 1];
       {
         const typename Tape<S>::Region block(t);
-        ops::copy<S>(blocks_[l].forward(t, x, B, T, ls, nullptr).value(), y.value());
+        const Var<S> xin = src >= 0 ? skip_input(t, skips_, x, skip, l) : x;
+        ops::copy<S>(blocks_[l].forward(t, xin, B, T, ls, nullptr).value(), y.value());
       }
       x = y;
       continue;
     }
     const S* keep = o.drop_path > 0 ? drop_mask(t, o, l, B, T) : nullptr;
-    if (o.recompute && !states) x = checkpointed_block(t, l, x, B, T, keep);
-    else x = blocks_[l].forward(t, x, B, T, ls, keep);
+    if (o.recompute && !states) x = checkpointed_block(t, l, x, skip, B, T, keep);
+    else x = blocks_[l].forward(t, src >= 0 ? skip_input(t, skips_, x, skip, l) : x, B, T, ls, keep);
+    if (l < n_enc) enc[l] = x;
   }
   return x;
+}
+
+template <class S>
+Var<S> RuntimeModel<S>::embed(Tape<S>& t, std::span<const int> tokens, Index B, Index T, SequenceState<S>* const* states) const {
+  const ModelSpec& m = desc_.model;
+  const Var<S> x = ag::embedding(t, embed_, tokens.data(), B * T, S(m.embedding_multiplier));  // (B*T, D)
+  if (m.bigram_buckets == 0) return x;
+  int* ids = t.scratch_int(B * T);  // (B*T) buckets
+  for (Index b = 0; b < B; ++b) {
+    int prev = -1;
+    if (states && states[b]->pos > 0) {
+      prev = states[b]->last_token;
+      HYBRID_CHECK(prev >= 0 && prev < m.vocab, "bigram embedding: sequence ", b, "'s state is at "
+                   "position ", states[b]->pos, " but holds no last token (got ", prev,
+                   "); continue from a state this model advanced");
+    }
+    const int* tok = tokens.data() + b * T;
+    for (Index i = 0; i < T; ++i) {
+      ids[b * T + i] = bigram_bucket(prev, tok[i], m.bigram_buckets);
+      prev = tok[i];
+    }
+  }
+  Var<S> e = ag::embedding(t, bigram_, ids, B * T, S(1));                    // (B*T, bigram_dim)
+  if (bigram_proj_.present()) e = ag::linear(t, e, bigram_proj_, Param{});  // (B*T, D)
+  return ag::add(t, x, e);
+}
+
+template <class S>
+Var<S> RuntimeModel<S>::skip_input(Tape<S>& t, const Param& skips, Var<S> x, Var<S> s, int l) {
+  const Index R = x.rows, j = l - skips.rows;
+  // Row j of the skip weights on every row (gather_rows: its backward sums the rows'
+  // gradients into row j), times the encoder output, added to the input.
+  Index* idx = t.scratch_index(R);
+  std::fill(idx, idx + R, j);
+  const Var<S> w = ag::gather_rows(t, t.param(skips), idx, R);  // (R, D)
+  return ag::add(t, x, ag::mul(t, w, s));                       // (R, D)
 }
 
 template <class S>
 Var<S> RuntimeModel<S>::run(Tape<S>& t, std::span<const int> tokens, Index B, Index T, SequenceState<S>* const* states, Rows rows, const TrainingOptions& o) const {
   check_tokens(tokens, B, T, states);
   t.bind_values(store_.data(), packed_.get());
-  const auto& m = desc_.model;
-  Var<S> x = ag::embedding(t, embed_, tokens.data(), B * T, S(m.embedding_multiplier));  // (B*T, D)
+  Var<S> x = embed(t, tokens, B, T, states);  // (B*T, D)
   x = blocks_forward(t, x, B, T, states, o);
   if (states)
-    for (Index b = 0; b < B; ++b) states[b]->pos += T;
+    for (Index b = 0; b < B; ++b) {
+      states[b]->pos += T;
+      states[b]->last_token = tokens[std::size_t(b * T + T - 1)];
+    }
   if (rows == Rows::None) return Var<S>{};
   if (rows == Rows::Last && T > 1) {
     Index* last = t.scratch_index(B);
@@ -534,24 +637,34 @@ const S* RuntimeModel<S>::drop_mask(Tape<S>& t, const TrainingOptions& o, int l,
 }
 
 template <class S>
-Var<S> RuntimeModel<S>::checkpointed_block(Tape<S>& t, int l, Var<S> x, Index B, Index T, const S* keep) const {
+Var<S> RuntimeModel<S>::checkpointed_block(Tape<S>& t, int l, Var<S> x, Var<S> skip, Index B, Index T, const S* keep) const {
   Tape<S>* rt = &t.recompute_tape();
   rt->bind_values(store_.data());
   Var<S> y = t.var(x.rows, x.cols);
   rt->set_recording(false);
   rt->rewind();
-  ops::copy<S>(blocks_[l].forward(*rt, x, B, T, nullptr, keep).value(), y.value());
+  {
+    const Var<S> xin = skip.v ? skip_input(*rt, skips_, x, skip, l) : x;
+    ops::copy<S>(blocks_[l].forward(*rt, xin, B, T, nullptr, keep).value(), y.value());
+  }
   rt->rewind();
   rt->set_recording(true);
   const BlockLayer<S>* blk = &blocks_[l];
-  t.push(OpId::Checkpoint, [rt, blk, x, y, B, T, keep] {
+  const Param skips = skips_;
+  t.push(OpId::Checkpoint, [rt, blk, skips, l, x, skip, y, B, T, keep] {
     rt->rewind();
-    Var<S> xi = rt->var(x.rows, x.cols);
+    Var<S> xi = rt->var(x.rows, x.cols), si;
     ops::copy<S>(x.value(), xi.value());
-    const Var<S> yo = blk->forward(*rt, xi, B, T, nullptr, keep);
+    if (skip.v) {
+      si = rt->var(skip.rows, skip.cols);
+      ops::copy<S>(skip.value(), si.value());
+    }
+    const Var<S> xin = skip.v ? skip_input(*rt, skips, xi, si, l) : xi;
+    const Var<S> yo = blk->forward(*rt, xin, B, T, nullptr, keep);
     ops::add_backward<S>(y.gradient(), S(1), yo.gradient(), View<S>());
     rt->sweep();
     ops::add_backward<S>(xi.gradient(), S(1), x.gradient(), View<S>());
+    if (skip.v) ops::add_backward<S>(si.gradient(), S(1), skip.gradient(), View<S>());
     rt->rewind();
   });
   return y;

@@ -38,8 +38,7 @@ struct model_traits<Cfg, TypeList<Bs...>> {
   static constexpr bool valid = (Bs::template check<spec.d_model>() && ...);
   static constexpr int n_blocks = sizeof...(Bs);
   static constexpr Index n_params =
-      embedding_params(spec) + norm_params(spec.norm, spec.d_model) +
-      (param_count(Bs::desc(), spec) + ...);
+      model_level_params(spec, int(sizeof...(Bs))) + (param_count(Bs::desc(), spec) + ...);
   static constexpr std::array<char, sizeof...(Bs) + 1> layout{Bs::code..., '\0'};
   static ModelDesc desc() { return ModelDesc{spec, {Bs::desc()...}}; }
 };

@@ -31,6 +31,7 @@ struct OpDims {
   int Hkv = 1, hd = 4;     // attention kv heads and head dim (Hq = H)
   int chunk = 4;           // SSD chunk
   int window = 0;          // attention window
+  int rope_dims = 0;       // RoPE: rotated dims of each head (0 = all hd; fewer: partial)
   bool strided = false;    // activations are column ranges of wider tensors
   ScanPath path = ScanPath::Chunked;
   // head_loss: its chunk is `chunk` (0: the op's own choice); logits divisor, soft-cap,
@@ -120,6 +121,9 @@ inline std::vector<OpCase> op_cases() {
 
   add(OpId::Rope, "base", OpDims{.T = 4, .H = 2, .hd = 4});
   add(OpId::Rope, "B=2", OpDims{.B = 2, .T = 3, .H = 1, .hd = 6});
+  add(OpId::Rope, "partial, 2 of 6 dims", OpDims{.T = 4, .H = 2, .hd = 6, .rope_dims = 2});
+  add(OpId::Rope, "partial B=2 strided", OpDims{.B = 2, .T = 3, .H = 2, .hd = 8, .rope_dims = 4,
+                                                .strided = true});
 
   add(OpId::Attention, "MHA", OpDims{.T = 5, .H = 2, .Hkv = 2, .hd = 3});
   add(OpId::Attention, "GQA B=2", OpDims{.B = 2, .T = 4, .H = 4, .Hkv = 2, .hd = 2});
@@ -225,7 +229,7 @@ class OpCaseRun {
       case OpId::Rope: {
         Index* pos = t.scratch_index(d.B);
         for (Index b = 0; b < d.B; ++b) pos[b] = 3 + 5 * b;
-        return ag::rope(t, act(0), d.H, d.hd, d.B, d.T, pos, 100.0);
+        return ag::rope(t, act(0), d.H, d.hd, d.B, d.T, pos, 100.0, d.rope_dims);
       }
       case OpId::Attention:
         return ag::attention(t, act(0), act(1), act(2), d.H, d.Hkv, d.hd, d.B, d.T,

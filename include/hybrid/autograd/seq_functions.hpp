@@ -98,20 +98,22 @@ Var<S> ssd(Tape<S>& t, Var<S> x, Var<S> dt, const Param& A_log, Var<S> Bm, Var<S
   return y;
 }
 
-// RoPE on x: (B*T, H*hd); sequence s starts at position pos0[s] (nullptr: all at 0).
+// RoPE on x: (B*T, H*hd); sequence s starts at position pos0[s] (nullptr: all at 0). rot:
+// the rotated dims of each head (0 = all hd; fewer is partial RoPE, ops/rope.hpp).
 template <class S>
-Var<S> rope(Tape<S>& t, Var<S> x, int H, int hd, Index B, Index T, const Index* pos0, double base) {
+Var<S> rope(Tape<S>& t, Var<S> x, int H, int hd, Index B, Index T, const Index* pos0, double base,
+            int rot = 0) {
   Var<S> y = t.var(x.rows, x.cols);
   ops::copy<S>(x.value(), y.value());
   Index* p = t.scratch_index(B);
   for (Index s = 0; s < B; ++s) {
     p[s] = pos0 ? pos0[s] : 0;
-    ops::rope_forward<S>(y.row_range(s * T, T).value(), H, hd, p[s], base);
+    ops::rope_forward<S>(y.row_range(s * T, T).value(), H, hd, p[s], base, rot);
   }
-  t.push(OpId::Rope, [x, y, H, hd, B, T, p, base] {
+  t.push(OpId::Rope, [x, y, H, hd, B, T, p, base, rot] {
     if (!x.g) return;
     for (Index s = 0; s < B; ++s)  // y's gradient is consumed here only: rotate it in place
-      ops::rope_backward<S>(y.row_range(s * T, T).gradient(), H, hd, p[s], base);
+      ops::rope_backward<S>(y.row_range(s * T, T).gradient(), H, hd, p[s], base, rot);
     ops::add_backward<S>(y.gradient(), S(1), x.gradient(), View<S>());
   });
   return y;

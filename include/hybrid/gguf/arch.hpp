@@ -91,6 +91,8 @@ inline void check_expressible(const ModelDesc& d, Arch a) {
   check(m.norm == NormKind::RMS, "the final norm is LayerNorm (only RMSNorm is written)");
   check(!m.parallel_residual, "the parallel residual");
   check(m.logit_softcap == 0, "the logit soft-cap (", m.logit_softcap, ")");
+  check(!m.unet_skips, "U-Net skip connections between the halves of the blocks (unet_skips)");
+  check(m.bigram_buckets == 0, "the hashed bigram embedding (bigram_buckets = ", m.bigram_buckets, ")");
   if (a != Arch::GraniteHybrid)
     check(m.embedding_multiplier == 1 && m.residual_multiplier == 1 && m.logits_divisor == 1,
           "embedding / residual multipliers or a logit divisor (only granitehybrid has them)");
@@ -137,6 +139,8 @@ inline void check_expressible(const ModelDesc& d, Arch a) {
       check(!s->output_gate, "block ", i, "'s attention output gate");
       check(!s->bias, "block ", i, "'s attention biases");
       check(s->rope || a == Arch::GraniteHybrid, "block ", i, "'s attention without RoPE (NoPE)");
+      check(!s->partial_rope(), "block ", i, "'s partial RoPE (rope_dims = ", s->rope_dims,
+            " of head_dim ", s->head_dim, "; only whole-head RoPE is written)");
       if (a == Arch::Lfm2) {
         check(s->qk_norm, "block ", i, "'s attention without QK-norm (lfm2 attention always has it)");
         check(s->head_dim * s->n_heads == D, "block ", i, "'s head_dim x n_heads = ", s->head_dim * s->n_heads,

@@ -81,6 +81,8 @@ inline void check_attention(const GqaSpec& a, int D, const Check& check, bool lf
   check(a.window == 0, "sliding-window attention (window ", a.window, ") is not expressible");
   check(!a.output_gate, "the attention output gate is not expressible");
   check(a.qk_norm == lfm2, lfm2 ? "LFM2 attention needs QK-norm" : "QK-norm is not expressible");
+  check(!a.partial_rope(), "partial RoPE (rope_dims = ", a.rope_dims, " of head_dim ", a.head_dim,
+        ") is not expressible");
   if (lfm2) {
     check(a.rope, "LFM2 attention always uses RoPE");
     check(!a.bias, "LFM2 attention has no biases");
@@ -114,6 +116,10 @@ inline nlohmann::json config_to_json(const ModelDesc& d, Family f, const HfConfi
   check(m.norm == NormKind::RMS, "the final norm must be RMSNorm");
   check(!m.parallel_residual, "the parallel residual is not expressible");
   check(m.logit_softcap == 0, "the logit soft-cap is not expressible");
+  check(!m.unet_skips, "U-Net skip connections between the halves of the blocks (unet_skips) "
+        "are not expressible");
+  check(m.bigram_buckets == 0, "the hashed bigram embedding (bigram_buckets = ", m.bigram_buckets,
+        ") is not expressible");
   for (std::size_t i = 0; i < d.blocks.size(); ++i)
     check(d.blocks[i].norm == NormKind::RMS, "block ", i, " uses LayerNorm; the family uses RMSNorm");
   if (f != Family::GraniteHybrid)

@@ -3,7 +3,8 @@
 //   ShortConv: conv (D, L) last B*x values, oldest first
 //   Attention: a KV cache of post-RoPE keys and values in f32 or bf16 (a sliding window
 //              keeps O(window))
-// Mamba-2 and ShortConv state is constant in context length.
+// Mamba-2 and ShortConv state is constant in context length. The sequence also keeps its
+// position and its last token (the hashed bigram embedding's previous token).
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -169,6 +170,8 @@ template <class S>
 struct SequenceState {
   std::vector<LayerState<S>> layers;  // one per block
   Index pos = 0;                      // tokens consumed so far
+  int last_token = -1;                // the last of them (-1 before any): the previous token
+                                      // of the next call's first, for the bigram embedding
 };
 
 }  // namespace hybrid

@@ -1,7 +1,10 @@
 // ModelDesc <-> JSON. Every field of ModelSpec and of each mixer / channel spec is written
-// and read back bit-exactly (doubles are printed with 17 significant digits). JSON has no
-// infinity, so a non-finite double is written as the string "inf", "-inf" (or "nan"); a
-// number or one of those strings is accepted when reading.
+// and read back bit-exactly (doubles are printed with 17 significant digits); the golf-entry
+// options (model.unet_skips, model.bigram_buckets, model.bigram_dim, an attention mixer's
+// rope_dims) are left out at their defaults, so that a model without them has the same JSON
+// as before they existed. JSON has no infinity, so a
+// non-finite double is written as the string "inf", "-inf" (or "nan"); a number or one of
+// those strings is accepted when reading.
 //
 //   {"model":  {"vocab": 258, "d_model": 32, "tied": true, "norm": "rms", ...},
 //    "blocks": [{"mixer":   {"kind": "mamba2", "d_state": 8, "expand": 1.5, ...,
@@ -98,6 +101,11 @@ class Obj {
   void field(const char* key, ScanPath& out) {
     if (int i = choice(key, {"auto", "chunked", "recurrent"}); i >= 0) out = ScanPath(i);
   }
+  // A field the writer leaves out at its default (Writer::optional): read like any other.
+  template <class T>
+  void optional(const char* key, T& out, const T&) {
+    field(key, out);
+  }
   void finish() const {
     for (const auto& [k, v] : j_.items()) {
       bool ok = false;
@@ -126,6 +134,11 @@ struct Writer {
     else if constexpr (std::is_same_v<T, NormKind> || std::is_same_v<T, ScanPath>) j[key] = name(v);
     else j[key] = v;
   }
+  // Written only when v differs from its default.
+  template <class T>
+  void optional(const char* key, const T& v, const T& dflt) {
+    if (v != dflt) field(key, v);
+  }
 };
 
 template <class W, class M>
@@ -140,6 +153,9 @@ void fields(W& w, M& m) {  // M = (const) ModelSpec, vocab and d_model handled b
   w.field("logit_softcap", m.logit_softcap);
   w.field("parallel_residual", m.parallel_residual);
   w.field("init_std", m.init_std);
+  w.optional("unet_skips", m.unet_skips, false);
+  w.optional("bigram_buckets", m.bigram_buckets, 0);
+  w.optional("bigram_dim", m.bigram_dim, 0);
 }
 template <class W, class M>
 void mamba2_fields(W& w, M& s) {
@@ -174,6 +190,7 @@ void gqa_fields(W& w, G& s) {
   w.field("output_gate", s.output_gate);
   w.field("scale", s.scale);
   w.field("bias", s.bias);
+  w.optional("rope_dims", s.rope_dims, 0);
 }
 template <class W, class C>
 void shortconv_fields(W& w, C& s) {

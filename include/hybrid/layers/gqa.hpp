@@ -1,6 +1,7 @@
 // Grouped-query attention mixer (REFERENCE.md §2): q/k/v projections, optional per-head
-// QK RMSNorm (LFM2), RoPE (NeoX pairs) or NoPE, causal softmax attention with optional
-// sliding window, optional sigmoid output gate, o_proj. Decode keeps a KV cache.
+// QK RMSNorm (LFM2), RoPE (NeoX pairs; all of each head's dims, or the first rope_dims:
+// partial RoPE) or NoPE, causal softmax attention with optional sliding window, optional
+// sigmoid output gate, o_proj. Decode keeps a KV cache of keys rotated the same way.
 #pragma once
 #include <cmath>
 #include <string>
@@ -90,8 +91,8 @@ class GqaLayer {
     Index* pos0 = t.scratch_index(B);
     for (Index b = 0; b < B; ++b) pos0[b] = states ? states[b]->next_pos() : 0;
     if (sp_.rope) {
-      q = ag::rope(t, q, Hq, hd, B, T, pos0, sp_.rope_theta);
-      k = ag::rope(t, k, Hkv, hd, B, T, pos0, sp_.rope_theta);
+      q = ag::rope(t, q, Hq, hd, B, T, pos0, sp_.rope_theta, sp_.rope_dims);
+      k = ag::rope(t, k, Hkv, hd, B, T, pos0, sp_.rope_theta, sp_.rope_dims);
     }
     Var<S> o;
     if (states) {  // extend each cache, attend over it, then drop what the window hides

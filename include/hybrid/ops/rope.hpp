@@ -1,8 +1,10 @@
-// Rotary position embedding, NeoX / rotate_half pairing: dims (i, i + hd/2) rotate by
-// pos * theta_i with theta_i = base^(-2i/hd). Angles are computed in the scalar type S
-// (fp32 for float models, as the peers do). The rotation is orthogonal, so the backward is
-// the inverse rotation, done in place: unlike the other backwards it does not accumulate,
-// it turns dL/d(output) into dL/d(input) where it lies.
+// Rotary position embedding, NeoX / rotate_half pairing: of each head's hd dims the first k
+// rotate (k = hd by default; k < hd is partial RoPE, the last hd - k dims pass through
+// unchanged), dims (i, i + k/2) by pos * theta_i with theta_i = base^(-2i/k), i < k/2.
+// Angles are computed in the scalar type S (fp32 for float models, as the peers do). The
+// rotation is orthogonal, so the backward is the inverse rotation, done in place: unlike
+// the other backwards it does not accumulate, it turns dL/d(output) into dL/d(input) where
+// it lies (the pass-through dims' gradient is already the input's).
 #pragma once
 #include <cmath>
 
@@ -11,22 +13,25 @@
 
 namespace hybrid::ops {
 
-inline constexpr int kRopeMaxHalf = 512;  // head dims up to 1024
+inline constexpr int kRopeMaxHalf = 512;  // rotated dims up to 1024
 
 namespace detail {
 // The one place the angles are computed, shared by forward and backward so that the
 // backward's rotation is exactly the transpose of the forward's. sign = +1 rotates by
-// +angle, -1 by -angle (the inverse).
+// +angle, -1 by -angle (the inverse). rot: the rotated dims k of each head (0 = hd).
 template <class S>
-void rope_rotate(View<S> x, int n_heads, int hd, Index pos0, double base, S sign) {
+void rope_rotate(View<S> x, int n_heads, int hd, Index pos0, double base, S sign, int rot) {
   HYBRID_CHECK(hd % 2 == 0, "rope: head dim ", hd, " must be even");
   HYBRID_CHECK(x.cols == Index(n_heads) * hd, "rope: x has ", x.cols,
                " columns, expected n_heads * hd = ", Index(n_heads) * hd);
-  HYBRID_CHECK(hd <= 2 * kRopeMaxHalf, "rope: head dim ", hd, " exceeds ", 2 * kRopeMaxHalf);
-  const int half = hd / 2;
+  const int k = rot > 0 ? rot : hd;
+  HYBRID_CHECK(k % 2 == 0 && k <= hd, "rope: the rotated dims ", k,
+               " must be even and at most the head dim ", hd);
+  HYBRID_CHECK(k <= 2 * kRopeMaxHalf, "rope: rotated dims ", k, " exceed ", 2 * kRopeMaxHalf);
+  const int half = k / 2;
   S inv_freq[kRopeMaxHalf], c[kRopeMaxHalf], s[kRopeMaxHalf];  // on the stack: no allocation
   for (int i = 0; i < half; ++i)
-    inv_freq[i] = S(1) / std::pow(S(base), S(2 * i) / S(hd));
+    inv_freq[i] = S(1) / std::pow(S(base), S(2 * i) / S(k));
   const Index T = x.rows;
   for (Index t = 0; t < T; ++t) {
     const S pos = S(pos0 + t);
@@ -47,17 +52,18 @@ void rope_rotate(View<S> x, int n_heads, int hd, Index pos0, double base, S sign
 }
 }  // namespace detail
 
-// x: (T, n_heads * hd), rotated in place; row t has position pos0 + t.
+// x: (T, n_heads * hd), rotated in place; row t has position pos0 + t. rot: the rotated
+// dims k of each head, even and <= hd (0 = all hd).
 template <class S>
-void rope_forward(View<S> x, int n_heads, int hd, Index pos0, double base) {
-  detail::rope_rotate<S>(x, n_heads, hd, pos0, base, S(1));
+void rope_forward(View<S> x, int n_heads, int hd, Index pos0, double base, int rot = 0) {
+  detail::rope_rotate<S>(x, n_heads, hd, pos0, base, S(1), rot);
 }
 
 // dx: (T, n_heads * hd), on entry dL/d(rotated x), on return dL/dx (same arguments as the
 // forward). Rotating back by -angle is R^T, the exact adjoint of the forward.
 template <class S>
-void rope_backward(View<S> dx, int n_heads, int hd, Index pos0, double base) {
-  detail::rope_rotate<S>(dx, n_heads, hd, pos0, base, S(-1));
+void rope_backward(View<S> dx, int n_heads, int hd, Index pos0, double base, int rot = 0) {
+  detail::rope_rotate<S>(dx, n_heads, hd, pos0, base, S(-1), rot);
 }
 
 }  // namespace hybrid::ops

@@ -285,7 +285,7 @@ inline double param_bound(const ModelDesc& d) {
     }
     n += (m && !d.model.parallel_residual ? 2 : 1) * norm(b.norm);
   }
-  return n;
+  return n + double(bigram_params(d.model)) + double(unet_skip_params(d.model, int(d.blocks.size())));
 }
 
 }  // namespace artifact_detail
