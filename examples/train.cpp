@@ -1,7 +1,9 @@
 // train: trains a shipped alias or a run-time layout on a synthetic task (default: multi-query
 // associative recall, nothing to download), a text file (byte level) or parameter-golf
-// shards, with Muon + AdamW, schedules, EMA, z-loss, periodic evaluation, a CSV log,
-// checkpoints that resume bit for bit, and --dump-grads for comparing with other engines.
+// shards (byte level, or SentencePiece ids with --tokenizer), with Muon + AdamW, schedules,
+// EMA, z-loss, quantisation-aware training, periodic evaluation (of the quantised model too),
+// a CSV log, checkpoints that resume bit for bit, and --dump-grads for comparing with other
+// engines. Every bad input ends with a message and exit code 2.
 #include <cxxopts.hpp>
 
 #include <cmath>
@@ -18,9 +20,14 @@
 #include <hybrid/data/text.hpp>
 #include <hybrid/io/desc_json.hpp>
 #include <hybrid/train/checkpoint.hpp>
+#ifdef HYBRID_HAVE_TOKENIZERS
+#include <hybrid/tokenizer/sentencepiece.hpp>
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+
+#include "cli.hpp"
 
 using namespace hybrid;
 
@@ -34,7 +41,7 @@ struct Options {
 };
 
 // The model: --model ALIAS, --config FILE (desc JSON), or --layout with dimension flags.
-ModelDesc model_desc(const Options& o, int data_vocab) {
+ModelDesc base_desc(const Options& o, int data_vocab) {
   if (o.has("config")) {
     const std::string path = o.get<std::string>("config");
     const nlohmann::json j = read_json_file(path, "--config", "a model desc JSON file");
@@ -64,8 +71,38 @@ ModelDesc model_desc(const Options& o, int data_vocab) {
                           channel(o.get<std::string>("mamba-mlp")), channel(o.get<std::string>("mlp")));
 }
 
-std::unique_ptr<data::Source> make_source(const Options& o) {
+// base_desc with the golf-entry options of the flags, whichever way the model was given.
+ModelDesc model_desc(const Options& o, int data_vocab) {
+  ModelDesc d = with_golf_options(base_desc(o, data_vocab),
+                                  {.unet_skips = o.has("unet-skips"), .bigram_buckets = o.get<int>("bigram-buckets"),
+                                   .bigram_dim = o.get<int>("bigram-dim"), .rope_dims = o.get<int>("rope-dims")});
+  validate(d);
+  return d;
+}
+
+// --tokenizer: the SentencePiece model shards were made with (prepare --tokenizer). It sets
+// the vocabulary a --layout model gets, the ids the shards may hold, and parameter golf's
+// bytes per token for bits per byte.
+#ifdef HYBRID_HAVE_TOKENIZERS
+using SpTokenizer = SentencePieceTokenizer;
+#else
+using SpTokenizer = Tokenizer;  // never made: this build has no libsentencepiece
+#endif
+std::unique_ptr<SpTokenizer> load_tokenizer(const Options& o) {
+  if (!o.has("tokenizer")) return nullptr;
+#ifdef HYBRID_HAVE_TOKENIZERS
+  return std::make_unique<SpTokenizer>(o.get<std::string>("tokenizer"));
+#else
+  fail("--tokenizer: this train was built without libsentencepiece (hybrid::tokenizers); rebuild "
+       "with it, or train on byte-level data");
+#endif
+}
+
+std::unique_ptr<data::Source> make_source(const Options& o, const SpTokenizer* tok) {
   const auto seed = o.get<std::uint64_t>("data-seed");
+  HYBRID_CHECK(!tok || o.has("shards-train"), "--tokenizer: only shards (--shards-train / --shards-val) "
+               "hold tokenizer ids; --data and the synthetic tasks are byte level (prepare --to-shards "
+               "FILE --tokenizer MODEL makes shards of a text)");
   if (o.has("data")) return std::make_unique<data::TextSource>(o.get<std::string>("data"), seed);
   if (o.has("shards-train")) {
     HYBRID_CHECK(o.has("shards-val"), "--shards-train needs --shards-val");
@@ -79,8 +116,14 @@ std::unique_ptr<data::Source> make_source(const Options& o) {
       }
       return out;
     };
-    return std::make_unique<data::ShardSource>(split(o.get<std::string>("shards-train")),
-                                               split(o.get<std::string>("shards-val")), seed);
+    auto src = std::make_unique<data::ShardSource>(split(o.get<std::string>("shards-train")),
+                                                   split(o.get<std::string>("shards-val")), seed,
+                                                   tok ? tok->vocab_size() : 0);
+#ifdef HYBRID_HAVE_TOKENIZERS
+    if (tok && src->val_tokens() > 0)
+      src->set_bytes_per_token(data::val_bytes_per_token(*src, [&](int p, int id) { return tok->bytes_after(p, id); }));
+#endif
+    return src;
   }
   const std::string task = o.get<std::string>("task");
   const int vocab = o.get<int>("task-vocab");
@@ -107,6 +150,41 @@ train::OptimConfig optim_config(const Options& o) {
   c.muon_momentum = o.get<double>("momentum");
   c.max_grad_norm = o.get<double>("clip");
   return c;
+}
+
+quant::QuantPolicy qat_policy(const Options& o) {
+  const std::string rule = o.get<std::string>("qat-rule"), group = o.get<std::string>("qat-group");
+  quant::QuantSpec spec{.bits = o.get<int>("qat-bits"), .sd_k = o.get<double>("qat-sd-k")};
+  HYBRID_CHECK(spec.bits >= 2 && spec.bits <= 8, "--qat-bits must be 2 to 8, got ", spec.bits);
+  if (rule == "rowmax") spec.rule = quant::ScaleRule::RowMax;
+  else if (rule == "mse") spec.rule = quant::ScaleRule::MseClip;
+  else if (rule == "sdclip") spec.rule = quant::ScaleRule::SdClip;
+  else fail("--qat-rule: '", rule, "' is not rowmax, mse or sdclip");
+  HYBRID_CHECK(std::isfinite(spec.sd_k) && spec.sd_k > 0, "--qat-sd-k must be positive, got ", spec.sd_k);
+  if (group == "row") spec.group = 0;
+  else if (group == "32" || group == "64" || group == "128") spec.group = std::stoi(group);
+  else fail("--qat-group: '", group, "' is not row, 32, 64 or 128");
+  quant::QuantPolicy p;
+  p.set_all(spec);
+  const std::string eb = o.get<std::string>("qat-embed-bits");
+  if (eb == "float16") {
+    p.quantize_embedding = false;
+  } else {
+    p.embedding.bits = cli::number<int>("--qat-embed-bits", eb);
+    HYBRID_CHECK(p.embedding.bits >= 2 && p.embedding.bits <= 8, "--qat-embed-bits must be 2 to 8 or float16, got ",
+                 p.embedding.bits);
+  }
+  return p;
+}
+
+// "projections int6 RowMax, groups of 32; embedding int8; small tensors float16", for the log.
+std::string describe(const quant::QuantPolicy& p) {
+  const quant::QuantSpec& s = p.attention;
+  std::string d = "projections int" + std::to_string(s.bits) + " " + quant::scale_rule_name(s.rule);
+  if (s.rule == quant::ScaleRule::SdClip) d += " (k " + std::to_string(s.sd_k).substr(0, 5) + ")";
+  d += s.group ? ", groups of " + std::to_string(s.group) : ", a scale per row";
+  d += p.quantize_embedding ? "; embedding int" + std::to_string(p.embedding.bits) : "; embedding float16";
+  return d + "; small tensors float16";
 }
 
 train::Schedule schedule(const Options& o, std::int64_t steps) {
@@ -171,12 +249,21 @@ std::string hms(double s) {
 
 template <class S>
 int run(const Options& o) {
-  auto src = make_source(o);
-  ModelDesc desc = model_desc(o, std::max(src->vocab_needed(), 258));
+  const auto tok = load_tokenizer(o);
+  auto src = make_source(o, tok.get());
+  const int need = src->vocab_needed();
+  ModelDesc desc = model_desc(o, tok ? std::max(need, tok->vocab_size()) : std::max(need, 258));
+  HYBRID_CHECK(need <= desc.model.vocab, "the data needs a vocabulary of ", need, " ids but the model has ",
+               desc.model.vocab, o.has("model") || o.has("config")
+                                     ? "; pick a model with a larger vocabulary"
+                                     : "; raise --vocab (or leave it out: the data's vocabulary is the default)");
   RuntimeModel<S> model(desc, o.get<std::uint64_t>("seed"));
   if (o.has("weights")) load_weights(model, o.get<std::string>("weights"));
   std::cout << model.summary(o.has("model") ? o.get<std::string>("model") : "model");
   std::cout << "data: " << src->describe() << "\n";
+  if (tok)
+    std::cout << "tokenizer: " << o.get<std::string>("tokenizer") << " (" << tok->vocab_size()
+              << " ids, " << src->bytes_per_token() << " bytes per token on the val shards)\n";
   if (o.has("dump-grads")) return dump_grads(model, *src, o);
 
   train::TrainConfig cfg;
@@ -193,7 +280,19 @@ int run(const Options& o) {
   cfg.recompute = o.has("recompute");
   cfg.drop_path = o.get<double>("drop-path");
   cfg.seed = o.get<std::uint64_t>("seed");
+  const bool report_quantized = o.has("qat-start") || o.has("eval-quantized");
+  for (const char* k : {"qat-bits", "qat-embed-bits", "qat-rule", "qat-sd-k", "qat-group"})
+    HYBRID_CHECK(report_quantized || !o.has(k), "--", k, " has no effect without --qat-start STEP or --eval-quantized");
+  if (report_quantized) cfg.qat.policy = qat_policy(o);
+  if (o.has("qat-start")) {
+    cfg.qat.start = o.get<std::int64_t>("qat-start");
+    HYBRID_CHECK(cfg.qat.start >= 0, "--qat-start must be >= 0 (optimiser steps done before QAT starts), got ",
+                 cfg.qat.start);
+    HYBRID_CHECK(cfg.qat.start < cfg.steps, "--qat-start ", cfg.qat.start, " is not below --steps ", cfg.steps,
+                 ": no step would run on quantised weights");
+  }
   train::Trainer<S> tr(model, *src, cfg);
+  if (report_quantized) std::cout << "quantised as: " << describe(cfg.qat.policy) << "\n";
   if (o.has("resume")) {
     const std::string path = train::resolve_checkpoint(o.get<std::string>("resume"));
     train::load_training(tr, path);
@@ -204,7 +303,9 @@ int run(const Options& o) {
     const bool append = o.has("resume") && std::ifstream(o.get<std::string>("csv")).good();
     csv = std::make_unique<std::ofstream>(o.get<std::string>("csv"), append ? std::ios::app : std::ios::trunc);
     HYBRID_CHECK(csv->good(), "--csv: cannot write '", o.get<std::string>("csv"), "'");
-    if (!append) *csv << "step,tokens,loss,grad_norm,lr_factor,val_loss,val_bpb,val_accuracy,tokens_per_s,elapsed_s\n";
+    if (!append)
+      *csv << "step,tokens,loss,grad_norm,lr_factor,val_loss,val_bpb,val_accuracy,tokens_per_s,elapsed_s,"
+              "qval_loss,qval_bpb\n";
   }
   const Index eval_every = o.get<Index>("eval-every"), log_every = o.get<Index>("log-every");
   const Index ckpt_every = o.get<Index>("ckpt-every");
@@ -215,6 +316,8 @@ int run(const Options& o) {
   const std::int64_t start = tr.optimizer().steps();
   while (tr.optimizer().steps() < cfg.steps) {
     const train::StepResult r = tr.step();
+    if (r.quantized && r.step == cfg.qat.start + 1)
+      std::printf("step %6lld: quantisation-aware training from here on\n", (long long)r.step);
     if (r.step == start + 1) {  // the arenas have their size after the first step
       // Per token of one micro-batch (the arenas hold one at a time).
       const double per = 1.0 / double(cfg.batch * cfg.seq_len), mb = 1.0 / (1 << 20);
@@ -229,25 +332,33 @@ int run(const Options& o) {
     tokens += r.tokens;
     tok_s = double(tokens) / std::max(elapsed, 1e-9);
     const bool last = r.step == cfg.steps;
-    std::string val = ",,";
+    std::string val = ",,", qval = ",";
     if ((eval_every > 0 && r.step % eval_every == 0) || last) {
       const train::EvalResult e = tr.evaluate();
       char b[160];
       std::snprintf(b, sizeof b, "%.5f,%.5f,%.5f", e.loss, e.bits_per_byte, e.accuracy);
       val = b;
-      std::printf("step %6lld | val loss %.4f | bpb %.4f | acc %.4f\n", (long long)r.step, e.loss,
+      std::printf("step %6lld | val loss %.4f | bpb %.4f | acc %.4f", (long long)r.step, e.loss,
                   e.bits_per_byte, e.accuracy);
+      if (report_quantized) {
+        const train::EvalResult q = tr.evaluate_quantized();
+        std::snprintf(b, sizeof b, "%.5f,%.5f", q.loss, q.bits_per_byte);
+        qval = b;
+        std::printf(" | quantised: loss %.4f bpb %.4f", q.loss, q.bits_per_byte);
+      }
+      std::printf("\n");
     }
     if ((log_every > 0 && r.step % log_every == 0) || last || r.skipped) {
       const double eta = double(cfg.steps - r.step) * elapsed / double(r.step - start);
-      std::printf("step %6lld/%lld | loss %.4f | gnorm %.3f | lr x%.3f | %.0f tok/s | elapsed %s | eta %s%s\n",
+      std::printf("step %6lld/%lld | loss %.4f | gnorm %.3f | lr x%.3f | %.0f tok/s | elapsed %s | eta %s%s%s\n",
                   (long long)r.step, (long long)cfg.steps, r.loss, r.grad_norm, r.lr_factor, tok_s,
-                  hms(elapsed).c_str(), hms(eta).c_str(), r.skipped ? " | SKIPPED (non-finite)" : "");
+                  hms(elapsed).c_str(), hms(eta).c_str(), r.quantized ? " | qat" : "",
+                  r.skipped ? " | SKIPPED (non-finite)" : "");
       std::fflush(stdout);
     }
     if (csv)
       *csv << r.step << ',' << tokens << ',' << r.loss << ',' << r.grad_norm << ',' << r.lr_factor
-           << ',' << val << ',' << tok_s << ',' << elapsed << '\n' << std::flush;
+           << ',' << val << ',' << tok_s << ',' << elapsed << ',' << qval << '\n' << std::flush;
     if (!ckpt_dir.empty() && ((ckpt_every > 0 && r.step % ckpt_every == 0) || last))
       std::cout << "saved " << train::save_training_in(tr, ckpt_dir, keep) << "\n";
   }
@@ -261,7 +372,7 @@ int run(const Options& o) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int train_main(int argc, char** argv) {
   cxxopts::Options opts("train", "Train a hybrid SSM / attention model on the CPU.\n"
                                  "With no data flag it trains on multi-query associative recall.");
   std::string aliases;
@@ -271,7 +382,7 @@ int main(int argc, char** argv) {
       ("config", "model description JSON (as written into checkpoints' hybrid.desc)", cxxopts::value<std::string>())
       ("layout", "run-time layout: M = Mamba-2, A = attention, C = ShortConv, e.g. MMMAMMMA", cxxopts::value<std::string>()->default_value("MMMA"))
       ("d-model", "model width (with --layout)", cxxopts::value<int>()->default_value("128"))
-      ("vocab", "vocabulary size (with --layout; default: what the data needs, at least 258)", cxxopts::value<int>())
+      ("vocab", "vocabulary size (with --layout; default: the --tokenizer's, else what the data needs, at least 258)", cxxopts::value<int>())
       ("untied", "untied LM head (with --layout)")
       ("d-state", "Mamba-2 state size N", cxxopts::value<int>()->default_value("32"))
       ("expand", "Mamba-2 expansion (d_inner = expand * d_model)", cxxopts::value<double>()->default_value("2"))
@@ -286,6 +397,13 @@ int main(int argc, char** argv) {
       ("mlp", "channel of attention / ShortConv blocks: swiglu, relu2, none", cxxopts::value<std::string>()->default_value("swiglu"))
       ("mamba-mlp", "channel of Mamba-2 blocks: none, swiglu, relu2", cxxopts::value<std::string>()->default_value("none"))
       ("mlp-hidden", "MLP hidden width (0 = 4 * d_model)", cxxopts::value<int>()->default_value("0"))
+      ("unet-skips", "U-Net skips: decoder block j adds skip_weights[j] * the output of encoder block n/2-1-j "
+       "(learned per-channel weights; with --model / --config too)")
+      ("bigram-buckets", "hashed bigram embedding added to the token embedding: table rows (0 = off, else >= 2)",
+       cxxopts::value<int>()->default_value("0"))
+      ("bigram-dim", "bigram table width (0 = d_model, no projection)", cxxopts::value<int>()->default_value("0"))
+      ("rope-dims", "partial RoPE: rotated dims of each attention head (even; 0 = all)",
+       cxxopts::value<int>()->default_value("0"))
       ("seed", "weight initialisation seed", cxxopts::value<std::uint64_t>()->default_value("0"))
       ("weights", "start from these weights (a checkpoint or save_model file)", cxxopts::value<std::string>())
       ("precision", "f32 or f64", cxxopts::value<std::string>()->default_value("f32"));
@@ -295,7 +413,8 @@ int main(int argc, char** argv) {
       ("data", "a text file, trained at byte level (first 90% train, last 10% val)", cxxopts::value<std::string>())
       ("shards-train", "parameter-golf train shards (comma-separated paths or globs)", cxxopts::value<std::string>())
       ("shards-val", "parameter-golf val shards (comma-separated paths or globs)", cxxopts::value<std::string>())
-      ("text-to-shards", "convert this text file to byte-level shards and exit", cxxopts::value<std::string>())
+      ("tokenizer", "the SentencePiece .model the shards were made with (prepare --tokenizer): the vocabulary of a --layout model, the ids the shards may hold, parameter golf's bytes per token for bpb; with --text-to-shards, encode with it (BOS 1)", cxxopts::value<std::string>())
+      ("text-to-shards", "convert this text file to shards (byte level, BOS 256, or --tokenizer ids) and exit; last 10% val, the file one document (prepare --to-shards has document formats)", cxxopts::value<std::string>())
       ("shard-prefix", "output prefix for --text-to-shards", cxxopts::value<std::string>()->default_value("shards/data"))
       ("data-seed", "seed of the batch sampler", cxxopts::value<std::uint64_t>()->default_value("1"));
   opts.add_options("training")
@@ -324,6 +443,17 @@ int main(int argc, char** argv) {
       ("skip-nonfinite", "skip steps with a non-finite loss or gradient instead of stopping")
       ("recompute", "gradient checkpointing: recompute each block's activations in backward")
       ("drop-path", "drop-path (stochastic depth) rate of every residual branch", cxxopts::value<double>()->default_value("0"));
+  opts.add_options("quantisation-aware training")
+      ("qat-start", "steps done before QAT: every later step runs forward and backward on fake-quantised weights "
+       "(what quantize makes of them, with the --qat-* settings) and applies the gradient to the float weights "
+       "(straight-through); evaluations then report the float and the quantised model; the float weights are "
+       "what checkpoints and --save hold", cxxopts::value<std::int64_t>())
+      ("qat-bits", "bits of the projections (attention, MLP, Mamba-2 / ShortConv in and out), 2 to 8 (quantize --bits)", cxxopts::value<int>()->default_value("6"))
+      ("qat-embed-bits", "bits of the embedding and an untied head, 2 to 8, or float16 (quantize --embed-bits)", cxxopts::value<std::string>()->default_value("8"))
+      ("qat-rule", "scale rule: rowmax, mse or sdclip (quantize --rule)", cxxopts::value<std::string>()->default_value("rowmax"))
+      ("qat-sd-k", "sdclip's multiple of the group's root-mean-square (quantize --sd-k)", cxxopts::value<double>()->default_value("12"))
+      ("qat-group", "columns per scale: row, 32, 64 or 128 (quantize --group)", cxxopts::value<std::string>()->default_value("row"))
+      ("eval-quantized", "without --qat-start too: every evaluation also reports the model quantised with the --qat-* settings (the post-training quantisation figure)");
   opts.add_options("output")
       ("eval-every", "evaluate every N steps (and at the end)", cxxopts::value<Index>()->default_value("50"))
       ("eval-batches", "validation batches per evaluation", cxxopts::value<Index>()->default_value("8"))
@@ -337,28 +467,31 @@ int main(int argc, char** argv) {
       ("dump-grads", "write the gradients of one batch as safetensors and exit", cxxopts::value<std::string>())
       ("threads", "OpenMP threads", cxxopts::value<int>())
       ("h,help", "print this help");
-  try {
-    Options o{opts.parse(argc, argv)};
-    if (o.has("help")) {
-      std::cout << opts.help({"model", "data", "training", "output"});
-      return 0;
-    }
-    if (!o.r.unmatched().empty()) fail("unexpected argument '", o.r.unmatched()[0], "'");
-#ifdef _OPENMP
-    if (o.has("threads")) omp_set_num_threads(o.get<int>("threads"));
-#endif
-    if (o.has("text-to-shards")) {
-      const auto files = data::text_to_shards(o.get<std::string>("text-to-shards"),
-                                              o.get<std::string>("shard-prefix"), 1 << 24, 0.1);
-      for (const auto& f : files) std::cout << f << "\n";
-      return 0;
-    }
-    const std::string p = o.get<std::string>("precision");
-    if (p == "f32") return run<float>(o);
-    if (p == "f64") return run<double>(o);
-    fail("--precision: '", p, "' is not f32 or f64");
-  } catch (const std::exception& e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return 2;
+  Options o{opts.parse(argc, argv)};
+  if (o.has("help")) {
+    std::cout << opts.help({"model", "data", "training", "quantisation-aware training", "output"});
+    return 0;
   }
+  if (!o.r.unmatched().empty()) fail("unexpected argument '", o.r.unmatched()[0], "'");
+#ifdef _OPENMP
+  if (o.has("threads")) omp_set_num_threads(o.get<int>("threads"));
+#endif
+  if (o.has("text-to-shards")) {
+    const auto tok = load_tokenizer(o);
+    if (tok) HYBRID_CHECK(tok->bos(), "--tokenizer: '", o.get<std::string>("tokenizer"), "' has no BOS piece to start documents with");
+    const data::ShardSummary s =
+        tok ? data::file_to_shards(o.get<std::string>("text-to-shards"), data::DocFormat::Text, *tok, *tok->bos(),
+                                   o.get<std::string>("shard-prefix"), {.tokens_per_shard = 1 << 24})
+            : data::file_to_shards(o.get<std::string>("text-to-shards"), data::DocFormat::Text, ByteTokenizer{},
+                                   ByteTokenizer::kBos, o.get<std::string>("shard-prefix"), {.tokens_per_shard = 1 << 24});
+    for (const auto& f : s.train_files) std::cout << f << "\n";
+    for (const auto& f : s.val_files) std::cout << f << "\n";
+    return 0;
+  }
+  const std::string p = o.get<std::string>("precision");
+  if (p == "f32") return run<float>(o);
+  if (p == "f64") return run<double>(o);
+  fail("--precision: '", p, "' is not f32 or f64");
 }
+
+int main(int argc, char** argv) { return cli::guarded_main(train_main, argc, argv); }

@@ -1,19 +1,37 @@
 // The training loop: micro-batch accumulation on the tape, clipping + Muon/AdamW through
-// Optimizer, a schedule, optional weight EMA, z-loss, evaluation (loss, bits per byte,
-// accuracy on synthetic tasks), non-finite handling and checkpoints that resume bit for bit.
+// Optimizer, a schedule, optional weight EMA, z-loss, quantisation-aware training (fake
+// quantisation with a straight-through gradient), evaluation (loss, bits per byte, accuracy
+// on synthetic tasks; of the quantised model too), non-finite handling and checkpoints that
+// resume bit for bit.
 #pragma once
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <type_traits>
+#include <vector>
 
 #include "../autograd/tape.hpp"
+#include "../core/dtype.hpp"
 #include "../runtime_model.hpp"
 #include "../data/source.hpp"
+#include "../quant/policy.hpp"
+#include "../quant/quantize.hpp"
 #include "optim.hpp"
 
 namespace hybrid::train {
+
+// Quantisation-aware training. Steps taken once `start` optimiser steps are done run their
+// forward and backward on fake-quantised weights (FakeQuant: what a quantised artifact made
+// with `policy` holds); the gradient at those weights is applied to the float master weights
+// (the straight-through estimator), which the optimiser, the EMA, checkpoints and save see.
+// start < 0: off. Steps before `start` are bit for bit those of a run without QAT.
+struct QatConfig {
+  std::int64_t start = -1;
+  quant::QuantPolicy policy{};  // bits, scale rule and group per tensor role (quant/policy.hpp)
+};
 
 struct TrainConfig {
   Index batch = 8;       // sequences per micro-batch
@@ -29,6 +47,7 @@ struct TrainConfig {
   bool recompute = false;       // gradient checkpointing per block
   double drop_path = 0;         // stochastic depth rate of every residual branch
   std::uint64_t seed = 0;       // drop-path masks are drawn from (seed, step, micro-batch)
+  QatConfig qat{};              // quantisation-aware training; policy of evaluate_quantized
 };
 
 struct StepResult {
@@ -37,6 +56,7 @@ struct StepResult {
   double grad_norm = 0;   // before clipping
   double lr_factor = 0;
   bool skipped = false;   // non-finite, and skip_nonfinite was set
+  bool quantized = false; // forward and backward ran on fake-quantised weights (QAT)
   Index tokens = 0;       // tokens processed by this step
   double seconds = 0;
 };
@@ -47,6 +67,141 @@ struct EvalResult {
   double accuracy = 0;       // argmax == target over scored positions
   Index tokens = 0;
 };
+
+// The weights a quantised artifact holds, in place of the float ones: what
+// quant::load_artifact_model(quant::quantize_model(model, policy)) computes with. Every
+// tensor whose role (quant::tensor_role) the policy quantises is quantised and dequantised
+// with its scales rounded to float16, as the artifact stores them (a group that does not
+// divide the columns falls back to one scale per row, as quantize_model does); every other
+// tensor (norms, biases, convolutions, SSM dynamics; the embedding when the policy keeps it
+// float) is rounded to float16. apply() keeps the float values and overwrites the model's;
+// restore() puts them back. Double models are quantised through float. One copy of the
+// parameters is kept (allocated once); quant::quantize allocates its result per tensor.
+template <class S>
+class FakeQuant {
+ public:
+  FakeQuant(const RuntimeModel<S>& model, const quant::QuantPolicy& policy)
+      : master_(model.param_table().total()) {
+    for (const ParamInfo& e : model.param_table().entries()) {
+      const quant::QuantSpec* sp = policy.spec_for(quant::tensor_role(e.name, e.role));
+      Item it{.quantized = sp != nullptr};
+      if (sp) {
+        it.spec = *sp;
+        check_spec(it.spec, e.name);
+        if (it.spec.group > 0 && e.cols % it.spec.group != 0) it.spec.group = 0;
+        if constexpr (!std::is_same_v<S, float>) scratch_.resize(std::max(scratch_.size(), std::size_t(e.rows * e.cols)));
+      }
+      items_.push_back(it);
+    }
+  }
+
+  bool applied() const { return applied_; }
+
+  void apply(RuntimeModel<S>& model) {
+    HYBRID_CHECK(!applied_, "FakeQuant::apply: already applied (restore() first)");
+    HYBRID_CHECK(model.param_table().total() == master_.size() && model.param_table().size() == items_.size(),
+                 "FakeQuant::apply: the model's parameter table is not the one this was made for");
+    std::copy(model.param_values(), model.param_values() + master_.size(), master_.data());
+    applied_ = true;
+    try {
+      overwrite(model);
+    } catch (...) {  // e.g. a non-finite weight: leave the float values in place
+      restore(model);
+      throw;
+    }
+  }
+
+  void restore(RuntimeModel<S>& model) {
+    HYBRID_CHECK(applied_, "FakeQuant::restore: nothing to restore (apply() first)");
+    std::copy(master_.data(), master_.data() + master_.size(), model.param_values());
+    applied_ = false;
+  }
+
+  // The float values apply() kept (valid while applied()).
+  const S* master() const { return master_.data(); }
+
+  // Throws naming the tensor for a width outside 2..8, a negative group or a bad SdClip k.
+  static void check_spec(const quant::QuantSpec& s, const std::string& name) {
+    HYBRID_CHECK(s.bits >= 2 && s.bits <= 8, "fake quantisation: tensor '", name, "' would be quantised to ",
+                 s.bits, " bits; expected 2 to 8");
+    HYBRID_CHECK(s.group >= 0, "fake quantisation: tensor '", name, "': group of ", s.group,
+                 " columns; expected 0 (one scale per row) or a positive divisor of the columns");
+    HYBRID_CHECK(s.rule != quant::ScaleRule::SdClip || (std::isfinite(s.sd_k) && s.sd_k > 0),
+                 "fake quantisation: SdClip k of ", s.sd_k, "; expected a finite k > 0");
+  }
+
+ private:
+  struct Item {
+    bool quantized = false;
+    quant::QuantSpec spec{};
+  };
+
+  void overwrite(RuntimeModel<S>& model) {
+    const auto& entries = model.param_table().entries();
+    for (std::size_t i = 0; i < entries.size(); ++i) {
+      const ParamInfo& e = entries[i];
+      S* w = model.param_values() + e.offset;
+      const Index n = e.rows * e.cols;
+      if (!items_[i].quantized) {
+        for (Index k = 0; k < n; ++k) w[k] = S(f16_to_f32(f32_to_f16(float(w[k]))));
+        continue;
+      }
+      float* f = nullptr;
+      if constexpr (std::is_same_v<S, float>) {
+        f = w;
+      } else {
+        f = scratch_.data();
+        for (Index k = 0; k < n; ++k) f[k] = float(w[k]);
+      }
+      quant::QTensor q = [&] {
+        try {
+          return quant::quantize(f, e.rows, e.cols, items_[i].spec);
+        } catch (const Error& err) {
+          fail("fake quantisation: tensor '", e.name, "': ", err.what());
+        }
+      }();
+      for (float& sc : q.scales) sc = f16_to_f32(f32_to_f16(sc));
+      quant::dequantize(q, f);
+      if constexpr (!std::is_same_v<S, float>)
+        for (Index k = 0; k < n; ++k) w[k] = S(f[k]);
+    }
+  }
+
+  std::vector<Item> items_;
+  Buffer<S> master_;
+  std::vector<float> scratch_;  // double models: one tensor in float
+  bool applied_ = false;
+};
+
+namespace detail {
+// Undoes a FakeQuant::apply (and an EMA swap) when the scope ends, also by an exception.
+template <class S>
+struct FakeQuantScope {
+  FakeQuant<S>* fq;
+  RuntimeModel<S>& model;
+  FakeQuantScope(FakeQuant<S>* f, RuntimeModel<S>& m) : fq(f), model(m) {
+    if (fq) fq->apply(model);
+  }
+  ~FakeQuantScope() {
+    if (fq && fq->applied()) fq->restore(model);
+  }
+  FakeQuantScope(const FakeQuantScope&) = delete;
+  FakeQuantScope& operator=(const FakeQuantScope&) = delete;
+};
+template <class S>
+struct EmaScope {
+  Ema<S>* ema;
+  RuntimeModel<S>& model;
+  EmaScope(Ema<S>* e, RuntimeModel<S>& m) : ema(e), model(m) {
+    if (ema) ema->swap(model);
+  }
+  ~EmaScope() {
+    if (ema) ema->swap(model);
+  }
+  EmaScope(const EmaScope&) = delete;
+  EmaScope& operator=(const EmaScope&) = delete;
+};
+}  // namespace detail
 
 template <class S>
 class Trainer {
@@ -59,28 +214,35 @@ class Trainer {
     HYBRID_CHECK(data.vocab_needed() <= model.vocab(), "train: the data needs a vocabulary of ",
                  data.vocab_needed(), " ids but the model has ", model.vocab());
     if (cfg.ema_decay > 0) ema_ = std::make_unique<Ema<S>>(model, cfg.ema_decay);
+    if (cfg.qat.start >= 0) fq_ = std::make_unique<FakeQuant<S>>(model, cfg.qat.policy);
   }
 
   // One optimiser step over grad_accum micro-batches. Throws hybrid::Error on a non-finite
   // loss or gradient unless skip_nonfinite (then the step is skipped, weights untouched).
+  // Under QAT (qat_active()) the loss and the gradients are those at the fake-quantised
+  // weights; the float weights are back in place before the optimiser updates them.
   StepResult step() {
     const auto t0 = std::chrono::steady_clock::now();
     StepResult r;
     usage_ = {};
     grads_.zero();
     double loss_sum = 0;
-    for (Index m = 0; m < cfg_.grad_accum; ++m) {
-      const data::Batch b = data_.train_batch(cfg_.batch, cfg_.seq_len);
-      const TrainingOptions o{cfg_.recompute, cfg_.drop_path,
-                              derive_seed(cfg_.seed, std::to_string(opt_.steps()) + "/" + std::to_string(m))};
+    r.quantized = qat_active();
+    {
+      detail::FakeQuantScope<S> fq(r.quantized ? fq_.get() : nullptr, model_);
+      for (Index m = 0; m < cfg_.grad_accum; ++m) {
+        const data::Batch b = data_.train_batch(cfg_.batch, cfg_.seq_len);
+        const TrainingOptions o{cfg_.recompute, cfg_.drop_path,
+                                derive_seed(cfg_.seed, std::to_string(opt_.steps()) + "/" + std::to_string(m))};
+        tape_.rewind();
+        const Var<S> loss = model_.loss(tape_, b.tokens, b.targets, b.B, b.T, cfg_.z_loss, o);
+        loss_sum += double(loss.v[0]);
+        tape_.backward(loss, S(1) / S(cfg_.grad_accum));  // each micro-batch: 1/n of the mean
+        r.tokens += b.B * b.T;
+        if (tape_.usage().total() > usage_.total()) usage_ = tape_.usage();
+      }
       tape_.rewind();
-      const Var<S> loss = model_.loss(tape_, b.tokens, b.targets, b.B, b.T, cfg_.z_loss, o);
-      loss_sum += double(loss.v[0]);
-      tape_.backward(loss, S(1) / S(cfg_.grad_accum));  // each micro-batch: 1/n of the mean
-      r.tokens += b.B * b.T;
-      if (tape_.usage().total() > usage_.total()) usage_ = tape_.usage();
-    }
-    tape_.rewind();
+    }  // the float master weights are back
     r.loss = loss_sum / double(cfg_.grad_accum);
     r.lr_factor = cfg_.schedule.factor(opt_.steps());
     const bool finite_loss = std::isfinite(r.loss);
@@ -105,31 +267,24 @@ class Trainer {
   }
 
   // Mean loss, bits per byte and accuracy over the source's validation batches (with the
-  // EMA weights when an EMA is kept).
+  // EMA weights when an EMA is kept), on the float weights also during QAT.
   EvalResult evaluate() {
-    if (ema_) ema_->swap(model_);
-    EvalResult e;
-    double nats = 0, correct = 0;
-    Index scored = 0;
-    Tape<S> t(false);
-    for (const data::Batch& b : data_.val_batches(cfg_.batch, cfg_.seq_len, cfg_.eval_batches)) {
-      Index n = 0;
-      for (int tgt : b.targets) n += tgt != -1;
-      if (n == 0) continue;
-      t.rewind();  // the head and the loss by chunks of rows: no (B*T, V) logits
-      const auto s = model_.score(t, b.tokens, b.targets, b.B, b.T);
-      nats += s.nats;
-      correct += double(s.correct);
-      scored += s.scored;
-      e.tokens += b.B * b.T;
-    }
-    if (ema_) ema_->swap(model_);
-    HYBRID_CHECK(scored > 0, "evaluate: the validation data has no scored positions");
-    e.loss = nats / double(scored);
-    e.accuracy = correct / double(scored);
-    e.bits_per_byte = data::bits_per_byte(e.loss, data_.bytes_per_token());
-    return e;
+    detail::EmaScope<S> swap(ema_.get(), model_);
+    return score_val();
   }
+
+  // The same for those weights quantised as config().qat.policy says (FakeQuant): the loss
+  // of the artifact that quantize would make of what --save writes. Works with QAT off too
+  // (the post-training quantisation figure).
+  EvalResult evaluate_quantized() {
+    if (!fq_) fq_ = std::make_unique<FakeQuant<S>>(model_, cfg_.qat.policy);
+    detail::EmaScope<S> swap(ema_.get(), model_);
+    detail::FakeQuantScope<S> fq(fq_.get(), model_);
+    return score_val();
+  }
+
+  // Whether the next step runs on fake-quantised weights.
+  bool qat_active() const { return cfg_.qat.start >= 0 && opt_.steps() >= cfg_.qat.start; }
 
   RuntimeModel<S>& model() { return model_; }
   Optimizer<S>& optimizer() { return opt_; }
@@ -159,6 +314,30 @@ class Trainer {
   }
 
  private:
+  // The loss over the validation batches of the weights now in the model.
+  EvalResult score_val() {
+    EvalResult e;
+    double nats = 0, correct = 0;
+    Index scored = 0;
+    Tape<S> t(false);
+    for (const data::Batch& b : data_.val_batches(cfg_.batch, cfg_.seq_len, cfg_.eval_batches)) {
+      Index n = 0;
+      for (int tgt : b.targets) n += tgt != -1;
+      if (n == 0) continue;
+      t.rewind();  // the head and the loss by chunks of rows: no (B*T, V) logits
+      const auto s = model_.score(t, b.tokens, b.targets, b.B, b.T);
+      nats += s.nats;
+      correct += double(s.correct);
+      scored += s.scored;
+      e.tokens += b.B * b.T;
+    }
+    HYBRID_CHECK(scored > 0, "evaluate: the validation data has no scored positions");
+    e.loss = nats / double(scored);
+    e.accuracy = correct / double(scored);
+    e.bits_per_byte = data::bits_per_byte(e.loss, data_.bytes_per_token());
+    return e;
+  }
+
   RuntimeModel<S>& model_;
   data::Source& data_;
   TrainConfig cfg_;
@@ -167,6 +346,7 @@ class Trainer {
   typename Tape<S>::Usage usage_;
   Optimizer<S> opt_;
   std::unique_ptr<Ema<S>> ema_;
+  std::unique_ptr<FakeQuant<S>> fq_;  // with QAT, or once evaluate_quantized ran
 };
 
 }  // namespace hybrid::train
