@@ -226,7 +226,7 @@ TEST_CASE("quantize: SdClip scales by k * rms / qmax and clamps the outliers") {
         const double rms = group_rms(src, C);
         const float amax = group_amax(src, C);
         const float s = t.scales[std::size_t(r)];
-        CHECK(s <= rm.scales[std::size_t(r)]);
+        CHECK(s < rm.scales[std::size_t(r)]);  // k * rms < amax: a finer grid than RowMax's
         CHECK(k * rms < amax);  // rms ~ 1.6 here, outliers at 20
         CHECK(double(s) == doctest::Approx(k * rms / qmax).epsilon(1e-7));
         // The max element lies past the clip: clamped, so its dequantised value falls short.
@@ -236,12 +236,19 @@ TEST_CASE("quantize: SdClip scales by k * rms / qmax and clamps the outliers") {
         CHECK(std::abs(t.value(r, at)) == doctest::Approx(k * rms).epsilon(1e-6));
       }
     }
-  SUBCASE("k past the max falls back to RowMax's scale") {
+  SUBCASE("k past the max: a coarser grid than RowMax's, its outer codes unused") {
     const auto u = gaussian(2, 64, 53);  // no outliers: max / rms ~ 2.5 < 13
     const QTensor t = quantize(u.data(), 2, 64, {.bits = 6, .rule = ScaleRule::SdClip, .sd_k = 13.0});
     const QTensor rm = quantize(u.data(), 2, 64, {.bits = 6, .rule = ScaleRule::RowMax});
-    CHECK(t.scales == rm.scales);
-    CHECK(t.q == rm.q);
+    for (Index r = 0; r < 2; ++r) {
+      CHECK(double(t.scales[std::size_t(r)]) == doctest::Approx(13.0 * group_rms(u.data() + r * 64, 64) / 31).epsilon(1e-7));
+      CHECK(t.scales[std::size_t(r)] > rm.scales[std::size_t(r)]);
+    }
+    int tmax = 0, rmax = 0;
+    for (std::size_t i = 0; i < t.q.size(); ++i) tmax = std::max(tmax, std::abs(int(t.q[i]))), rmax = std::max(rmax, std::abs(int(rm.q[i])));
+    CHECK(rmax == 31);
+    CHECK(tmax < 16);  // max / rms ~ 2.5 of 13: about a fifth of the range
+    CHECK(squared_error(u.data(), t) > squared_error(u.data(), rm));
   }
   SUBCASE("the rms is taken around zero, not the mean") {
     std::vector<float> m(64);

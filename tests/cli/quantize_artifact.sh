@@ -26,6 +26,11 @@ for calib in "--calib $data" "--calib-self"; do
   grep -qE "^\| GPTQ \| [0-9]+ projections" "$tmp/gtable" || { echo "FAIL: gptq table ($calib)"; cat "$tmp/gtable"; exit 1; }
 done
 "$generate" --artifact "$tmp/g.hybq" --prompt "ROMEO:" --temperature 0 --max-new-tokens 4 >/dev/null 2>&1
+# Code bytes count toward the budget: the table totals them with the artifact.
+"$quantize" --weights "$tmp/m.safetensors" --out "$tmp/c.hybq" --fast --code "$tmp/m.safetensors,$tmp/table" >"$tmp/ctable"
+grep -qE "^\| code \| 2 files, [0-9]+ bytes \(raw\) \|" "$tmp/ctable" && grep -qF "| total (artifact + code) |" "$tmp/ctable" || {
+  echo "FAIL: code bytes"; cat "$tmp/ctable"; exit 1; }
+expect_error "--code: '$tmp/none' does not exist" "$quantize" --weights "$tmp/m.safetensors" --out "$tmp/x.hybq" --code "$tmp/none"
 expect_error "add --method gptq" "$quantize" --weights "$tmp/m.safetensors" --out "$tmp/x.hybq" --calib "$data"
 expect_error "needs exactly one of --calib FILE" "$quantize" --weights "$tmp/m.safetensors" --out "$tmp/x.hybq" --method gptq
 expect_error "--method: 'awq' is not rtn or gptq" "$quantize" --weights "$tmp/m.safetensors" --out "$tmp/x.hybq" --method awq

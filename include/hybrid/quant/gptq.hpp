@@ -181,10 +181,15 @@ Hessians collect_hessians(const RuntimeModel<float>& model, std::span<const int>
     Hessian& h = hs[W.offset];
     if (h.h.size() == 0) h.h = Eigen::MatrixXd::Zero(n, n);
     g.assign(std::size_t(n * n), 0.0f);
-    // g (n, n) = x^T x, in float over this call's rows, summed into h in double.
+    // g (n, n) = x^T x, in float over this call's rows, summed into h in double. A BLAS need
+    // not give g_ij and g_ji bit for bit alike: their mean keeps h exactly symmetric.
     blas::gemm<float>(blas::Op::T, blas::Op::N, n, n, x.rows, 1.0f, x.data, x.ld, x.data, x.ld, 0.0f, g.data(), n);
     for (Index i = 0; i < n; ++i)
-      for (Index j = 0; j < n; ++j) h.h(i, j) += double(g[std::size_t(i * n + j)]);
+      for (Index j = 0; j <= i; ++j) {
+        const double v = 0.5 * (double(g[std::size_t(i * n + j)]) + double(g[std::size_t(j * n + i)]));
+        h.h(i, j) += v;
+        if (j != i) h.h(j, i) += v;
+      }
     h.n += x.rows;
   });
   (void)model.forward(tokens, B, T, nullptr, false, &tape);

@@ -13,11 +13,14 @@
 //            sum of squared error, values past the clip clamped to +-qmax. Ties keep the
 //            larger c, so c = 1.00 (RowMax) wins unless clipping strictly helps and the
 //            result is never worse than RowMax's on any group.
-//   SdClip   scale = min(k * rms, amax) / qmax with rms = sqrt(sum w^2 / n): parameter
-//            golf's "SDClip" (REFERENCE.md §6, k ~ 10 to 13 at int6). The spread is taken
-//            around zero, not the mean, because the grid is symmetric about zero: a group
-//            with a large mean still needs its values, not their deviations, to fit. The
-//            min keeps the scale at or below RowMax's, so small k never wastes codes.
+//   SdClip   scale = k * rms / qmax with rms = sqrt(sum w^2 / n): parameter golf's
+//            "SDClip" (REFERENCE.md §6, k ~ 10 to 13 at int6). The spread is taken around
+//            zero, not the mean, because the grid is symmetric about zero: a group with a
+//            large mean still needs its values, not their deviations, to fit. Values past
+//            k * rms are clamped. When k * rms exceeds the group's max |w| the grid is
+//            coarser than RowMax's and its outer codes go unused: that is the trade golf
+//            entries make at int6, fewer distinct values and so fewer bytes after the
+//            compressor, the precision lost largely recovered by GPTQ.
 // q = round(w / scale), ties away from zero (as std::lround), clamped to [-qmax, qmax]; a
 // group whose values are all zero gets scale 0 and q 0. (ops::f32_to_int8 rounds ties to
 // even instead, so the int8 values differ from it where w / scale is exactly k + 0.5.)
@@ -93,9 +96,7 @@ inline float group_scale(const float* w, Index n, int qmax, const QuantSpec& spe
     case ScaleRule::SdClip: {
       double ss = 0;
       for (Index i = 0; i < n; ++i) ss += double(w[i]) * double(w[i]);
-      const double clip = spec.sd_k * std::sqrt(ss / double(n));
-      // clip < amax gives clip / qmax < amax / qmax, and rounding to float keeps the order.
-      return clip >= double(amax) ? rowmax : float(clip / double(qmax));
+      return float(spec.sd_k * std::sqrt(ss / double(n)) / double(qmax));
     }
     case ScaleRule::MseClip: {
       float best = rowmax;
