@@ -2,6 +2,7 @@
 // with errors that name the flag, the value and what was expected; and the main() that
 // turns every error into a message and exit code 2.
 #pragma once
+#include <algorithm>
 #include <charconv>
 #include <cstdio>
 #include <cxxopts.hpp>
@@ -36,6 +37,17 @@ inline std::vector<int> parse_ids(const std::string& flag, const std::string& te
     out.push_back(v);
     if (comma == std::string::npos) break;
     start = comma + 1;
+  }
+  return out;
+}
+
+// "a,b,,c" → {"a", "b", "c"}: a comma-separated list of paths or globs, empty entries dropped.
+inline std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  for (std::size_t a = 0; a <= s.size();) {
+    const std::size_t b = std::min(s.find(',', a), s.size());
+    if (b > a) out.push_back(s.substr(a, b - a));
+    a = b + 1;
   }
   return out;
 }

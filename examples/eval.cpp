@@ -165,24 +165,11 @@ struct Data {
   std::string what;  // for the table and the messages
 };
 
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  std::size_t start = 0;
-  while (start <= s.size()) {
-    const std::size_t comma = s.find(',', start);
-    const std::string piece = s.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-    if (!piece.empty()) out.push_back(piece);
-    if (comma == std::string::npos) break;
-    start = comma + 1;
-  }
-  return out;
-}
-
 Data load_data(const cxxopts::ParseResult& res, const Tokenizer& tok, bool bos) {
   const auto str = [&](const char* k) { return res[k].as<std::string>(); };
   Data d;
   if (res.count("shards")) {
-    const auto entries = split_list(str("shards"));
+    const auto entries = cli::split_list(str("shards"));
     HYBRID_CHECK(!entries.empty(), "--shards: no file given; expected comma-separated paths or globs");
     d.stream = std::make_unique<eval::ShardStream>(entries);
     d.what = d.stream->describe();

@@ -147,12 +147,7 @@ int run(int argc, char** argv) {
   long long code = 0;
   int files = 0;
   if (res.count("code")) {
-    const std::string list = str("code");
-    for (std::size_t at = 0; at <= list.size();) {
-      const std::size_t comma = std::min(list.find(',', at), list.size());
-      const std::string path = list.substr(at, comma - at);
-      at = comma + 1;
-      if (path.empty()) continue;
+    for (const std::string& path : cli::split_list(str("code"))) {
       std::error_code ec;
       HYBRID_CHECK(std::filesystem::exists(path, ec), "--code: '", path, "' does not exist");
       if (std::filesystem::is_directory(path, ec)) {
@@ -221,13 +216,7 @@ int run(int argc, char** argv) {
       if (res.count("calib")) {
         src = std::make_unique<data::TextSource>(str("calib"), seed);
       } else {
-        std::vector<std::string> paths;
-        const std::string list = str("calib-shards");
-        for (std::size_t at = 0; at <= list.size();) {
-          const std::size_t comma = std::min(list.find(',', at), list.size());
-          if (comma > at) paths.push_back(list.substr(at, comma - at));
-          at = comma + 1;
-        }
+        const std::vector<std::string> paths = cli::split_list(str("calib-shards"));
         src = std::make_unique<data::ShardSource>(paths, paths, seed, int(model.vocab()));
       }
       HYBRID_CHECK(src->vocab_needed() <= model.vocab(), "calibration data has ids up to ", src->vocab_needed() - 1,

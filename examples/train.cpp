@@ -106,18 +106,8 @@ std::unique_ptr<data::Source> make_source(const Options& o, const SpTokenizer* t
   if (o.has("data")) return std::make_unique<data::TextSource>(o.get<std::string>("data"), seed);
   if (o.has("shards-train")) {
     HYBRID_CHECK(o.has("shards-val"), "--shards-train needs --shards-val");
-    auto split = [](const std::string& s) {
-      std::vector<std::string> out;
-      std::size_t a = 0;
-      while (a <= s.size()) {
-        const std::size_t b = std::min(s.find(',', a), s.size());
-        if (b > a) out.push_back(s.substr(a, b - a));
-        a = b + 1;
-      }
-      return out;
-    };
-    auto src = std::make_unique<data::ShardSource>(split(o.get<std::string>("shards-train")),
-                                                   split(o.get<std::string>("shards-val")), seed,
+    auto src = std::make_unique<data::ShardSource>(cli::split_list(o.get<std::string>("shards-train")),
+                                                   cli::split_list(o.get<std::string>("shards-val")), seed,
                                                    tok ? tok->vocab_size() : 0);
 #ifdef HYBRID_HAVE_TOKENIZERS
     if (tok && src->val_tokens() > 0)
