@@ -6,7 +6,7 @@
 //
 //   quantize --weights run/model.safetensors --out model.hybq --bits 6 --rule sdclip --sd-k 12
 //   quantize --weights run/model.safetensors --out model.hybq --method gptq --calib data/tinyshakespeare.txt
-//   quantize --weights run/model.safetensors --out model.hybq --eval ../shared/data/tinyshakespeare.txt
+//   quantize --weights run/model.safetensors --out model.hybq --eval data/tinyshakespeare.txt
 //   generate --artifact model.hybq --prompt "ROMEO:"
 #include <cmath>
 #include <cstdio>
