@@ -26,10 +26,16 @@ namespace hybrid {
 // (gradient checkpointing: activation memory of one block instead of all). drop_path: each
 // residual branch of each sequence is dropped with this probability (kept ones scaled by
 // 1/(1-p)), with masks drawn from drop_seed (set it per step for reproducible runs).
+// doc_starts: packed documents, the flat indices into the B*T tokens where a document
+// starts (strictly increasing, each in [0, B*T); data::Batch::doc_starts, e.g. from
+// data::mark_documents). No token attends across a start, Mamba-2 and ShortConv state is
+// zero there, RoPE positions and the bigram embedding restart there: each document computes
+// what it would alone. Empty: the B sequences of T tokens, exactly as without it.
 struct TrainingOptions {
   bool recompute = false;
   double drop_path = 0;
   std::uint64_t drop_seed = 0;
+  std::span<const Index> doc_starts{};  // packed documents: flat start indices (above); empty: off
 
   void validate() const {
     HYBRID_CHECK(drop_path >= 0 && drop_path < 1, "drop_path must be in [0, 1), got ", drop_path);
@@ -214,6 +220,17 @@ class RuntimeModel {
   Var<S> loss(Tape<S>& t, std::span<const int> tokens, std::span<const int> targets, Index B,
               Index T, double z_loss = 0, const TrainingOptions& o = {}) const;
 
+  // What loss() feeds its fused head, for other losses fused with the head (distillation,
+  // train/distill.hpp): the final-norm output (B*T, D) of the same forward (targets
+  // checked), the head's weight (V, D) (the embedding table when tied), and how its logits
+  // are scaled and capped.
+  Var<S> head_input(Tape<S>& t, std::span<const int> tokens, std::span<const int> targets, Index B,
+                    Index T, const TrainingOptions& o = {}) const {
+    return final_hidden(t, tokens, targets, B, T, o);
+  }
+  const Param& head_weight() const { return desc_.model.tied ? embed_ : head_; }
+  ops::HeadLoss head_config(double z_loss = 0) const { return head_loss_config(z_loss); }
+
   // Evaluation without (B*T, V) logits, on a tape that does not record: the summed
   // cross-entropy (nats) over the scored positions (target not -1), how many there are, and
   // how many have the target as their largest logit. Holds one block's activations and a
@@ -223,8 +240,9 @@ class RuntimeModel {
     double nats = 0;
     Index scored = 0, correct = 0;
   };
+  // doc_starts: packed documents, as TrainingOptions::doc_starts (empty: none).
   Score score(Tape<S>& t, std::span<const int> tokens, std::span<const int> targets, Index B,
-              Index T) const;
+              Index T, std::span<const Index> doc_starts = {}) const;
 
   // Prompts of different lengths (each non-empty), run in chunks (PrefillOptions). Returns
   // per prompt the logits of its last position (1, V), or of every position (T_b, V) with
@@ -296,14 +314,23 @@ class RuntimeModel {
   // skip: the encoder output a U-Net decoder block adds to its input (skip_input, inside the
   // recomputed part), or an empty Var.
   Var<S> checkpointed_block(Tape<S>& t, int l, Var<S> x, Var<S> skip, Index B, Index T,
-                            const S* keep) const;
+                            const S* keep, const ag::Segments* seg) const;
+
+  // The segments of o.doc_starts on the tape (checked), or nullptr when there are none.
+  const ag::Segments* packing(Tape<S>& t, const TrainingOptions& o, Index B, Index T,
+                              SequenceState<S>* const* states) const {
+    if (o.doc_starts.empty()) return nullptr;
+    HYBRID_CHECK(!states, "packed documents: doc_starts run fresh sequences; decode states "
+                 "take one document per state");
+    return ag::make_segments(t, o.doc_starts, B, T);
+  }
 
   // The embedding stage, (B*T, D): mult * embed[tokens], plus, with the bigram embedding,
   // [proj] bigram[bucket(previous token, token)]. The previous token of a sequence's first
   // is states[b]->last_token when the state has consumed tokens, else none (the first-token
-  // bucket).
+  // bucket); with packed documents (seg), a document's first token has none either.
   Var<S> embed(Tape<S>& t, std::span<const int> tokens, Index B, Index T,
-               SequenceState<S>* const* states) const;
+               SequenceState<S>* const* states, const ag::Segments* seg = nullptr) const;
   // U-Net skips: the encoder block whose output block l adds to its input, or -1 (no skips,
   // an encoder block, or the last block of an odd-length decoder).
   int skip_source(int l) const {
@@ -329,7 +356,7 @@ class RuntimeModel {
   // what the backward needs (only block inputs with o.recompute); a non-recording one holds
   // one block's activations at a time (Tape::Region) and two ping-pong buffers.
   Var<S> blocks_forward(Tape<S>& t, Var<S> x, Index B, Index T, SequenceState<S>* const* states,
-                        const TrainingOptions& o) const;
+                        const TrainingOptions& o, const ag::Segments* seg = nullptr) const;
   ops::HeadLoss head_loss_config(double z_loss) const {
     return {0, desc_.model.logits_divisor, desc_.model.logit_softcap, z_loss};
   }
@@ -401,8 +428,9 @@ Var<S> RuntimeModel<S>::final_hidden(Tape<S>& t, std::span<const int> tokens, st
                  ") (or -1 to skip)");
   check_tokens(tokens, B, T, nullptr);
   t.bind_values(store_.data(), packed_.get());
-  const Var<S> x0 = embed(t, tokens, B, T, nullptr);
-  const Var<S> x = blocks_forward(t, x0, B, T, nullptr, o);
+  const ag::Segments* seg = packing(t, o, B, T, nullptr);
+  const Var<S> x0 = embed(t, tokens, B, T, nullptr, seg);
+  const Var<S> x = blocks_forward(t, x0, B, T, nullptr, o, seg);
   return final_norm_.forward(t, x);  // (B*T, D)
 }
 
@@ -413,11 +441,13 @@ Var<S> RuntimeModel<S>::loss(Tape<S>& t, std::span<const int> tokens, std::span<
 }
 
 template <class S>
-typename RuntimeModel<S>::Score RuntimeModel<S>::score(Tape<S>& t, std::span<const int> tokens, std::span<const int> targets, Index B, Index T) const {
+typename RuntimeModel<S>::Score RuntimeModel<S>::score(Tape<S>& t, std::span<const int> tokens, std::span<const int> targets, Index B, Index T, std::span<const Index> doc_starts) const {
   HYBRID_CHECK(!t.recording(), "score: the tape must not record (use loss() to train)");
   HYBRID_CHECK(!packed_, "score: the model holds its weights in a storage type; evaluate it "
                "through forward(), or call set_weight_storage(DType::F32)");
-  const Var<S> x = final_hidden(t, tokens, targets, B, T, TrainingOptions{});
+  TrainingOptions o;
+  o.doc_starts = doc_starts;
+  const Var<S> x = final_hidden(t, tokens, targets, B, T, o);
   Score r;
   for (int tg : targets) r.scored += tg != -1;
   const Param& w = desc_.model.tied ? embed_ : head_;
@@ -531,7 +561,7 @@ std::string RuntimeModel<S>::summary(const std::string& name) const {
 }
 
 template <class S>
-Var<S> RuntimeModel<S>::blocks_forward(Tape<S>& t, Var<S> x, Index B, Index T, SequenceState<S>* const* states, const TrainingOptions& o) const {
+Var<S> RuntimeModel<S>::blocks_forward(Tape<S>& t, Var<S> x, Index B, Index T, SequenceState<S>* const* states, const TrainingOptions& o, const ag::Segments* seg) const {
   LayerState<S>** ls = states ? t.template scratch_as<LayerState<S>*>(B) : nullptr;
   const bool train = t.recording();
   // U-Net skips: the outputs of the n_enc encoder blocks, kept for the decoder (n_enc = 0
@@ -555,21 +585,21 @@ Var<S> RuntimeModel<S>::blocks_forward(Tape<S>& t, Var<S> x, Index B, Index T, S
       {
         const typename Tape<S>::Region block(t);
         const Var<S> xin = src >= 0 ? skip_input(t, skips_, x, skip, l) : x;
-        ops::copy<S>(blocks_[l].forward(t, xin, B, T, ls, nullptr).value(), y.value());
+        ops::copy<S>(blocks_[l].forward(t, xin, B, T, ls, nullptr, seg).value(), y.value());
       }
       x = y;
       continue;
     }
     const S* keep = o.drop_path > 0 ? drop_mask(t, o, l, B, T) : nullptr;
-    if (o.recompute && !states) x = checkpointed_block(t, l, x, skip, B, T, keep);
-    else x = blocks_[l].forward(t, src >= 0 ? skip_input(t, skips_, x, skip, l) : x, B, T, ls, keep);
+    if (o.recompute && !states) x = checkpointed_block(t, l, x, skip, B, T, keep, seg);
+    else x = blocks_[l].forward(t, src >= 0 ? skip_input(t, skips_, x, skip, l) : x, B, T, ls, keep, seg);
     if (l < n_enc) enc[l] = x;
   }
   return x;
 }
 
 template <class S>
-Var<S> RuntimeModel<S>::embed(Tape<S>& t, std::span<const int> tokens, Index B, Index T, SequenceState<S>* const* states) const {
+Var<S> RuntimeModel<S>::embed(Tape<S>& t, std::span<const int> tokens, Index B, Index T, SequenceState<S>* const* states, const ag::Segments* seg) const {
   const ModelSpec& m = desc_.model;
   const Var<S> x = ag::embedding(t, embed_, tokens.data(), B * T, S(m.embedding_multiplier));  // (B*T, D)
   if (m.bigram_buckets == 0) return x;
@@ -588,6 +618,8 @@ Var<S> RuntimeModel<S>::embed(Tape<S>& t, std::span<const int> tokens, Index B, 
       prev = tok[i];
     }
   }
+  for (Index i = 0; seg && i < seg->n; ++i)  // a document's first token: no previous one
+    ids[seg->row0(i)] = bigram_bucket(-1, tokens[std::size_t(seg->row0(i))], m.bigram_buckets);
   Var<S> e = ag::embedding(t, bigram_, ids, B * T, S(1));                    // (B*T, bigram_dim)
   if (bigram_proj_.present()) e = ag::linear(t, e, bigram_proj_, Param{});  // (B*T, D)
   return ag::add(t, x, e);
@@ -608,8 +640,9 @@ template <class S>
 Var<S> RuntimeModel<S>::run(Tape<S>& t, std::span<const int> tokens, Index B, Index T, SequenceState<S>* const* states, Rows rows, const TrainingOptions& o) const {
   check_tokens(tokens, B, T, states);
   t.bind_values(store_.data(), packed_.get());
-  Var<S> x = embed(t, tokens, B, T, states);  // (B*T, D)
-  x = blocks_forward(t, x, B, T, states, o);
+  const ag::Segments* seg = packing(t, o, B, T, states);
+  Var<S> x = embed(t, tokens, B, T, states, seg);  // (B*T, D)
+  x = blocks_forward(t, x, B, T, states, o, seg);
   if (states)
     for (Index b = 0; b < B; ++b) {
       states[b]->pos += T;
@@ -637,7 +670,7 @@ const S* RuntimeModel<S>::drop_mask(Tape<S>& t, const TrainingOptions& o, int l,
 }
 
 template <class S>
-Var<S> RuntimeModel<S>::checkpointed_block(Tape<S>& t, int l, Var<S> x, Var<S> skip, Index B, Index T, const S* keep) const {
+Var<S> RuntimeModel<S>::checkpointed_block(Tape<S>& t, int l, Var<S> x, Var<S> skip, Index B, Index T, const S* keep, const ag::Segments* seg) const {
   Tape<S>* rt = &t.recompute_tape();
   rt->bind_values(store_.data());
   Var<S> y = t.var(x.rows, x.cols);
@@ -645,13 +678,13 @@ Var<S> RuntimeModel<S>::checkpointed_block(Tape<S>& t, int l, Var<S> x, Var<S> s
   rt->rewind();
   {
     const Var<S> xin = skip.v ? skip_input(*rt, skips_, x, skip, l) : x;
-    ops::copy<S>(blocks_[l].forward(*rt, xin, B, T, nullptr, keep).value(), y.value());
+    ops::copy<S>(blocks_[l].forward(*rt, xin, B, T, nullptr, keep, seg).value(), y.value());
   }
   rt->rewind();
   rt->set_recording(true);
   const BlockLayer<S>* blk = &blocks_[l];
   const Param skips = skips_;
-  t.push(OpId::Checkpoint, [rt, blk, skips, l, x, skip, y, B, T, keep] {
+  t.push(OpId::Checkpoint, [rt, blk, skips, l, x, skip, y, B, T, keep, seg] {
     rt->rewind();
     Var<S> xi = rt->var(x.rows, x.cols), si;
     ops::copy<S>(x.value(), xi.value());
@@ -660,7 +693,7 @@ Var<S> RuntimeModel<S>::checkpointed_block(Tape<S>& t, int l, Var<S> x, Var<S> s
       ops::copy<S>(skip.value(), si.value());
     }
     const Var<S> xin = skip.v ? skip_input(*rt, skips, xi, si, l) : xi;
-    const Var<S> yo = blk->forward(*rt, xin, B, T, nullptr, keep);
+    const Var<S> yo = blk->forward(*rt, xin, B, T, nullptr, keep, seg);
     ops::add_backward<S>(y.gradient(), S(1), yo.gradient(), View<S>());
     rt->sweep();
     ops::add_backward<S>(xi.gradient(), S(1), x.gradient(), View<S>());

@@ -10,6 +10,7 @@
 #include "../ops/elementwise.hpp"
 #include "../ops/embedding.hpp"
 #include "../ops/head_loss.hpp"
+#include "../ops/kd_loss.hpp"
 #include "../ops/linear.hpp"
 #include "../ops/loss.hpp"
 #include "../ops/norm.hpp"
@@ -19,18 +20,32 @@
 
 namespace hybrid::ag {
 
+// y = x w^T with a weight that is a tape Var rather than a Param of the bound store (an
+// adapter's matrices, train/lora.hpp). x: (R, in); w: (out, in), strided or not.
+template <class S>
+Var<S> linear(Tape<S>& t, Var<S> x, Var<S> w) {
+  Var<S> y = t.var(x.rows, w.rows);
+  ops::linear_forward<S>(x.value(), w.value(), View<S>(), y.value());
+  t.push(OpId::Linear, [x, y, w] {
+    ops::linear_backward<S>(x.value(), w.value(), y.gradient(), x.gradient(), w.gradient(), View<S>());
+  });
+  return y;
+}
+
 // y = x W^T + b. x: (R, in); W: (out, in); b: (1, out) or absent.
 // With stored weights bound (a non-recording tape, Tape::bind_values), W is read in its
-// storage type (ops/qlinear.hpp) and nothing is recorded.
+// storage type (ops/qlinear.hpp) and nothing is recorded. A tape's linear adapter
+// (Tape::set_linear_adapter) then sees x and y and may add its branch.
 template <class S>
 Var<S> linear(Tape<S>& t, Var<S> x, const Param& W, const Param& b) {
   if (t.linear_observer()) t.linear_observer()(W, x.value());
+  auto adapt = [&](Var<S> y) { return t.linear_adapter() ? t.linear_adapter()(t, W, x, y) : y; };
   if constexpr (std::is_same_v<S, float>)
     if (t.packed())
       if (const ops::QWeight q = t.packed()->find(W)) {
         Var<S> y = t.var(x.rows, W.rows);
         ops::qlinear_forward(x.value(), q, t.param(b).value(), y.value());
-        return y;
+        return adapt(y);
       }
   const Var<S> w = t.param(W), bb = t.param(b);
   Var<S> y = t.var(x.rows, W.rows);
@@ -38,7 +53,7 @@ Var<S> linear(Tape<S>& t, Var<S> x, const Param& W, const Param& b) {
   t.push(OpId::Linear, [x, y, w, bb] {
     ops::linear_backward<S>(x.value(), w.value(), y.gradient(), x.gradient(), w.gradient(), bb.gradient());
   });
-  return y;
+  return adapt(y);
 }
 
 // out = mult * table[ids]. table: (V, D); ids: R ids (validated by the caller).
@@ -272,6 +287,61 @@ Var<S> head_loss(Tape<S>& t, Var<S> x, const Param& W, const int* targets, const
     auto ws = tp->workspace(ops::head_loss_scratch(x.rows, w.rows, h));
     ops::head_loss_backward<S>(x.value(), w.value(), saved, lse, double(loss.g[0]) / double(n), h,
                                x.gradient(), w.gradient(), ws.data);
+  });
+  return loss;
+}
+
+// Knowledge distillation fused with the LM head (ops/kd_loss.hpp): the mean over rows whose
+// target is not -1 of alpha * cross-entropy (+ z-loss) + beta * tau^2 * KL(teacher || student)
+// at temperature tau, as a 1x1 Var. x: (R, D) final-norm output; W: (V, D); targets: R ids;
+// teacher: R rows of full logits (R, V) or top-k ids + log-probs (R, k); targets and teacher
+// are copied to the tape (no gradient reaches the teacher). parts: nullptr, or receives the
+// two means (cross-entropy, KL) without their weights.
+template <class S>
+Var<S> kd_head_loss(Tape<S>& t, Var<S> x, const Param& W, const int* targets, const ops::HeadLoss& h,
+                    const ops::KdLoss& kd, const ops::KdTeacher<S>& teacher, ops::KdSums* parts = nullptr) {
+  const Index R = x.rows;
+  if constexpr (std::is_same_v<S, float>)
+    HYBRID_CHECK(!(t.packed() && t.packed()->find(W)),
+                 "kd_head_loss: the head reads float weights; this model holds them in a storage "
+                 "type for inference (call set_weight_storage(DType::F32) first)");
+  Index n = 0;
+  for (Index i = 0; i < R; ++i) n += targets[i] != -1;
+  HYBRID_CHECK(n > 0, "kd_head_loss: every target is ignored (-1); nothing to score");
+  const Var<S> w = t.param(W);
+  S* stats = t.scratch(2 * R);
+  int* saved = t.scratch_int(R);
+  std::copy(targets, targets + R, saved);
+  ops::KdTeacher<S> tc;  // the tape's copy
+  if (teacher.topk()) {
+    const Index k = teacher.logp.cols;
+    HYBRID_CHECK(teacher.logp.rows == R && k > 0, "kd_head_loss: teacher top-k (", teacher.logp.rows, ", ", k,
+                 "); expected (", R, ", k >= 1)");
+    int* ids = t.scratch_int(R * k);
+    std::copy(teacher.ids, teacher.ids + R * k, ids);
+    const View<S> lp(t.scratch(R * k), R, k, k);
+    ops::copy<S>(teacher.logp, lp);
+    tc.ids = ids, tc.logp = lp;
+  } else {
+    HYBRID_CHECK(teacher.logits.rows == R && teacher.logits.cols == W.rows, "kd_head_loss: teacher logits (",
+                 teacher.logits.rows, ", ", teacher.logits.cols, "); expected (R, V) = (", R, ", ", W.rows, ")");
+    const View<S> u(t.scratch(R * W.rows), R, W.rows, W.rows);
+    ops::copy<S>(teacher.logits, u);
+    tc.logits = u;
+  }
+  Var<S> loss = t.var(1, 1);
+  ops::KdSums sums;
+  {
+    auto ws = t.workspace(ops::kd_loss_scratch(R, W.rows, h));
+    sums = ops::kd_loss_forward<S>(x.value(), w.value(), saved, h, kd, tc, stats, ws.data);
+  }
+  if (parts) *parts = {sums.ce / double(n), sums.kl / double(n)};
+  loss.v[0] = S((kd.alpha * sums.ce + kd.beta * kd.tau * kd.tau * sums.kl) / double(n));
+  Tape<S>* tp = &t;
+  t.push(OpId::KdLoss, [tp, x, w, loss, saved, stats, tc, n, h, kd] {
+    auto ws = tp->workspace(ops::kd_loss_scratch(x.rows, w.rows, h));
+    ops::kd_loss_backward<S>(x.value(), w.value(), saved, h, kd, tc, stats, double(loss.g[0]) / double(n),
+                             x.gradient(), w.gradient(), ws.data);
   });
   return loss;
 }

@@ -39,6 +39,10 @@ struct OpDims {
   // uses), as in a model with a tied head.
   double divisor = 1, softcap = 0, z_loss = 0;
   bool tied = false;
+  // kd_loss (with the head_loss fields above): the teacher's top-k width (0: full logits)
+  // and the temperature.
+  int kd_topk = 0;
+  double kd_tau = 2;
 };
 
 struct OpCase {
@@ -77,6 +81,7 @@ inline constexpr std::array<OpRow, kOpCount> op_rows{{
     {OpId::CrossEntropy, "ops/loss.hpp", true},
     {OpId::HeadLoss, "ops/head_loss.hpp", true},
     {OpId::Checkpoint, "runtime_model.hpp (checkpointed_block)", true},
+    {OpId::KdLoss, "ops/kd_loss.hpp", true},
 }};
 
 // The cases. Checkpoint recomputes a whole block, so its case is a block of a model
@@ -138,6 +143,12 @@ inline std::vector<OpCase> op_cases() {
       OpDims{.B = 2, .T = 4, .chunk = 3, .divisor = 2, .softcap = 1.5, .z_loss = 0.02});
   add(OpId::HeadLoss, "tied embedding, soft-cap",
       OpDims{.T = 6, .C = 4, .O = 7, .chunk = 4, .softcap = 2, .z_loss = 0.01, .tied = true});
+
+  // Row 1 ignored, as for head_loss; the teacher is made by the runner (no gradient).
+  add(OpId::KdLoss, "full teacher, R % chunk != 0", OpDims{.T = 7, .chunk = 3});
+  add(OpId::KdLoss, "top-3 teacher, tau 0.7, z-loss", OpDims{.T = 5, .chunk = 0, .z_loss = 0.05, .kd_topk = 3, .kd_tau = 0.7});
+  add(OpId::KdLoss, "soft-cap, divisor, B=2 strided",
+      OpDims{.B = 2, .T = 3, .chunk = 2, .strided = true, .divisor = 2, .softcap = 1.5, .kd_topk = 2});
   return c;
 }
 
@@ -152,6 +163,7 @@ inline std::vector<OpCase> op_bench_cases(bool quick = false) {
     switch (r.op) {
       case OpId::Embedding: case OpId::CrossEntropy: d.O = 1024; break;
       case OpId::HeadLoss: d.O = 1024, d.chunk = 0; break;
+      case OpId::KdLoss: d.O = 1024, d.chunk = 0, d.kd_topk = 32; break;
       case OpId::GatedRmsNorm: d.C = 768; break;
       case OpId::CausalConv1d: d.C = 832, d.K = 4; break;
       case OpId::Ssd: d.H = 12, d.P = 64, d.N = 32, d.G = 1, d.chunk = 64, d.path = ScanPath::Auto; break;
@@ -268,6 +280,27 @@ class OpCaseRun {
         for (Index r = 0; r < R; ++r) ids[r] = int((r * 3 + 2) % d.O);
         return ag::head_loss(t, ag::embedding(t, in_[0], ids, R, S(0.8)), in_[0], tg, h);
       }
+      case OpId::KdLoss: {
+        int* tg = t.scratch_int(R);
+        for (Index r = 0; r < R; ++r) tg[r] = r == 1 ? -1 : int((r * 2 + 1) % d.O);
+        const ops::HeadLoss h{d.chunk, d.divisor, d.softcap, d.z_loss};
+        const ops::KdLoss kd{0.7, 1.3, d.kd_tau};
+        ops::KdTeacher<S> tc;
+        if (d.kd_topk > 0) {
+          const Index k = d.kd_topk;
+          int* ids = t.scratch_int(R * k);
+          S* lp = t.scratch(R * k);
+          for (Index r = 0; r < R; ++r)
+            for (Index j = 0; j < k; ++j)
+              ids[r * k + j] = int((r + 2 * j) % d.O), lp[r * k + j] = S(-0.5 - 0.4 * double(j) - 0.1 * double(r));
+          tc.ids = ids, tc.logp = CView<S>(lp, R, k, k);
+        } else {
+          S* u = t.scratch(R * d.O);
+          for (Index i = 0; i < R * d.O; ++i) u[i] = S(2 * std::sin(0.7 * double(i) + 0.3));
+          tc.logits = CView<S>(u, R, d.O, d.O);
+        }
+        return ag::kd_head_loss(t, act(0), in_[1], tg, h, kd, tc);
+      }
       case OpId::Checkpoint:
       case OpId::kCount: break;
     }
@@ -314,6 +347,7 @@ class OpCaseRun {
         if (d.tied) in(d.O, d.C);
         else act(d.C), in(d.O, d.C);
         break;
+      case OpId::KdLoss: act(d.C), in(d.O, d.C); break;
       case OpId::Checkpoint: case OpId::kCount:
         fail("op case: ", op_name(c_.op), " has no inputs to declare");
     }

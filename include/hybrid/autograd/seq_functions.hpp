@@ -1,10 +1,12 @@
 // Differentiable sequence mixers on tape Vars, for B sequences of T tokens stored as
 // (B*T, C) rows: causal depthwise conv, the SSD scan, RoPE and causal attention. Each
 // optionally continues from per-sequence decode state (inference only: a tape that
-// records refuses state, since training starts every sequence fresh).
+// records refuses state, since training starts every sequence fresh), or runs over packed
+// documents (Segments: each document a fresh sequence of its own).
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "../config.hpp"
@@ -19,31 +21,96 @@
 
 namespace hybrid::ag {
 
+// Packed documents: the (R, C) rows cut into n segments, segment i = rows [start[i],
+// start[i+1]) (start[0] = 0, start[n] = R, strictly increasing; every sequence start b*T is
+// a segment start). Each sequence mixer runs on every segment as on a fresh sequence of
+// that length: conv and SSD from zero state, attention causal within it, RoPE from position
+// 0; nothing crosses a segment start. A null Segments* means the B sequences of T rows.
+struct Segments {
+  const Index* start = nullptr;  // (n + 1) row offsets
+  Index n = 0;
+  Index max_len = 0;             // the longest segment, which sizes the workspaces
+
+  Index row0(Index i) const { return start[i]; }
+  Index len(Index i) const { return start[i + 1] - start[i]; }
+};
+
+// The segments of B sequences of T tokens with documents starting at the flat token
+// indices doc_starts (into the B*T tokens; sorted, strictly increasing, each in [0, B*T);
+// the sequence starts b*T are segment starts whether listed or not). On the tape's scratch
+// (the table and the struct), so it lives as long as the nodes that keep a pointer to it.
+template <class S>
+const Segments* make_segments(Tape<S>& t, std::span<const Index> doc_starts, Index B, Index T) {
+  const Index R = B * T;
+  for (std::size_t i = 0; i < doc_starts.size(); ++i) {
+    HYBRID_CHECK(doc_starts[i] >= 0 && doc_starts[i] < R, "packed documents: document start ",
+                 doc_starts[i], " (entry ", i, ") is outside the batch's B*T = ", R,
+                 " token positions [0, ", R, ")");
+    HYBRID_CHECK(i == 0 || doc_starts[i] > doc_starts[i - 1], "packed documents: document "
+                 "starts must be strictly increasing, got ", doc_starts[i - 1], " then ",
+                 doc_starts[i], " (entries ", i - 1, " and ", i, ")");
+  }
+  // Merge the sequence starts into the document starts.
+  Index n = 0;
+  {
+    std::size_t j = 0;
+    for (Index b = 0; b < B; ++b) {
+      for (; j < doc_starts.size() && doc_starts[j] < (b + 1) * T; ++j) n += doc_starts[j] != b * T;
+      ++n;
+    }
+  }
+  Index* st = t.scratch_index(n + 1);
+  Index k = 0;
+  std::size_t j = 0;
+  for (Index b = 0; b < B; ++b) {
+    st[k++] = b * T;
+    for (; j < doc_starts.size() && doc_starts[j] < (b + 1) * T; ++j)
+      if (doc_starts[j] != b * T) st[k++] = doc_starts[j];
+  }
+  st[n] = R;
+  Segments* s = t.template scratch_as<Segments>(1);
+  *s = Segments{st, n, 0};
+  for (Index i = 0; i < n; ++i) s->max_len = std::max(s->max_len, s->len(i));
+  return s;
+}
+
+namespace detail {
+// Segment i of either form: rows [r0, r0 + len).
+inline Index seg_count(const Segments* seg, Index B) { return seg ? seg->n : B; }
+inline Index seg_row0(const Segments* seg, Index T, Index i) { return seg ? seg->row0(i) : i * T; }
+inline Index seg_len(const Segments* seg, Index T, Index i) { return seg ? seg->len(i) : T; }
+}  // namespace detail
+
 // u: (B*T, C), may be a column range; w: (C, K); b: (1, C) or absent. hist: nullptr or B
-// pointers to (C, K) conv caches that the call starts from and updates.
+// pointers to (C, K) conv caches that the call starts from and updates. seg: packed
+// documents (each starts from zero history), or nullptr.
 template <class S>
 Var<S> causal_conv1d(Tape<S>& t, Var<S> u, const Param& w, const Param& b, Index B, Index T,
-                     S* const* hist) {
+                     S* const* hist, const Segments* seg = nullptr) {
   HYBRID_CHECK(!(hist && t.recording()), "causal_conv1d: decode state cannot be used while recording");
+  HYBRID_CHECK(!(hist && seg), "causal_conv1d: packed documents run from zero state, not from decode state");
   const Var<S> wv = t.param(w), bv = t.param(b);
   const Index C = u.cols, K = w.cols;
   Var<S> y = t.var(u.rows, u.cols);
   {  // the workspace is given back before anything else is taken from the tape
     const auto wt = t.workspace(ops::causal_conv1d_scratch(C, K));
-    for (Index s = 0; s < B; ++s) {
+    for (Index s = 0; s < detail::seg_count(seg, B); ++s) {
+      const Index r0 = detail::seg_row0(seg, T, s), n = detail::seg_len(seg, T, s);
       const View<S> h = hist ? View<S>(hist[s], C, K) : View<S>();
-      ops::causal_conv1d_forward<S>(u.row_range(s * T, T).value(), wv.value(), bv.value(), h,
-                                    y.row_range(s * T, T).value(), h, wt.data);
+      ops::causal_conv1d_forward<S>(u.row_range(r0, n).value(), wv.value(), bv.value(), h,
+                                    y.row_range(r0, n).value(), h, wt.data);
     }
   }
   Tape<S>* tp = &t;
-  t.push(OpId::CausalConv1d, [tp, u, y, wv, bv, B, T, C, K] {
+  t.push(OpId::CausalConv1d, [tp, u, y, wv, bv, B, T, C, K, seg] {
     const auto work = tp->workspace(ops::causal_conv1d_backward_scratch(C, K));
-    for (Index s = 0; s < B; ++s)
-      ops::causal_conv1d_backward<S>(u.row_range(s * T, T).value(), wv.value(),
-                                     y.row_range(s * T, T).gradient(),
-                                     u.row_range(s * T, T).gradient(), wv.gradient(), bv.gradient(),
+    for (Index s = 0; s < detail::seg_count(seg, B); ++s) {
+      const Index r0 = detail::seg_row0(seg, T, s), n = detail::seg_len(seg, T, s);
+      ops::causal_conv1d_backward<S>(u.row_range(r0, n).value(), wv.value(),
+                                     y.row_range(r0, n).gradient(),
+                                     u.row_range(r0, n).gradient(), wv.gradient(), bv.gradient(),
                                      work.data);
+    }
   });
   return y;
 }
@@ -56,41 +123,53 @@ struct SsdConfig {
 // The Mamba-2 scan with A = -exp(A_log) and D skip. x: (B*T, H*P); dt: (B*T, H)
 // contiguous; Bm, Cm: (B*T, G*N) with one row stride (column ranges of one tensor); A_log,
 // D: (1, H). states: nullptr or B pointers to (H, P*N) SSM states to start from and update
-// (inference only).
+// (inference only). seg: packed documents (each scanned from a zero state; any length, the
+// chunked path's last chunk short), or nullptr.
 template <class S>
 Var<S> ssd(Tape<S>& t, Var<S> x, Var<S> dt, const Param& A_log, Var<S> Bm, Var<S> Cm,
-           const Param& Dskip, const SsdConfig& c, Index B, Index T, S* const* states) {
+           const Param& Dskip, const SsdConfig& c, Index B, Index T, S* const* states,
+           const Segments* seg = nullptr) {
   HYBRID_CHECK(!(states && t.recording()), "ssd: decode state cannot be used while recording");
+  HYBRID_CHECK(!(states && seg), "ssd: packed documents run from zero state, not from decode state");
   HYBRID_CHECK(dt.contiguous() && Bm.ld == Cm.ld, "ssd: dt must be contiguous and B, C share a row stride");
   const Var<S> al = t.param(A_log), dv = t.param(Dskip);
   Var<S> y = t.var(x.rows, x.cols);
   S* A = t.scratch(c.H);
   S* dA = t.recording() ? t.scratch(c.H) : nullptr;  // the backward's sum over sequences
   for (int h = 0; h < c.H; ++h) A[h] = -std::exp(al.v[h]);
-  const ops::SsdDims d{T, c.H, c.P, c.N, c.G};
-  const Index ldy = Index(c.H) * c.P;
+  const Index ldy = Index(c.H) * c.P, nseg = detail::seg_count(seg, B);
+  auto dims = [c](Index len) { return ops::SsdDims{len, c.H, c.P, c.N, c.G}; };
   {  // the workspace is given back before anything else is taken from the tape
-    const auto work = t.workspace(ops::ssd_forward_scratch(d, c.chunk, c.path, sizeof(S), par::threads()));
-    for (Index s = 0; s < B; ++s) {
+    Index need = 0;  // segments of different lengths may resolve to different paths
+    for (Index s = 0; s < nseg; ++s)
+      need = std::max(need, ops::ssd_forward_scratch(dims(detail::seg_len(seg, T, s)), c.chunk,
+                                                     c.path, sizeof(S), par::threads()));
+    const auto work = t.workspace(need);
+    for (Index s = 0; s < nseg; ++s) {
+      const Index r0 = detail::seg_row0(seg, T, s);
       S* st = states ? states[s] : nullptr;
-      ops::SsdArgs<S> a{x.v + s * T * x.ld, dt.v + s * T * c.H, A, Bm.v + s * T * Bm.ld,
-                        Cm.v + s * T * Cm.ld, dv.v, st, y.v + s * T * ldy, st, x.ld, Bm.ld};
-      ops::ssd_forward<S>(d, c.chunk, c.path, a, work.data);
+      ops::SsdArgs<S> a{x.v + r0 * x.ld, dt.v + r0 * c.H, A, Bm.v + r0 * Bm.ld,
+                        Cm.v + r0 * Cm.ld, dv.v, st, y.v + r0 * ldy, st, x.ld, Bm.ld};
+      ops::ssd_forward<S>(dims(detail::seg_len(seg, T, s)), c.chunk, c.path, a, work.data);
     }
   }
   Tape<S>* tp = &t;
-  t.push(OpId::Ssd, [tp, x, dt, Bm, Cm, y, al, dv, A, dA, c, B, T, ldy] {
-    const ops::SsdDims d{T, c.H, c.P, c.N, c.G};
-    const auto work = tp->workspace(ops::ssd_backward_scratch(d, c.chunk));
+  t.push(OpId::Ssd, [tp, x, dt, Bm, Cm, y, al, dv, A, dA, c, B, T, ldy, nseg, seg, dims] {
+    Index need = 0;
+    for (Index s = 0; s < nseg; ++s)
+      need = std::max(need, ops::ssd_backward_scratch(dims(detail::seg_len(seg, T, s)), c.chunk));
+    const auto work = tp->workspace(need);
     // dA accumulates over sequences; A = -exp(A_log) so dA_log = dA * A.
     std::fill(dA, dA + c.H, S(0));
-    for (Index s = 0; s < B; ++s) {
-      ops::SsdArgs<S> a{x.v + s * T * x.ld, dt.v + s * T * c.H, A, Bm.v + s * T * Bm.ld,
-                        Cm.v + s * T * Cm.ld, dv.v, nullptr, y.v + s * T * ldy, nullptr, x.ld, Bm.ld};
-      ops::SsdGrads<S> g{x.g ? x.g + s * T * x.ld : nullptr, dt.g ? dt.g + s * T * c.H : nullptr,
-                         dA, Bm.g ? Bm.g + s * T * Bm.ld : nullptr,
-                         Cm.g ? Cm.g + s * T * Cm.ld : nullptr, dv.g};
-      ops::ssd_backward<S>(d, c.chunk, a, y.g + s * T * ldy, g, work.data);
+    for (Index s = 0; s < nseg; ++s) {
+      const Index r0 = detail::seg_row0(seg, T, s);
+      ops::SsdArgs<S> a{x.v + r0 * x.ld, dt.v + r0 * c.H, A, Bm.v + r0 * Bm.ld,
+                        Cm.v + r0 * Cm.ld, dv.v, nullptr, y.v + r0 * ldy, nullptr, x.ld, Bm.ld};
+      ops::SsdGrads<S> g{x.g ? x.g + r0 * x.ld : nullptr, dt.g ? dt.g + r0 * c.H : nullptr,
+                         dA, Bm.g ? Bm.g + r0 * Bm.ld : nullptr,
+                         Cm.g ? Cm.g + r0 * Cm.ld : nullptr, dv.g};
+      ops::ssd_backward<S>(dims(detail::seg_len(seg, T, s)), c.chunk, a, y.g + r0 * ldy, g,
+                           work.data);
     }
     if (al.g)
       for (int h = 0; h < c.H; ++h) al.g[h] += dA[h] * A[h];
@@ -99,52 +178,64 @@ Var<S> ssd(Tape<S>& t, Var<S> x, Var<S> dt, const Param& A_log, Var<S> Bm, Var<S
 }
 
 // RoPE on x: (B*T, H*hd); sequence s starts at position pos0[s] (nullptr: all at 0). rot:
-// the rotated dims of each head (0 = all hd; fewer is partial RoPE, ops/rope.hpp).
+// the rotated dims of each head (0 = all hd; fewer is partial RoPE, ops/rope.hpp). seg:
+// packed documents (positions restart at 0 in each; pos0 must then be nullptr), or nullptr.
 template <class S>
 Var<S> rope(Tape<S>& t, Var<S> x, int H, int hd, Index B, Index T, const Index* pos0, double base,
-            int rot = 0) {
+            int rot = 0, const Segments* seg = nullptr) {
+  HYBRID_CHECK(!(pos0 && seg), "rope: packed documents start at position 0, not at given positions");
   Var<S> y = t.var(x.rows, x.cols);
   ops::copy<S>(x.value(), y.value());
-  Index* p = t.scratch_index(B);
-  for (Index s = 0; s < B; ++s) {
+  const Index nseg = detail::seg_count(seg, B);
+  Index* p = t.scratch_index(nseg);
+  for (Index s = 0; s < nseg; ++s) {
     p[s] = pos0 ? pos0[s] : 0;
-    ops::rope_forward<S>(y.row_range(s * T, T).value(), H, hd, p[s], base, rot);
+    ops::rope_forward<S>(y.row_range(detail::seg_row0(seg, T, s), detail::seg_len(seg, T, s)).value(),
+                         H, hd, p[s], base, rot);
   }
-  t.push(OpId::Rope, [x, y, H, hd, B, T, p, base, rot] {
+  t.push(OpId::Rope, [x, y, H, hd, T, nseg, seg, p, base, rot] {
     if (!x.g) return;
-    for (Index s = 0; s < B; ++s)  // y's gradient is consumed here only: rotate it in place
-      ops::rope_backward<S>(y.row_range(s * T, T).gradient(), H, hd, p[s], base, rot);
+    for (Index s = 0; s < nseg; ++s)  // y's gradient is consumed here only: rotate it in place
+      ops::rope_backward<S>(
+          y.row_range(detail::seg_row0(seg, T, s), detail::seg_len(seg, T, s)).gradient(), H, hd,
+          p[s], base, rot);
     ops::add_backward<S>(y.gradient(), S(1), x.gradient(), View<S>());
   });
   return y;
 }
 
 // Causal (optionally windowed) attention of B fresh sequences. q: (B*T, Hq*hd);
-// k, v: (B*T, Hkv*hd); all contiguous.
+// k, v: (B*T, Hkv*hd); all contiguous. seg: packed documents (a block-diagonal causal mask:
+// each attends within itself only, the window too), or nullptr.
 template <class S>
 Var<S> attention(Tape<S>& t, Var<S> q, Var<S> k, Var<S> v, int Hq, int Hkv, int hd, Index B,
-                 Index T, S scale, int window) {
+                 Index T, S scale, int window, const Segments* seg = nullptr) {
   HYBRID_CHECK(q.contiguous() && k.contiguous() && v.contiguous(),
                "attention: q, k and v must be contiguous");
   Var<S> o = t.var(q.rows, q.cols);
   S* lse = t.recording() ? t.scratch(B * T * Hq) : nullptr;
-  const ops::AttnDims d{T, T, Hq, Hkv, hd};
+  const Index L = seg ? seg->max_len : T, nseg = detail::seg_count(seg, B);
+  auto dims = [Hq, Hkv, hd](Index len) { return ops::AttnDims{len, len, Hq, Hkv, hd}; };
   const Index ldq = Index(Hq) * hd, ldk = Index(Hkv) * hd;
   {  // the workspace is given back before anything else is taken from the tape
-    const auto scores = t.workspace(ops::attention_scratch(d, par::threads()));
-    for (Index s = 0; s < B; ++s)
-      ops::attention_forward<S>(q.v + s * T * ldq, k.v + s * T * ldk, v.v + s * T * ldk,
-                                o.v + s * T * ldq, d, scale, 0, 0, window,
-                                lse ? lse + s * T * Hq : nullptr, scores.data);
+    const auto scores = t.workspace(ops::attention_scratch(dims(L), par::threads()));
+    for (Index s = 0; s < nseg; ++s) {
+      const Index r0 = detail::seg_row0(seg, T, s);
+      ops::attention_forward<S>(q.v + r0 * ldq, k.v + r0 * ldk, v.v + r0 * ldk, o.v + r0 * ldq,
+                                dims(detail::seg_len(seg, T, s)), scale, 0, 0, window,
+                                lse ? lse + r0 * Hq : nullptr, scores.data);
+    }
   }
   Tape<S>* tp = &t;
-  t.push(OpId::Attention, [tp, q, k, v, o, lse, d, B, T, scale, window, ldq, ldk, Hq] {
-    const auto work = tp->workspace(ops::attention_backward_scratch(d, par::threads()));
-    for (Index s = 0; s < B; ++s)
-      ops::attention_backward<S>(q.v + s * T * ldq, k.v + s * T * ldk, v.v + s * T * ldk,
-                                 o.v + s * T * ldq, lse + s * T * Hq, o.g + s * T * ldq,
-                                 q.g ? q.g + s * T * ldq : nullptr, k.g ? k.g + s * T * ldk : nullptr,
-                                 v.g ? v.g + s * T * ldk : nullptr, d, scale, 0, 0, window, work.data);
+  t.push(OpId::Attention, [tp, q, k, v, o, lse, dims, L, nseg, seg, T, scale, window, ldq, ldk, Hq] {
+    const auto work = tp->workspace(ops::attention_backward_scratch(dims(L), par::threads()));
+    for (Index s = 0; s < nseg; ++s) {
+      const Index r0 = detail::seg_row0(seg, T, s);
+      ops::attention_backward<S>(q.v + r0 * ldq, k.v + r0 * ldk, v.v + r0 * ldk, o.v + r0 * ldq,
+                                 lse + r0 * Hq, o.g + r0 * ldq, q.g ? q.g + r0 * ldq : nullptr,
+                                 k.g ? k.g + r0 * ldk : nullptr, v.g ? v.g + r0 * ldk : nullptr,
+                                 dims(detail::seg_len(seg, T, s)), scale, 0, 0, window, work.data);
+    }
   });
   return o;
 }

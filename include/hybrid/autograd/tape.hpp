@@ -140,6 +140,16 @@ class Tape {
   void set_linear_observer(LinearObserver f) { observer_ = std::move(f); }
   const LinearObserver& linear_observer() const { return observer_; }
 
+  // Called by ag::linear after y = x W^T + b, with the weight, its input x (R, in) and its
+  // output y (R, out), on any tape; returns what the layer goes on with: y itself, or y plus
+  // a branch recorded on this tape (LoRA adapters, train/lora.hpp). The recompute tape of
+  // gradient checkpointing runs the same function. An empty function (the default): off.
+  using LinearAdapter = std::function<Var<S>(Tape& t, const Param& W, Var<S> x, Var<S> y)>;
+  void set_linear_adapter(LinearAdapter f) { adapter_ = std::move(f); }
+  const LinearAdapter& linear_adapter() const { return adapter_; }
+  // The parameter values bound by the last bind_values (nullptr before it).
+  const S* bound_values() const { return values_; }
+
   // Bytes taken from the arena since the last rewind, by kind: activation values, their
   // gradients, values saved for the backward (statistics, ids, masks, nodes), and the
   // largest op workspace (each is freed when its op is done). Their sum bounds the step's
@@ -263,6 +273,7 @@ class Tape {
   Tape& recompute_tape() {
     if (!recompute_) recompute_ = std::make_unique<Tape>(true, grads_);
     recompute_->set_grads(grads_);
+    recompute_->adapter_ = adapter_;
     return *recompute_;
   }
   // The recompute tape if one was made (its memory is part of the step's), else nullptr.
@@ -292,6 +303,7 @@ class Tape {
   const S* values_ = nullptr;
   const WeightStore* packed_ = nullptr;
   LinearObserver observer_;
+  LinearAdapter adapter_;
   Usage usage_, peak_;
   Arena arena_;
   std::vector<Node> nodes_;

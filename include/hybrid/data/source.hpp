@@ -21,9 +21,13 @@ namespace hybrid::data {
 
 // B sequences of T ids, sequence-major: row b*T + t is position t of sequence b, the same
 // row order as the (B*T, V) logits. targets[i] = -1: position i is not scored.
+// doc_starts: packed documents, the flat indices i (into tokens) where a document starts,
+// increasing; empty unless asked for (mark_documents), and then what the model's
+// TrainingOptions::doc_starts takes.
 struct Batch {
   std::vector<int> tokens, targets;
   Index B = 0, T = 0;
+  std::vector<Index> doc_starts;
 
   Index scored() const {
     return Index(std::count_if(targets.begin(), targets.end(), [](int t) { return t >= 0; }));
@@ -48,6 +52,21 @@ class Source {
   // Every id this source emits is below this.
   virtual int vocab_needed() const = 0;
 };
+
+// Packed documents: sets b.doc_starts to every position whose token is `bos` (the shards'
+// documents each start with one: BOS id 1 in parameter golf's shards), so that training
+// with them keeps each document to itself. A row's first token starts a segment anyway
+// (the model adds the row starts), so a row that begins inside a document runs that part
+// as a document of its own. Returns how many documents start inside the rows.
+inline Index mark_documents(Batch& b, int bos) {
+  HYBRID_CHECK(bos >= 0, "mark_documents: the BOS id must be >= 0, got ", bos);
+  HYBRID_CHECK(Index(b.tokens.size()) == b.B * b.T, "mark_documents: batch has ", b.tokens.size(),
+               " tokens, expected B*T = ", b.B * b.T);
+  b.doc_starts.clear();
+  for (std::size_t i = 0; i < b.tokens.size(); ++i)
+    if (b.tokens[i] == bos) b.doc_starts.push_back(Index(i));
+  return Index(b.doc_starts.size());
+}
 
 // Cross-entropy in nats per token → bits per byte of text.
 inline double bits_per_byte(double mean_nats_per_token, double bytes_per_token) {

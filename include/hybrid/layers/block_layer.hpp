@@ -76,16 +76,17 @@ class BlockLayer {
 
   // x: (B*T, D) → (B*T, D). states: nullptr or B pointers to this block's state.
   // keep: nullptr, or B*T row factors applied to each residual branch (drop-path: 0 for a
-  // dropped sequence, 1/(1-p) for a kept one).
+  // dropped sequence, 1/(1-p) for a kept one). seg: packed documents (the mixer resets at
+  // each document start; norms and channels are per token), or nullptr.
   Var<S> forward(Tape<S>& t, Var<S> x, Index B, Index T, LayerState<S>* const* states,
-                 const S* keep = nullptr) const {
+                 const S* keep = nullptr, const ag::Segments* seg = nullptr) const {
     const Var<S> h = norm1_.forward(t, x);
     Var<S> y = std::visit(
         [&](const auto& m) {
           using State = typename std::decay_t<decltype(m)>::State;
           State** st = states ? t.template scratch_as<State*>(B) : nullptr;
           for (Index b = 0; states && b < B; ++b) st[b] = &std::get<State>(*states[b]);
-          return m.forward(t, h, B, T, st);
+          return m.forward(t, h, B, T, st, seg);
         },
         mixer_);
     if (parallel_ && channel_)

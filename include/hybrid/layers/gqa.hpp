@@ -79,7 +79,10 @@ class GqaLayer {
 
   // x: (B*T, D) → (B*T, D). states: nullptr (each sequence starts at position 0 and
   // nothing is kept) or B pointers to KV caches that the call attends to and extends.
-  Var<S> forward(Tape<S>& t, Var<S> x, Index B, Index T, State* const* states) const {
+  // seg: packed documents (each attends within itself, RoPE positions from 0), or nullptr.
+  Var<S> forward(Tape<S>& t, Var<S> x, Index B, Index T, State* const* states,
+                 const ag::Segments* seg = nullptr) const {
+    HYBRID_CHECK(!(states && seg), "attention: packed documents run without decode state");
     const int Hq = sp_.n_heads, Hkv = sp_.n_kv_heads, hd = sp_.head_dim;
     Var<S> q = ag::linear(t, x, wq_, bq_);  // (B*T, Hq*hd)
     Var<S> k = ag::linear(t, x, wk_, bk_);  // (B*T, Hkv*hd)
@@ -88,11 +91,11 @@ class GqaLayer {
       q = ag::rmsnorm(t, q.reshape(q.size() / hd, hd), qn_, S(eps_)).reshape(B * T, Index(Hq) * hd);
       k = ag::rmsnorm(t, k.reshape(k.size() / hd, hd), kn_, S(eps_)).reshape(B * T, Index(Hkv) * hd);
     }
-    Index* pos0 = t.scratch_index(B);
-    for (Index b = 0; b < B; ++b) pos0[b] = states ? states[b]->next_pos() : 0;
+    Index* pos0 = seg ? nullptr : t.scratch_index(B);
+    for (Index b = 0; pos0 && b < B; ++b) pos0[b] = states ? states[b]->next_pos() : 0;
     if (sp_.rope) {
-      q = ag::rope(t, q, Hq, hd, B, T, pos0, sp_.rope_theta, sp_.rope_dims);
-      k = ag::rope(t, k, Hkv, hd, B, T, pos0, sp_.rope_theta, sp_.rope_dims);
+      q = ag::rope(t, q, Hq, hd, B, T, pos0, sp_.rope_theta, sp_.rope_dims, seg);
+      k = ag::rope(t, k, Hkv, hd, B, T, pos0, sp_.rope_theta, sp_.rope_dims, seg);
     }
     Var<S> o;
     if (states) {  // extend each cache, attend over it, then drop what the window hides
@@ -111,7 +114,7 @@ class GqaLayer {
       o = ag::attention_cached(t, q, Hq, Hkv, hd, B, T, kv, pos0, cap, scale(), sp_.window);
       for (Index b = 0; b < B; ++b) states[b]->trim();
     } else {
-      o = ag::attention(t, q, k, v, Hq, Hkv, hd, B, T, scale(), sp_.window);
+      o = ag::attention(t, q, k, v, Hq, Hkv, hd, B, T, scale(), sp_.window, seg);
     }
     if (sp_.output_gate) o = ag::sigmoid_gate(t, o, ag::linear(t, x, wg_, bg_));
     return ag::linear(t, o, wo_, bo_);  // (B*T, D)

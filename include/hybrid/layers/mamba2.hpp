@@ -80,8 +80,10 @@ class Mamba2Layer {
 
   // x: (B*T, D) — B sequences of T tokens → (B*T, D). states: nullptr (fresh sequences,
   // nothing kept; the only mode a recording tape accepts) or B pointers to states that
-  // the call starts from and updates.
-  Var<S> forward(Tape<S>& t, Var<S> x, Index B, Index T, State* const* states) const {
+  // the call starts from and updates. seg: packed documents (conv and scan from zero state
+  // at each document start), or nullptr.
+  Var<S> forward(Tape<S>& t, Var<S> x, Index B, Index T, State* const* states,
+                 const ag::Segments* seg = nullptr) const {
     const Var<S> zxbcdt = ag::linear(t, x, in_proj_, in_bias_);  // (B*T, 2Di + 2GN + H)
     const Var<S> z = zxbcdt.col_range(0, Di_);                   // (B*T, Di), a view
     // Decode state pointers live on the tape's arena (no allocation per call).
@@ -92,14 +94,14 @@ class Mamba2Layer {
       ssm_st[b] = states[b]->ssm.data();
     }
     const Var<S> xbc = ag::silu(t, ag::causal_conv1d(t, zxbcdt.col_range(Di_, Cd_), conv_w_, conv_b_,
-                                                     B, T, conv_st));  // (B*T, Cd) x | B | C
+                                                     B, T, conv_st, seg));  // (B*T, Cd) x | B | C
     const Var<S> dt = ag::dt_softplus(t, zxbcdt.col_range(Di_ + Cd_, H_), dt_bias_,
                                       S(sp_.dt_limit_lo), S(sp_.dt_limit_hi));  // (B*T, H)
     const Var<S> xs = xbc.col_range(0, Di_);          // (B*T, H*P)
     const Var<S> Bm = xbc.col_range(Di_, GN_);        // (B*T, G*N)
     const Var<S> Cm = xbc.col_range(Di_ + GN_, GN_);  // (B*T, G*N)
     const ag::SsdConfig c{H_, sp_.headdim, sp_.d_state, sp_.ngroups, sp_.chunk, sp_.scan};
-    const Var<S> y = ag::ssd(t, xs, dt, A_log_, Bm, Cm, D_skip_, c, B, T, ssm_st);  // (B*T, Di)
+    const Var<S> y = ag::ssd(t, xs, dt, A_log_, Bm, Cm, D_skip_, c, B, T, ssm_st, seg);  // (B*T, Di)
     const Index group = sp_.norm_whole_width ? Di_ : Di_ / sp_.ngroups;
     const Var<S> g = ag::gated_rmsnorm(t, y, z, norm_w_, group, S(sp_.norm_eps));
     return ag::linear(t, g, out_proj_, out_bias_);  // (B*T, D)

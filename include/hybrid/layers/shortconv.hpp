@@ -48,14 +48,15 @@ class ShortConvLayer {
   Index state_bytes() const { return Index(sizeof(S)) * D_ * sp_.L; }
 
   // x: (B*T, D) → (B*T, D). states: nullptr or B pointers to conv caches to start from
-  // and update.
-  Var<S> forward(Tape<S>& t, Var<S> x, Index B, Index T, State* const* states) const {
+  // and update. seg: packed documents (the conv from zero history at each start), or nullptr.
+  Var<S> forward(Tape<S>& t, Var<S> x, Index B, Index T, State* const* states,
+                 const ag::Segments* seg = nullptr) const {
     const Var<S> bcx = ag::linear(t, x, in_proj_, in_b_);  // (B*T, 3D): B | C | x
     const Index D = D_;
     const Var<S> bx = ag::mul(t, bcx.col_range(0, D), bcx.col_range(2 * D, D));
     S** hist = states ? t.template scratch_as<S*>(B) : nullptr;
     for (Index b = 0; states && b < B; ++b) hist[b] = states[b]->conv.data();
-    const Var<S> cv = ag::causal_conv1d(t, bx, conv_w_, conv_b_, B, T, hist);
+    const Var<S> cv = ag::causal_conv1d(t, bx, conv_w_, conv_b_, B, T, hist, seg);
     const Var<S> y = ag::mul(t, bcx.col_range(D, D), cv);
     return ag::linear(t, y, out_proj_, out_b_);
   }

@@ -19,6 +19,8 @@
 #include "../data/source.hpp"
 #include "../quant/policy.hpp"
 #include "../quant/quantize.hpp"
+#include "distill.hpp"
+#include "lora.hpp"
 #include "optim.hpp"
 
 namespace hybrid::train {
@@ -48,6 +50,11 @@ struct TrainConfig {
   double drop_path = 0;         // stochastic depth rate of every residual branch
   std::uint64_t seed = 0;       // drop-path masks are drawn from (seed, step, micro-batch)
   QatConfig qat{};              // quantisation-aware training; policy of evaluate_quantized
+  KdConfig kd{};                // knowledge distillation (train/distill.hpp); off without a teacher
+  // Packed documents: the id that starts each document (BOS); every batch's document starts
+  // are the positions holding it (data::mark_documents), and no token attends, convolves or
+  // scans across them. -1: off (a row is one sequence, as the data gives it).
+  int pack_bos = -1;
 };
 
 struct StepResult {
@@ -59,6 +66,9 @@ struct StepResult {
   bool quantized = false; // forward and backward ran on fake-quantised weights (QAT)
   Index tokens = 0;       // tokens processed by this step
   double seconds = 0;
+  // With distillation (loss = alpha * kd_ce + beta * tau^2 * kd_kl): the unweighted means
+  // over the micro-batches of the cross-entropy (+ z-loss) and of the KL to the teacher.
+  double kd_ce = 0, kd_kl = 0;
 };
 
 struct EvalResult {
@@ -203,16 +213,30 @@ struct EmaScope {
 };
 }  // namespace detail
 
+// lora: with adapters (train/lora.hpp) on `model`, only they train: the gradient store,
+// the optimiser and its state are the adapters', the model's weights stay frozen (no
+// gradient is computed for them), and evaluation runs the model with the adapters. The
+// adapters must outlive the trainer.
 template <class S>
 class Trainer {
  public:
-  Trainer(RuntimeModel<S>& model, data::Source& data, const TrainConfig& cfg)
-      : model_(model), data_(data), cfg_(cfg), grads_(model), tape_(true, &grads_),
+  Trainer(RuntimeModel<S>& model, data::Source& data, const TrainConfig& cfg, LoraAdapters<S>* lora = nullptr)
+      : model_(model), data_(data), cfg_(cfg), lora_(lora),
+        grads_(lora ? GradStore<S>(*lora) : GradStore<S>(model)), tape_(true, lora ? nullptr : &grads_),
         opt_(grads_, cfg.optim) {
     HYBRID_CHECK(cfg.batch > 0 && cfg.seq_len > 0 && cfg.grad_accum > 0,
                  "train: batch, seq_len and grad_accum must be positive");
     HYBRID_CHECK(data.vocab_needed() <= model.vocab(), "train: the data needs a vocabulary of ",
                  data.vocab_needed(), " ids but the model has ", model.vocab());
+    HYBRID_CHECK(cfg.pack_bos >= -1 && cfg.pack_bos < model.vocab(), "train: the packed documents' BOS id ",
+                 cfg.pack_bos, " is not an id of the model's vocabulary of ", model.vocab(), " (-1: no packing)");
+    if (lora) {
+      HYBRID_CHECK(&lora->model() == &model, "train: the LoRA adapters were made for another model");
+      HYBRID_CHECK(!lora->merged(), "train: the LoRA adapters are merged into the model; unmerge() them to train");
+      HYBRID_CHECK(cfg.ema_decay <= 0, "train: a weight EMA of the frozen base model does nothing with LoRA "
+                   "adapters; turn the EMA off");
+      tape_.set_linear_adapter(lora->hook(&grads_));
+    }
     if (cfg.ema_decay > 0) ema_ = std::make_unique<Ema<S>>(model, cfg.ema_decay);
     if (cfg.qat.start >= 0) fq_ = std::make_unique<FakeQuant<S>>(model, cfg.qat.policy);
   }
@@ -231,11 +255,16 @@ class Trainer {
     {
       detail::FakeQuantScope<S> fq(r.quantized ? fq_.get() : nullptr, model_);
       for (Index m = 0; m < cfg_.grad_accum; ++m) {
-        const data::Batch b = data_.train_batch(cfg_.batch, cfg_.seq_len);
-        const TrainingOptions o{cfg_.recompute, cfg_.drop_path,
-                                derive_seed(cfg_.seed, std::to_string(opt_.steps()) + "/" + std::to_string(m))};
+        data::Batch b = data_.train_batch(cfg_.batch, cfg_.seq_len);
+        if (cfg_.pack_bos >= 0) data::mark_documents(b, cfg_.pack_bos);
+        const std::string micro = std::to_string(opt_.steps()) + "/" + std::to_string(m);
+        TrainingOptions o{.recompute = cfg_.recompute, .drop_path = cfg_.drop_path,
+                          .drop_seed = derive_seed(cfg_.seed, micro), .doc_starts = {}};
+        o.doc_starts = b.doc_starts;
+        if (lora_) lora_->set_dropout_seed(derive_seed(cfg_.seed, "lora/" + micro));
         tape_.rewind();
-        const Var<S> loss = model_.loss(tape_, b.tokens, b.targets, b.B, b.T, cfg_.z_loss, o);
+        const Var<S> loss = cfg_.kd.on() ? distill_loss(b, o, r)
+                                         : model_.loss(tape_, b.tokens, b.targets, b.B, b.T, cfg_.z_loss, o);
         loss_sum += double(loss.v[0]);
         tape_.backward(loss, S(1) / S(cfg_.grad_accum));  // each micro-batch: 1/n of the mean
         r.tokens += b.B * b.T;
@@ -287,6 +316,7 @@ class Trainer {
   bool qat_active() const { return cfg_.qat.start >= 0 && opt_.steps() >= cfg_.qat.start; }
 
   RuntimeModel<S>& model() { return model_; }
+  LoraAdapters<S>* lora() { return lora_; }
   Optimizer<S>& optimizer() { return opt_; }
   Ema<S>* ema() { return ema_.get(); }
   GradStore<S>& grads() { return grads_; }
@@ -314,18 +344,32 @@ class Trainer {
   }
 
  private:
+  // The distillation loss of one micro-batch: the teacher's targets (forward only), then
+  // the student's fused head and loss; the parts go to r as means over the micro-batches.
+  Var<S> distill_loss(const data::Batch& b, const TrainingOptions& o, StepResult& r) {
+    cfg_.kd.validate();
+    cfg_.kd.teacher(b, teacher_);
+    ops::KdSums parts;
+    const Var<S> loss = train::distill_loss(model_, tape_, b, teacher_, cfg_.kd, cfg_.z_loss, o, &parts);
+    r.kd_ce += parts.ce / double(cfg_.grad_accum);
+    r.kd_kl += parts.kl / double(cfg_.grad_accum);
+    return loss;
+  }
+
   // The loss over the validation batches of the weights now in the model.
   EvalResult score_val() {
     EvalResult e;
     double nats = 0, correct = 0;
     Index scored = 0;
     Tape<S> t(false);
-    for (const data::Batch& b : data_.val_batches(cfg_.batch, cfg_.seq_len, cfg_.eval_batches)) {
+    if (lora_) t.set_linear_adapter(lora_->hook());  // the adapters, without dropout
+    for (data::Batch& b : data_.val_batches(cfg_.batch, cfg_.seq_len, cfg_.eval_batches)) {
       Index n = 0;
       for (int tgt : b.targets) n += tgt != -1;
       if (n == 0) continue;
+      if (cfg_.pack_bos >= 0) data::mark_documents(b, cfg_.pack_bos);
       t.rewind();  // the head and the loss by chunks of rows: no (B*T, V) logits
-      const auto s = model_.score(t, b.tokens, b.targets, b.B, b.T);
+      const auto s = model_.score(t, b.tokens, b.targets, b.B, b.T, b.doc_starts);
       nats += s.nats;
       correct += double(s.correct);
       scored += s.scored;
@@ -341,12 +385,14 @@ class Trainer {
   RuntimeModel<S>& model_;
   data::Source& data_;
   TrainConfig cfg_;
+  LoraAdapters<S>* lora_;  // nullptr: the model's own weights train
   GradStore<S> grads_;
   Tape<S> tape_;
   typename Tape<S>::Usage usage_;
   Optimizer<S> opt_;
   std::unique_ptr<Ema<S>> ema_;
   std::unique_ptr<FakeQuant<S>> fq_;  // with QAT, or once evaluate_quantized ran
+  TeacherTargets teacher_;            // with distillation: the teacher's targets of a micro-batch
 };
 
 }  // namespace hybrid::train
