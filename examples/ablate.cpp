@@ -166,7 +166,7 @@ ModelDesc make_desc(const std::string& layout, const Shape& s, int vocab, const 
   const int D = s.d_model, hd = o.get<int>("head-dim");
   const bool attention = layout.find('A') != std::string::npos;
   HYBRID_CHECK(!attention || D % hd == 0, "d_model ", D, " is not a multiple of --head-dim ", hd);
-  const ModelSpec m{.vocab = vocab, .d_model = D};
+  const ModelSpec m{.vocab = vocab, .d_model = D, .init_std = o.get<double>("init-std")};
   const Mamba2Spec mb{.d_state = o.get<int>("d-state"), .expand = expand_for(s.d_inner, D),
                       .headdim = o.get<int>("headdim"), .chunk = 64};
   const GqaSpec at{.n_heads = std::max(1, D / hd), .n_kv_heads = std::max(1, D / hd), .head_dim = hd,
@@ -925,6 +925,8 @@ int run(const Options& o) {
   HYBRID_CHECK(o.get<double>("lr") > 0, "--lr must be positive");
   HYBRID_CHECK(o.get<double>("clip") >= 0, "--clip must be >= 0");
   HYBRID_CHECK(o.get<double>("mlp-ratio") > 0, "--mlp-ratio must be positive");
+  HYBRID_CHECK(std::isfinite(o.get<double>("init-std")) && o.get<double>("init-std") > 0,
+               "--init-std must be a positive number, got ", o.get<double>("init-std"));
   HYBRID_CHECK(o.get<double>("match-tol") > 0 && o.get<double>("match-tol") < 1,
                "--match-tol must be in (0, 1), got ", o.get<double>("match-tol"));
   const std::string mm = o.get<std::string>("mamba-mlp");
@@ -1005,12 +1007,12 @@ int run(const Options& o) {
   char setup[768];
   std::snprintf(setup, sizeof setup,
                 "Ablation on %s%s%s: %lld tokens per run (%lld steps, batch %lld x %lld), target "
-                "%lld parameters, d_state %d, optimizer %s, lr %g, learning-rate scales %s, %d seed(s) from "
+                "%lld parameters, d_state %d, embedding init std %g, optimizer %s, lr %g, learning-rate scales %s, %d seed(s) from "
                 "seed %llu / data seed %llu; %zu runs on %d job(s) of %d thread(s), %.1f min.",
                 data_text.c_str(), plan.text ? " and " : "", text_text.c_str(), (long long)(cfg.steps * per_step),
                 (long long)cfg.steps, (long long)cfg.batch, (long long)cfg.seq_len, (long long)target,
-                o.get<int>("d-state"), o.get<std::string>("optimizer").c_str(), o.get<double>("lr"),
-                scales.c_str(), plan.seeds, (unsigned long long)o.get<std::uint64_t>("seed"),
+                o.get<int>("d-state"), o.get<double>("init-std"), o.get<std::string>("optimizer").c_str(),
+                o.get<double>("lr"), scales.c_str(), plan.seeds, (unsigned long long)o.get<std::uint64_t>("seed"),
                 (unsigned long long)o.get<std::uint64_t>("data-seed"), runs.size(), o.get<int>("jobs"),
                 o.get<int>("threads"), total / 60);
   const std::string primary_name = synthetic ? o.get<std::string>("task") : std::string("text");
@@ -1073,6 +1075,10 @@ int main(int argc, char** argv) {
       ("qk-norm", "per-head RMSNorm of attention queries and keys (as LFM2)")
       ("mlp-ratio", "SwiGLU hidden width of attention / ShortConv blocks, times d_model", cxxopts::value<double>()->default_value("2"))
       ("mamba-mlp", "channel of Mamba-2 blocks: none or swiglu", cxxopts::value<std::string>()->default_value("none"))
+      ("init-std", "standard deviation of the (tied) embedding's N(0, std) initialisation. 1 (torch.nn.Embedding's "
+                   "default) by default: with the library's 0.02 the token embedding starts several times weaker than "
+                   "each block's branch output, and pure attention then stays on the MQAR plateau (docs/training.md)",
+       cxxopts::value<double>()->default_value("1"))
       ("match-tol", "parameter matching: after d_model, the MLP hidden width and Mamba-2's inner width "
                     "(expand * d_model) are searched within [1/2, 2] of their defaults to land within this "
                     "fraction of --target-params (d_state stays fixed)", cxxopts::value<double>()->default_value("0.03"));

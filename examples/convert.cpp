@@ -6,9 +6,12 @@
 //   convert --model Golf15x3E2 --to-gguf golf-q8.gguf --type q8_0
 //   convert --hf ./granite-tiny --to-gguf granite.gguf
 //   convert --gguf llama-made.gguf --to-hf ./back --to-weights back.safetensors
+//   convert --hf ./lfm2 --replace 0,1,3:mamba2 --to-weights student.safetensors   # then distil
+
 #include <cstdio>
 #include <cxxopts.hpp>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 
@@ -18,6 +21,7 @@
 #include <hybrid/hf/checkpoint.hpp>
 #include <hybrid/io/checkpoint.hpp>
 #include <hybrid/model.hpp>
+#include <hybrid/train/replace_mixers.hpp>
 #ifdef HYBRID_HAVE_TOKENIZERS
 #include <hybrid/gguf/tokenizer.hpp>
 #endif
@@ -117,6 +121,19 @@ int run(int argc, char** argv) {
       ("weights", "Our checkpoint (hybrid::save_model, as train writes)", cxxopts::value<std::string>())
       ("hf", "Hugging Face checkpoint directory (LFM2, GraniteMoeHybrid, Mamba2)", cxxopts::value<std::string>())
       ("gguf", "GGUF file (granitehybrid, lfm2, mamba2, llama; F32/F16/BF16/Q8_0)", cxxopts::value<std::string>());
+  options.add_options("Replace mixers (initialise a hybrid from a trained model)")
+      ("replace", "BLOCKS:KIND: give these blocks (0-based, comma-separated) a freshly initialised mixer of "
+       "KIND (mamba2), copying everything else (embedding, norms, other mixers, MLPs, head); the outputs "
+       "then hold the new model, and --to-weights records what was copied and what is new",
+       cxxopts::value<std::string>())
+      ("mamba-d-state", "the new Mamba-2 mixers' state size N", cxxopts::value<std::string>()->default_value("64"))
+      ("mamba-expand", "the new Mamba-2 mixers' expand (d_inner = expand * d_model)",
+       cxxopts::value<std::string>()->default_value("2"))
+      ("mamba-headdim", "the new Mamba-2 mixers' head dim P (must divide d_inner)",
+       cxxopts::value<std::string>()->default_value("64"))
+      ("mamba-groups", "the new Mamba-2 mixers' B/C groups G (must divide the heads)",
+       cxxopts::value<std::string>()->default_value("1"))
+      ("init-seed", "seed of the new mixers' initialisation", cxxopts::value<std::string>()->default_value("0"));
   options.add_options("Output")
       ("to-gguf", "Write a GGUF file", cxxopts::value<std::string>())
       ("arch", "GGUF architecture: auto (from the layout), granitehybrid, lfm2, mamba2, llama",
@@ -189,6 +206,29 @@ int run(int argc, char** argv) {
     src.emplace(std::move(m), std::string("GGUF ") + gguf::arch_name(info.arch) + " " + str("gguf"));
     src->gguf.emplace(std::move(r));
   }
+  std::optional<InitRecord> record;
+  if (res.count("replace")) {
+    std::string kind;
+    const std::vector<int> blocks = parse_block_list(str("replace"), src->model.n_blocks(), kind);
+    HYBRID_CHECK(kind == "mamba2", "--replace: the kind '", kind, "' is not one this program makes (mamba2)");
+    Mamba2Spec mb;
+    mb.d_state = cli::number<int>("--mamba-d-state", str("mamba-d-state"));
+    mb.expand = cli::number<double>("--mamba-expand", str("mamba-expand"));
+    mb.headdim = cli::number<int>("--mamba-headdim", str("mamba-headdim"));
+    mb.ngroups = cli::number<int>("--mamba-groups", str("mamba-groups"));
+    InitRecord rec;
+    RuntimeModel<float> student =
+        replace_mixers(src->model, {{blocks, mb}}, cli::number<std::uint64_t>("--init-seed", str("init-seed")), &rec);
+    std::fprintf(stderr, "replaced the mixers of %zu blocks: layout %s -> %s; %zu tensors copied, %zu new\n",
+                 rec.replaced.size(), rec.layout_before.c_str(), rec.layout_after.c_str(), rec.copied.size(),
+                 rec.fresh.size());
+    src->origin = src->origin + " with blocks " + str("replace");
+    src->model = std::move(student);
+    record = std::move(rec);
+  } else {
+    for (const char* f : {"mamba-d-state", "mamba-expand", "mamba-headdim", "mamba-groups", "init-seed"})
+      HYBRID_CHECK(res.count(f) == 0, "--", f, " goes with --replace");
+  }
   RuntimeModel<float>& model = src->model;
   std::fprintf(stderr, "source: %s: %lld parameters, layout %s, vocab %d\n", src->origin.c_str(),
                (long long)model.param_count(), model.layout_string().c_str(), model.vocab());
@@ -223,7 +263,9 @@ int run(int argc, char** argv) {
                  hf::architecture(hf::family_for(model.desc())));
   }
   if (res.count("to-weights")) {
-    save_model(model, str("to-weights"), {{"converted_from", src->origin}});
+    std::map<std::string, std::string> meta{{"converted_from", src->origin}};
+    if (record) meta["init_record"] = record->to_json().dump();  // {replaced_blocks, copied, new, layouts}
+    save_model(model, str("to-weights"), meta);
     std::fprintf(stderr, "wrote %s\n", str("to-weights").c_str());
   }
   return 0;

@@ -5,12 +5,14 @@
 // training (each chunk scored, then adapted on). Bytes per token follow REFERENCE.md §6 for
 // the byte tokenizer, SentencePiece and byte-level BPE. A progress line goes to stderr; the
 // result is a markdown table on stdout and, with --json, a JSON object. Every bad input ends
-// with a message and exit code 2.
+// with a message and exit code 2. With --mc FILE it scores multiple-choice items instead
+// (acc, acc_norm, acc_bytes with standard errors, as lm-evaluation-harness; eval/mc.hpp).
 //
 //   eval --weights run/model.safetensors --text data/tinyshakespeare.txt --window 1024 --stride 64
 //   eval --artifact model.hybq --text data/tinyshakespeare.txt --split val --json result.json
 //   eval --hf ./ckpt --shards 'fineweb_val_*.bin' --tokenizer fineweb_1024_bpe.model
 //   eval --weights m.safetensors --text data/tinyshakespeare.txt --ttt-steps 1 --ttt-chunk 32768
+//   eval --hf tests/fixtures/hf/lfm2_bpe_tokenizer --mc tests/fixtures/mc/arc_easy.jsonl --bos
 #include <Eigen/Core>
 #include <cmath>
 #include <cstdio>
@@ -34,6 +36,7 @@
 #include <hybrid/eval/bpb.hpp>
 #include <hybrid/eval/sliding.hpp>
 #include <hybrid/eval/stream.hpp>
+#include <hybrid/eval/mc.hpp>
 #include <hybrid/eval/ttt.hpp>
 #include <hybrid/gguf/import.hpp>
 #include <hybrid/gguf/vocab.hpp>
@@ -234,6 +237,69 @@ std::string with_commas(long long n) {
   return s;
 }
 
+// ---- multiple choice (--mc) --------------------------------------------------------------------
+
+int run_mc(const Loaded& src, const RuntimeModel<float>& model, const Tokenizer& tok,
+           const std::vector<eval::McItem>& items, const eval::McOptions& mo, const std::string& path,
+           const std::string& json_path, bool quiet) {
+  const std::string what = "'" + path + "', " + std::to_string(items.size()) + (items.size() == 1 ? " item" : " items");
+  if (!quiet)
+    std::fprintf(stderr, "model: %s, %s parameters, layout %s, vocab %d\ndata: %s; tokenizer: %s\n",
+                 src.origin.c_str(), with_commas(model.param_count()).c_str(), model.layout_string().c_str(),
+                 model.vocab(), what.c_str(), tokenizer_name(tok).c_str());
+  const bool tty = !quiet && ::isatty(STDERR_FILENO);
+  double shown = -1e9;
+  const auto progress = [&](const eval::McProgress& p) {
+    if (quiet || (p.items_done < p.items && p.seconds - shown < (tty ? 0.5 : 10.0))) return;
+    shown = p.seconds;
+    std::fprintf(stderr, "%seval: %lld/%lld items | %.1f items/s%s", tty ? "\r" : "", (long long)p.items_done,
+                 (long long)p.items, p.seconds > 0 ? double(p.items_done) / p.seconds : 0.0,
+                 tty ? (p.items_done == p.items ? "\x1b[K\n" : "\x1b[K") : "\n");
+    std::fflush(stderr);
+  };
+  const eval::McResult r = eval::evaluate_mc(model, tok, items, mo, progress);
+  const Index max_length = mo.max_length > 0 ? mo.max_length : model.spec().max_context;
+  const auto& m = r.metrics;
+  nlohmann::json per_item = nlohmann::json::array();
+  for (std::size_t k = 0; k < r.items.size(); ++k)
+    per_item.push_back({{"line", items[k].line}, {"gold", items[k].gold}, {"logliks", r.items[k].logliks},
+                        {"pred", r.items[k].pred}, {"pred_norm", r.items[k].pred_norm},
+                        {"pred_bytes", r.items[k].pred_bytes}});
+  // A standard error of NaN (one item) is written as null.
+  const auto se = [](double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); };
+  const nlohmann::json j = {{"source", src.origin},   {"data", what},
+                            {"tokenizer", tokenizer_name(tok)},
+                            {"bos", mo.bos},          {"max_length", max_length},
+                            {"items", m.items},       {"choices", r.choices},
+                            {"tokens", r.tokens},     {"acc", m.acc.mean},
+                            {"acc_stderr", se(m.acc.se)}, {"acc_norm", m.acc_norm.mean},
+                            {"acc_norm_stderr", se(m.acc_norm.se)}, {"acc_bytes", m.acc_bytes.mean},
+                            {"acc_bytes_stderr", se(m.acc_bytes.se)}, {"seconds", r.seconds},
+                            {"per_item", per_item}};
+  if (json_path == "-") {
+    std::printf("%s\n", j.dump(2).c_str());
+    return 0;
+  }
+  if (!json_path.empty()) write_file_atomic(json_path, "--json '" + json_path + "'", j.dump(2) + "\n");
+  std::printf("| model | %s |\n|---|---|\n", src.origin.c_str());
+  std::printf("| data | %s (multiple choice), %lld choices, %s continuation tokens |\n", what.c_str(),
+              (long long)r.choices, with_commas(r.tokens).c_str());
+  std::printf("| tokenizer | %s |\n", tokenizer_name(tok).c_str());
+  std::printf("| context | %s, %s |\n", mo.bos ? "BOS first" : "no BOS",
+              max_length > 0 ? ("at most " + std::to_string(max_length) + " tokens per choice, cut from the left").c_str()
+                             : "no length limit");
+  std::printf("\n| metric | value | stderr |\n|---|---|---|\n");
+  const auto row = [](const char* name, const eval::McStat& st) {  // n/a: one item, no variance
+    if (std::isfinite(st.se)) std::printf("| %s | %.4f | %.4f |\n", name, st.mean, st.se);
+    else std::printf("| %s | %.4f | n/a |\n", name, st.mean);
+  };
+  row("acc", m.acc);
+  row("acc_norm", m.acc_norm);
+  row("acc_bytes", m.acc_bytes);
+  std::printf("\n%lld item%s in %.2f s\n", (long long)m.items, m.items == 1 ? "" : "s", r.seconds);
+  return 0;
+}
+
 // ---- main -------------------------------------------------------------------------------------
 
 int run(int argc, char** argv) {
@@ -246,7 +312,12 @@ int run(int argc, char** argv) {
       "training) the stream goes in chunks: each chunk is scored first, then the model takes k\n"
       "optimiser steps on it; the result is the sum of the scores before adaptation.\n"
       "Bits per byte = sum of nats / (ln 2 * sum of bytes), with the bytes of each token as\n"
-      "parameter golf counts them (REFERENCE.md §6). Errors exit with code 2.\n");
+      "parameter golf counts them (REFERENCE.md §6). With --mc FILE instead of --text or\n"
+      "--shards: multiple-choice items (JSONL {\"context\", \"choices\", \"gold\"}), each choice\n"
+      "scored by its log-likelihood after the context as lm-evaluation-harness does, reported\n"
+      "as acc (the largest log-likelihood is gold), acc_norm (divided by the choice's length\n"
+      "in characters) and acc_bytes (in UTF-8 bytes), each +- its standard error.\n"
+      "Errors exit with code 2.\n");
   options.add_options("Model (one of)")
       ("weights", "Our checkpoint (hybrid::save_model, as train --save writes)", cxxopts::value<std::string>())
       ("model", "A shipped alias with random-init weights (a baseline; see generate --list-models)",
@@ -262,13 +333,22 @@ int run(int argc, char** argv) {
       ("text", "A text file, encoded with the tokenizer", cxxopts::value<std::string>())
       ("split", "Which part of --text: val (the last 10%, train's validation split), train (the "
                 "first 90%) or all", cxxopts::value<std::string>()->default_value("val"))
-      ("bos", "Put the tokenizer's BOS id before the text (it is then the first input, never a target)")
+      ("bos", "Put the tokenizer's BOS id before the text (it is then the first input, never a target); "
+              "with --mc, before every context (as lm-eval does for tokenizers that add it, e.g. LFM2's)")
       ("shards", "Parameter-golf shards read as one stream: comma-separated paths or globs, e.g. "
                  "'data/fineweb_val_*.bin'", cxxopts::value<std::string>())
-      ("tokenizer", "The tokenizer for encoding --text and counting bytes: 'byte', a Hugging Face "
+      ("tokenizer", "The tokenizer for encoding --text or --mc and counting bytes: 'byte', a Hugging Face "
                     "tokenizer.json or a SentencePiece .model (default: the source's own; byte-level "
                     "for --weights, --model and --artifact)", cxxopts::value<std::string>())
       ("max-tokens", "Score at most N tokens (the first N + 1 of the stream); 0 = all",
+       cxxopts::value<std::string>()->default_value("0"))
+      ("mc", "Multiple-choice items, JSON Lines: {\"context\": str, \"choices\": [str, ...], \"gold\": "
+             "int} (optional \"target_delimiter\", default \" \"); reports acc, acc_norm, acc_bytes",
+       cxxopts::value<std::string>())
+      ("mc-limit", "With --mc: score the first N items only; 0 = all",
+       cxxopts::value<std::string>()->default_value("0"))
+      ("mc-max-length", "With --mc: at most L input tokens per choice, the context cut from the left "
+                        "(lm-eval's max_length); 0 = the model's maximum context, if any",
        cxxopts::value<std::string>()->default_value("0"));
   options.add_options("Evaluation")
       ("window", "L: inputs per window", cxxopts::value<std::string>()->default_value("1024"))
@@ -311,13 +391,28 @@ int run(int argc, char** argv) {
   // Flags first, so that a bad one fails before a model is loaded.
   HYBRID_CHECK(res.count("weights") + res.count("model") + res.count("hf") + res.count("gguf") + res.count("artifact") == 1,
                "give exactly one model: --weights, --model, --hf, --gguf or --artifact");
-  HYBRID_CHECK(res.count("text") + res.count("shards") == 1, "give exactly one data source: --text FILE or --shards LIST");
+  HYBRID_CHECK(res.count("text") + res.count("shards") + res.count("mc") == 1,
+               "give exactly one data source: --text FILE, --shards LIST or --mc FILE");
+  const bool mc = res.count("mc") > 0;
+  for (const char* f : {"window", "stride", "batch", "max-tokens", "ttt-steps"})
+    HYBRID_CHECK(!mc || res.count(f) == 0, "--", f, " goes with --text or --shards, not --mc");
+  for (const char* f : {"mc-limit", "mc-max-length"}) HYBRID_CHECK(mc || res.count(f) == 0, "--", f, " goes with --mc");
+  std::vector<eval::McItem> mc_items;
+  eval::McOptions mo;
+  if (mc) {
+    mo.limit = number<Index>("--mc-limit", str("mc-limit"));
+    mo.max_length = number<Index>("--mc-max-length", str("mc-max-length"));
+    HYBRID_CHECK(mo.limit >= 0, "--mc-limit must be >= 0 (0 = all), got ", mo.limit);
+    HYBRID_CHECK(mo.max_length >= 0, "--mc-max-length must be >= 0 (0 = the model's), got ", mo.max_length);
+    mc_items = eval::read_mc_jsonl(str("mc"), mo.limit);  // a bad file fails before the model loads
+  }
   HYBRID_CHECK(res.count("seed") == 0 || res.count("model"), "--seed goes with --model");
   const std::string split = str("split");
   HYBRID_CHECK(split == "val" || split == "train" || split == "all", "--split: '", split,
                "' is not val, train or all");
   HYBRID_CHECK(res.count("split") == 0 || res.count("text"), "--split goes with --text");
-  HYBRID_CHECK(res.count("bos") == 0 || res.count("text"), "--bos goes with --text (shards hold their own BOS ids)");
+  HYBRID_CHECK(res.count("bos") == 0 || res.count("text") || mc,
+               "--bos goes with --text or --mc (shards hold their own BOS ids)");
   eval::SlidingOptions so;
   so.window = number<Index>("--window", str("window"));
   so.stride = number<Index>("--stride", str("stride"));
@@ -384,6 +479,10 @@ int run(int argc, char** argv) {
   else tok = std::make_unique<ByteTokenizer>();
   const bool bos = res.count("bos") > 0;
   HYBRID_CHECK(!bos || tok->bos().has_value(), "--bos: the tokenizer has no BOS id");
+  if (mc) {
+    mo.bos = bos;
+    return run_mc(src, model, *tok, mc_items, mo, str("mc"), json_path, quiet);
+  }
 
   const Data data = load_data(res, *tok, bos);
   const Index n = data.stream->size();

@@ -3,7 +3,12 @@
 // shards (byte level, or SentencePiece ids with --tokenizer), with Muon + AdamW, schedules,
 // EMA, z-loss, quantisation-aware training, periodic evaluation (of the quantised model too),
 // a CSV log, checkpoints that resume bit for bit, and --dump-grads for comparing with other
-// engines. Every bad input ends with a message and exit code 2.
+// engines, and knowledge distillation from a teacher (--teacher: our checkpoint, a Hugging
+// Face directory, a GGUF file or an artifact) with a top-k cache of its outputs. Every bad
+// input ends with a message and exit code 2.
+//
+//   train --model TinyMamba --data data/tinyshakespeare.txt --teacher run/teacher.safetensors
+//         --kd-alpha 0.5 --kd-beta 0.5 --kd-temp 2 --kd-topk 32 --kd-cache run/kd.bin
 #include <cxxopts.hpp>
 
 #include <cmath>
@@ -11,11 +16,13 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <sstream>
 
 #include <hybrid/alias_registry.hpp>
 #include <hybrid/core/json.hpp>
 #include <hybrid/data/shards.hpp>
+#include <hybrid/io/peft.hpp>
 #include <hybrid/data/synthetic.hpp>
 #include <hybrid/data/text.hpp>
 #include <hybrid/io/desc_json.hpp>
@@ -28,6 +35,7 @@
 #endif
 
 #include "cli.hpp"
+#include "model_source.hpp"
 
 using namespace hybrid;
 
@@ -237,18 +245,75 @@ std::string hms(double s) {
   return buf;
 }
 
+// --teacher and the --kd-* flags: the distillation config (teacher: the loaded model, kept
+// alive by the caller; cache: the top-k cache when --kd-cache is given).
+train::KdConfig kd_config(const Options& o, int student_vocab, std::optional<model_source::Loaded>& teacher,
+                          std::shared_ptr<train::TopkCache>& cache) {
+  train::KdConfig kd;
+  if (!o.has("teacher")) {
+    for (const char* k : {"kd-alpha", "kd-beta", "kd-temp", "kd-topk", "kd-cache"})
+      HYBRID_CHECK(!o.has(k), "--", k, " has no effect without --teacher SRC");
+    return kd;
+  }
+  kd.alpha = o.get<double>("kd-alpha");
+  kd.beta = o.get<double>("kd-beta");
+  kd.tau = o.get<double>("kd-temp");
+  HYBRID_CHECK(std::isfinite(kd.tau) && kd.tau > 0, "--kd-temp must be > 0, got ", kd.tau);
+  HYBRID_CHECK(kd.alpha >= 0 && kd.beta >= 0, "--kd-alpha and --kd-beta must be >= 0, got ", kd.alpha, " and ",
+               kd.beta);
+  const Index k = o.get<Index>("kd-topk");
+  teacher.emplace(model_source::load(o.get<std::string>("teacher"), "--teacher"));
+  const RuntimeModel<float>& t = *teacher->model;
+  HYBRID_CHECK(t.vocab() == student_vocab, "--teacher '", o.get<std::string>("teacher"), "': its vocabulary has ",
+               t.vocab(), " ids, the student's ", student_vocab, "; distillation needs the same vocabulary");
+  HYBRID_CHECK(k >= 0 && k <= t.vocab(), "--kd-topk must be 0 (full logits) to the vocabulary (", t.vocab(),
+               "), got ", k);
+  HYBRID_CHECK(!o.has("kd-cache") || k > 0, "--kd-cache stores the teacher's top-k: give --kd-topk K > 0");
+  kd.teacher = train::live_teacher(t, k, kd.tau);
+  std::cout << "teacher: " << teacher->origin << " (" << t.param_count() << " parameters); loss = " << kd.alpha
+            << " * CE + " << kd.beta << " * " << kd.tau << "^2 * KL, "
+            << (k ? "top-" + std::to_string(k) + " teacher" : std::string("full teacher logits")) << "\n";
+  if (o.has("kd-cache")) {
+    cache = std::make_shared<train::TopkCache>(o.get<std::string>("kd-cache"), k, t.vocab(), kd.tau,
+                                               train::model_fingerprint(t));
+    std::cout << "kd cache: " << cache->path() << " (" << cache->records() << " batches cached)\n";
+    kd.teacher = train::cached_teacher(cache, kd.teacher);
+  }
+  return kd;
+}
+
 template <class S>
 int run(const Options& o) {
   const auto tok = load_tokenizer(o);
   auto src = make_source(o, tok.get());
   const int need = src->vocab_needed();
-  ModelDesc desc = model_desc(o, tok ? std::max(need, tok->vocab_size()) : std::max(need, 258));
-  HYBRID_CHECK(need <= desc.model.vocab, "the data needs a vocabulary of ", need, " ids but the model has ",
-               desc.model.vocab, o.has("model") || o.has("config")
-                                     ? "; pick a model with a larger vocabulary"
-                                     : "; raise --vocab (or leave it out: the data's vocabulary is the default)");
-  RuntimeModel<S> model(desc, o.get<std::uint64_t>("seed"));
+  std::optional<RuntimeModel<S>> made;
+  std::string origin;
+  if (o.has("init-from")) {  // the description and the weights of a model the library loads
+    for (const char* k : {"model", "config", "layout", "weights", "vocab", "unet-skips", "bigram-buckets",
+                          "bigram-dim", "rope-dims"})
+      HYBRID_CHECK(!o.has(k), "--init-from takes the model's description and weights from '",
+                   o.get<std::string>("init-from"), "'; leave out --", k);
+    if constexpr (std::is_same_v<S, float>) {
+      model_source::Loaded l = model_source::load(o.get<std::string>("init-from"), "--init-from");
+      made.emplace(std::move(*l.model));
+      origin = l.origin;
+    } else {
+      fail("--init-from loads float weights; train it with --precision f32");
+    }
+    HYBRID_CHECK(need <= made->vocab(), "the data needs a vocabulary of ", need, " ids but '",
+                 o.get<std::string>("init-from"), "' has ", made->vocab());
+  } else {
+    ModelDesc desc = model_desc(o, tok ? std::max(need, tok->vocab_size()) : std::max(need, 258));
+    HYBRID_CHECK(need <= desc.model.vocab, "the data needs a vocabulary of ", need, " ids but the model has ",
+                 desc.model.vocab, o.has("model") || o.has("config")
+                                       ? "; pick a model with a larger vocabulary"
+                                       : "; raise --vocab (or leave it out: the data's vocabulary is the default)");
+    made.emplace(desc, o.get<std::uint64_t>("seed"));
+  }
+  RuntimeModel<S>& model = *made;
   if (o.has("weights")) load_weights(model, o.get<std::string>("weights"));
+  if (!origin.empty()) std::cout << "initialised from " << origin << "\n";
   std::cout << model.summary(o.has("model") ? o.get<std::string>("model") : "model");
   std::cout << "data: " << src->describe() << "\n";
   if (tok)
@@ -281,7 +346,63 @@ int run(const Options& o) {
     HYBRID_CHECK(cfg.qat.start < cfg.steps, "--qat-start ", cfg.qat.start, " is not below --steps ", cfg.steps,
                  ": no step would run on quantised weights");
   }
-  train::Trainer<S> tr(model, *src, cfg);
+  std::optional<model_source::Loaded> teacher;
+  std::shared_ptr<train::TopkCache> kd_cache;
+  cfg.kd = kd_config(o, model.vocab(), teacher, kd_cache);
+  auto save_cache = [&] {
+    if (kd_cache && kd_cache->dirty()) {
+      kd_cache->save();
+      std::cout << "kd cache: wrote " << kd_cache->records() << " batches to " << kd_cache->path() << " ("
+                << kd_cache->hits() << " reused this run)\n";
+    }
+  };
+  if (o.has("pack-documents")) {
+    HYBRID_CHECK(o.has("shards-train"), "--pack-documents: only shards hold documents that start with a BOS id "
+                 "(--shards-train / --shards-val; prepare --to-shards makes them); --data and the synthetic tasks "
+                 "are one stream without document starts");
+    cfg.pack_bos = o.has("bos-id") ? o.get<int>("bos-id") : tok ? *tok->bos() : 256;
+    HYBRID_CHECK(cfg.pack_bos >= 0 && cfg.pack_bos < model.vocab(), "--bos-id ", cfg.pack_bos,
+                 " is not an id of the model's vocabulary of ", model.vocab());
+    std::cout << "packed documents: each starts at id " << cfg.pack_bos << "\n";
+  } else {
+    HYBRID_CHECK(!o.has("bos-id"), "--bos-id has no effect without --pack-documents");
+  }
+  std::optional<train::LoraAdapters<S>> lora;
+  const bool use_lora = o.has("lora-rank") || o.has("lora-load");
+  for (const char* k : {"lora-alpha", "lora-save"})
+    HYBRID_CHECK(use_lora || !o.has(k), "--", k, " needs --lora-rank R (or --lora-load DIR)");
+  if (use_lora) {
+    HYBRID_CHECK(!(o.has("lora-rank") && o.has("lora-load")), "--lora-load takes rank, alpha and targets from the "
+                 "saved adapter_config.json; leave out --lora-rank");
+    HYBRID_CHECK(!o.has("ckpt-dir") && !o.has("resume"), "LoRA: --ckpt-dir / --resume hold the model's own "
+                 "training state; save the adapters with --lora-save DIR and continue with --lora-load DIR");
+    HYBRID_CHECK(cfg.ema_decay <= 0, "LoRA: --ema averages the frozen base weights; leave it out");
+    if (o.has("lora-load")) {
+      lora.emplace(peft_adapters(model, o.get<std::string>("lora-load")));
+    } else {
+      train::LoraConfig lc;
+      lc.rank = o.get<int>("lora-rank");
+      lc.alpha = o.has("lora-alpha") ? o.get<double>("lora-alpha") : 2.0 * lc.rank;
+      lc.dropout = o.get<double>("lora-dropout");
+      lc.targets = cli::split_list(o.get<std::string>("lora-targets"));
+      lc.seed = cfg.seed;
+      lora.emplace(model, lc);
+    }
+    const double lr = o.get<double>("lora-lr");
+    HYBRID_CHECK(std::isfinite(lr) && lr > 0, "--lora-lr must be a positive number, got ", lr);
+    cfg.optim.matrix_optimizer = train::MatrixOptimizer::AdamW;  // the adapters are Matrix tensors
+    cfg.optim.matrix = {lr, 0.0};
+    std::string kinds;
+    for (const auto& k : lora->kinds()) kinds += (kinds.empty() ? "" : ",") + k;
+    std::cout << "LoRA: rank " << lora->config().rank << ", alpha " << lora->config().alpha << ", dropout "
+              << lora->config().dropout << " on " << lora->modules().size() << " modules (" << kinds << "), "
+              << lora->count() << " trainable parameters of " << model.param_count() << "; AdamW lr " << lr
+              << "\n";
+  } else {
+    for (const char* k : {"lora-dropout", "lora-targets", "lora-lr"})
+      HYBRID_CHECK(o.r[k].count() == 0, "--", k, " needs --lora-rank R (or --lora-load DIR)");
+  }
+  train::Trainer<S> tr(model, *src, cfg, lora ? &*lora : nullptr);
   if (report_quantized) std::cout << "quantised as: " << describe(cfg.qat.policy) << "\n";
   if (o.has("resume")) {
     const std::string path = train::resolve_checkpoint(o.get<std::string>("resume"));
@@ -344,15 +465,33 @@ int run(const Options& o) {
                   (long long)r.step, (long long)cfg.steps, r.loss, r.grad_norm, r.lr_factor, tok_s,
                   hms(elapsed).c_str(), hms(eta).c_str(), r.quantized ? " | qat" : "",
                   r.skipped ? " | SKIPPED (non-finite)" : "");
+      if (cfg.kd.on()) std::printf("step %6lld: kd | ce %.4f | kl %.4f\n", (long long)r.step, r.kd_ce, r.kd_kl);
       std::fflush(stdout);
     }
     if (csv)
       *csv << r.step << ',' << tokens << ',' << r.loss << ',' << r.grad_norm << ',' << r.lr_factor
            << ',' << val << ',' << tok_s << ',' << elapsed << ',' << qval << '\n' << std::flush;
     if (!ckpt_dir.empty() && ((ckpt_every > 0 && r.step % ckpt_every == 0) || last))
+    {
       std::cout << "saved " << train::save_training_in(tr, ckpt_dir, keep) << "\n";
+      save_cache();
+    }
   }
-  if (o.has("save")) {
+  save_cache();
+  if (kd_cache)
+    std::cout << "kd cache: " << kd_cache->hits() << " batches read from " << kd_cache->path() << ", "
+              << kd_cache->misses() << " computed by the teacher\n";
+  if (lora && o.has("lora-save")) {
+    save_peft(*lora, o.get<std::string>("lora-save"),
+              o.has("init-from") ? o.get<std::string>("init-from") : o.has("weights") ? o.get<std::string>("weights") : "");
+    std::cout << "saved LoRA adapters (PEFT layout) to " << o.get<std::string>("lora-save") << "\n";
+  }
+  if (lora && o.has("save")) {
+    lora->merge();
+    save_model(model, o.get<std::string>("save"));
+    lora->unmerge();
+    std::cout << "saved weights with the LoRA adapters merged to " << o.get<std::string>("save") << "\n";
+  } else if (o.has("save")) {
     if (tr.ema()) tr.ema()->swap(model);
     save_model(model, o.get<std::string>("save"));
     std::cout << "saved weights" << (tr.ema() ? " (EMA)" : "") << " to " << o.get<std::string>("save") << "\n";
@@ -395,7 +534,10 @@ int train_main(int argc, char** argv) {
       ("rope-dims", "partial RoPE: rotated dims of each attention head (even; 0 = all)",
        cxxopts::value<int>()->default_value("0"))
       ("seed", "weight initialisation seed", cxxopts::value<std::uint64_t>()->default_value("0"))
-      ("weights", "start from these weights (a checkpoint or save_model file)", cxxopts::value<std::string>())
+      ("weights", "start from these weights (a checkpoint or save_model file) of the model the flags describe", cxxopts::value<std::string>())
+      ("init-from", "start from this model, its description and weights: our checkpoint, a Hugging Face directory "
+       "(LFM2, GraniteMoeHybrid, Mamba2), a .gguf file or a .hybq artifact (e.g. to fine-tune it with --lora-rank)",
+       cxxopts::value<std::string>())
       ("precision", "f32 or f64", cxxopts::value<std::string>()->default_value("f32"));
   opts.add_options("data")
       ("task", "synthetic task when no data file is given: mqar, copy, induction", cxxopts::value<std::string>()->default_value("mqar"))
@@ -444,6 +586,36 @@ int train_main(int argc, char** argv) {
       ("qat-sd-k", "sdclip's multiple of the group's root-mean-square (quantize --sd-k)", cxxopts::value<double>()->default_value("12"))
       ("qat-group", "columns per scale: row, 32, 64 or 128 (quantize --group)", cxxopts::value<std::string>()->default_value("row"))
       ("eval-quantized", "without --qat-start too: every evaluation also reports the model quantised with the --qat-* settings (the post-training quantisation figure)");
+  opts.add_options("distillation")
+      ("teacher", "distil from this model (forward only): our checkpoint, a Hugging Face directory, a .gguf file "
+       "or a .hybq artifact, with the student's vocabulary; loss = kd-alpha * CE + kd-beta * kd-temp^2 * "
+       "KL(teacher || student) per scored token", cxxopts::value<std::string>())
+      ("kd-alpha", "weight of the cross-entropy against the data's next tokens", cxxopts::value<double>()->default_value("0.5"))
+      ("kd-beta", "weight of tau^2 * KL(teacher || student)", cxxopts::value<double>()->default_value("0.5"))
+      ("kd-temp", "temperature tau of both softmaxes in the KL", cxxopts::value<double>()->default_value("2"))
+      ("kd-topk", "0: match the teacher's full distribution; K > 0: only its K most likely ids, renormalised over "
+       "them (the truncated KL; needed by --kd-cache)", cxxopts::value<Index>()->default_value("0"))
+      ("pack-documents", "train on packed documents: each batch row may hold several, each starting with the "
+       "BOS id (--bos-id), and none attends, convolves or scans across a start (RoPE positions and Mamba-2 / "
+       "ShortConv states restart there); validation the same")
+      ("bos-id", "the id that starts a document for --pack-documents (default: the --tokenizer's BOS, else 256, "
+       "the byte-level shards' BOS)", cxxopts::value<int>())
+      ("kd-cache", "keep the teacher's top-k (ids + log-probs per position) in this file, keyed by each batch's "
+       "tokens: a later run with the same data order, teacher, --kd-topk and --kd-temp reads them instead of "
+       "running the teacher (a mismatching file is an error)", cxxopts::value<std::string>());
+  opts.add_options("LoRA fine-tuning")
+      ("lora-rank", "train rank-R LoRA adapters (PEFT's) on the --lora-targets projections of the loaded model, "
+       "its own weights frozen; the optimiser is AdamW at --lora-lr over the adapters only", cxxopts::value<int>())
+      ("lora-alpha", "adapter scaling alpha / R (default 2R)", cxxopts::value<double>())
+      ("lora-dropout", "dropout on the adapters' input while training", cxxopts::value<double>()->default_value("0"))
+      ("lora-targets", "comma-separated projections: attn.q attn.k attn.v attn.o attn.gate mamba.in mamba.out "
+       "conv.in conv.out mlp.gate mlp.up mlp.down, or the groups attn, mamba, conv, mlp, all",
+       cxxopts::value<std::string>()->default_value("attn"))
+      ("lora-lr", "AdamW learning rate of the adapters (no weight decay)", cxxopts::value<double>()->default_value("1e-3"))
+      ("lora-load", "continue from adapters saved in this directory (adapter_config.json + "
+       "adapter_model.safetensors); rank, alpha and targets come from its config", cxxopts::value<std::string>())
+      ("lora-save", "write the trained adapters alone here in PEFT's layout (PEFT loads them on the Hugging Face "
+       "model); --save then writes the model with the adapters merged", cxxopts::value<std::string>());
   opts.add_options("output")
       ("eval-every", "evaluate every N steps (and at the end)", cxxopts::value<Index>()->default_value("50"))
       ("eval-batches", "validation batches per evaluation", cxxopts::value<Index>()->default_value("8"))
@@ -459,7 +631,7 @@ int train_main(int argc, char** argv) {
       ("h,help", "print this help");
   Options o{opts.parse(argc, argv)};
   if (o.has("help")) {
-    std::cout << opts.help({"model", "data", "training", "quantisation-aware training", "output"});
+    std::cout << opts.help({"model", "data", "training", "quantisation-aware training", "distillation", "LoRA fine-tuning", "output"});
     return 0;
   }
   if (!o.r.unmatched().empty()) fail("unexpected argument '", o.r.unmatched()[0], "'");

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The research workflow end to end on the tiny LFM2 fixture: a hybrid initialised from it
+# (convert --replace: its first ShortConv block becomes Mamba-2, the rest copied), distilled
+# from the original (train --init-from --teacher: the KL to the teacher falls), fine-tuned
+# with LoRA (adapters saved in PEFT's layout, the merged model saved), and scored on the
+# committed multiple-choice fixture with the fixture's tokenizer.
+# Usage: research_workflow.sh CONVERT TRAIN EVAL FIXTURES_DIR TEXT [with-tokenizers]
+set -euo pipefail
+convert="$1"; train="$2"; eval_bin="$3"; fx="$4"; text="$5"; tokenizers="${6:-}"
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # expect_error
+fail() { echo "FAIL: $*"; exit 1; }
+base="$fx/hf/lfm2_bpe_tokenizer"  # conv, conv, attention; vocabulary 1026 with tokenizer.json
+
+# 1. Initialise: block 0's ShortConv becomes a fresh Mamba-2 mixer; the record says so.
+"$convert" --hf "$base" --replace 0:mamba2 --mamba-d-state 8 --mamba-headdim 16 \
+  --to-weights "$tmp/student.safetensors" 2>"$tmp/convert.log"
+grep -q "layout CCA -> MCA" "$tmp/convert.log" || { cat "$tmp/convert.log"; fail "convert --replace: no CCA -> MCA"; }
+head -c 65536 "$tmp/student.safetensors" | grep -aq 'init_record' || fail "the checkpoint has no init_record"
+head -c 65536 "$tmp/student.safetensors" | grep -aq 'replaced_blocks' || fail "the init_record lacks replaced_blocks"
+expect_error "block 7 does not exist" "$convert" --hf "$base" --replace 7:mamba2 --to-weights "$tmp/x.safetensors"
+expect_error "is not one this program makes" "$convert" --hf "$base" --replace 0:gru --to-weights "$tmp/x.safetensors"
+
+# 2. Distil from the original (KL only): the KL to the teacher falls.
+"$train" --init-from "$tmp/student.safetensors" --teacher "$base" --data "$text" --batch 4 --seq-len 32 \
+  --steps 40 --kd-alpha 0 --kd-beta 1 --kd-temp 1 --log-every 1 --eval-every 0 --eval-batches 1 \
+  --save "$tmp/distilled.safetensors" >"$tmp/kd.log"
+grep -o 'kl [0-9.]*' "$tmp/kd.log" | awk '{print $2}' >"$tmp/kl"
+[[ "$(wc -l <"$tmp/kl")" -ge 40 ]] || { cat "$tmp/kd.log"; fail "no kd lines in the train log"; }
+first="$(head -n 5 "$tmp/kl" | awk '{s += $1} END {print s / NR}')"
+last="$(tail -n 5 "$tmp/kl" | awk '{s += $1} END {print s / NR}')"
+awk -v a="$first" -v b="$last" 'BEGIN {exit !(b < 0.8 * a)}' || fail "distillation: KL $first -> $last did not fall by 20 %"
+expect_error "--init-from takes the model's description" "$train" --init-from "$tmp/student.safetensors" --model TinyMamba
+
+# 3. LoRA on the distilled hybrid: adapters alone (PEFT layout) and the merged model.
+"$train" --init-from "$tmp/distilled.safetensors" --data "$text" --batch 4 --seq-len 32 --steps 8 --warmup 2 \
+  --lora-rank 4 --lora-targets attn,mlp --eval-every 0 --eval-batches 1 \
+  --lora-save "$tmp/adapter" --save "$tmp/merged.safetensors" >"$tmp/lora.log"
+grep -q "LoRA: rank 4" "$tmp/lora.log" || { cat "$tmp/lora.log"; fail "no LoRA line"; }
+for f in adapter_config.json adapter_model.safetensors; do
+  [[ -s "$tmp/adapter/$f" ]] || fail "--lora-save wrote no $f"
+done
+grep -q '"peft_type": *"LORA"' "$tmp/adapter/adapter_config.json" || fail "adapter_config.json is not LORA"
+[[ -s "$tmp/merged.safetensors" ]] || fail "--save wrote no merged model"
+expect_error "LoRA: --ckpt-dir / --resume" "$train" --init-from "$tmp/distilled.safetensors" --data "$text" \
+  --lora-rank 4 --ckpt-dir "$tmp/ck"
+expect_error "matches no projection" "$train" --init-from "$tmp/distilled.safetensors" --data "$text" \
+  --lora-rank 4 --lora-targets conv.in,mamba.in,attn.gate --steps 1 --warmup 0
+
+# 4. Score the fine-tuned model on the multiple-choice fixture with the base's tokenizer.
+if [[ "$tokenizers" == with-tokenizers ]]; then
+  "$eval_bin" --weights "$tmp/merged.safetensors" --tokenizer "$base/tokenizer.json" \
+    --mc "$fx/mc/arc_easy.jsonl" --quiet >"$tmp/mc"
+  grep -qF "| acc_norm |" "$tmp/mc" || { cat "$tmp/mc"; fail "eval --mc printed no table"; }
+fi
+echo "research workflow: ok (KL $first -> $last)"
