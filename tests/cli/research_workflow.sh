@@ -3,7 +3,8 @@
 # (convert --replace: its first ShortConv block becomes Mamba-2, the rest copied), distilled
 # from the original (train --init-from --teacher: the KL to the teacher falls), fine-tuned
 # with LoRA (adapters saved in PEFT's layout, the merged model saved), and scored on the
-# committed multiple-choice fixture with the fixture's tokenizer.
+# committed multiple-choice fixture with the fixture's tokenizer; then packed-document
+# training on byte-level shards.
 # Usage: research_workflow.sh CONVERT TRAIN EVAL FIXTURES_DIR TEXT [with-tokenizers]
 set -euo pipefail
 convert="$1"; train="$2"; eval_bin="$3"; fx="$4"; text="$5"; tokenizers="${6:-}"
@@ -54,4 +55,14 @@ if [[ "$tokenizers" == with-tokenizers ]]; then
     --mc "$fx/mc/arc_easy.jsonl" --quiet >"$tmp/mc"
   grep -qF "| acc_norm |" "$tmp/mc" || { cat "$tmp/mc"; fail "eval --mc printed no table"; }
 fi
+# 5. Packed documents: byte-level shards (each document starts with BOS 256), trained packed.
+head -c 20000 "$text" >"$tmp/small.txt"
+"$train" --text-to-shards "$tmp/small.txt" --shard-prefix "$tmp/sh/data" >/dev/null
+"$train" --shards-train "$tmp/sh/data_train_*" --shards-val "$tmp/sh/data_val_*" --layout MA --d-model 32 \
+  --heads 2 --kv-heads 2 --head-dim 16 --batch 2 --seq-len 64 --steps 3 --warmup 0 --pack-documents \
+  --eval-every 0 --eval-batches 1 >"$tmp/pack.log"
+grep -q "packed documents: each starts at id 256" "$tmp/pack.log" || { cat "$tmp/pack.log"; fail "no packing line"; }
+grep -q "step      3/3" "$tmp/pack.log" || { cat "$tmp/pack.log"; fail "packed training did not run 3 steps"; }
+expect_error "--pack-documents: only shards hold documents" "$train" --data "$tmp/small.txt" --pack-documents --steps 1
+expect_error "--bos-id has no effect without --pack-documents" "$train" --data "$tmp/small.txt" --bos-id 3 --steps 1
 echo "research workflow: ok (KL $first -> $last)"
