@@ -53,6 +53,7 @@
 #endif
 
 #include "cli.hpp"
+#include "model_source.hpp"
 
 namespace {
 
@@ -103,42 +104,30 @@ std::unique_ptr<Tokenizer> gguf_tokenizer(const GgufReader& r) {
   return nullptr;
 }
 
-// own_tokenizer: also load the tokenizer an HF directory or a GGUF file holds.
+// own_tokenizer: also load the tokenizer an HF directory or a GGUF file holds. The model
+// comes through model_source.hpp (the loader train --teacher / --init-from use), with float
+// parameters: for GGUF Q8_0 tensors and artifacts they hold the dequantised values, so the
+// fused scoring path computes what the file holds.
 Loaded load_source(const cxxopts::ParseResult& res, bool own_tokenizer) {
   const auto str = [&](const char* k) { return res[k].as<std::string>(); };
   Loaded l;
-  if (res.count("weights")) {
-    l.model.emplace(load_model<float>(str("weights")));
-    l.origin = "checkpoint " + str("weights");
-  } else if (res.count("model")) {
+  if (res.count("model")) {
     const auto seed = number<std::uint64_t>("--seed", str("seed"));
     l.model.emplace(find_alias(str("model")).desc(), seed);
     l.origin = str("model") + " (random init, seed " + std::to_string(seed) + ")";
-  } else if (res.count("hf")) {
-    const hf::HfCheckpoint ck(str("hf"));
-    l.model.emplace(ck.config().desc);
-    ck.load_into(*l.model);
-    l.origin = std::string(hf::architecture(ck.config().family)) + " from " + str("hf");
-    if (own_tokenizer) l.tokenizer = hf_tokenizer(str("hf"));
-  } else if (res.count("gguf")) {
-    const GgufReader r(str("gguf"));
-    const gguf::GgufModelInfo info = gguf::describe(r);
-    l.model.emplace(info.desc);
-    gguf::load_into(r, info, *l.model);
-    l.origin = std::string("GGUF ") + gguf::arch_name(info.arch) + " from " + str("gguf");
-    if (own_tokenizer) l.tokenizer = gguf_tokenizer(r);
-  } else {
-#ifdef HYBRID_HAVE_COMPRESSION
-    l.model.emplace(quant::load_artifact_model(quant::read_artifact(str("artifact")), str("artifact")));
-    l.origin = "quantised artifact " + str("artifact");
-#else
-    fail("--artifact: this build has no artifact support (liblzma, zstd and brotli were not found at "
-         "configure time)");
-#endif
+    return l;
   }
-  // The float parameters: for GGUF Q8_0 tensors and artifacts they hold the dequantised
-  // values, so the fused scoring path computes what the file holds (and training needs them).
-  l.model->set_weight_storage(DType::F32);
+  using model_source::Kind;
+  const auto [flag, kind] = res.count("weights") ? std::pair{"weights", Kind::Checkpoint}
+                            : res.count("hf")    ? std::pair{"hf", Kind::HfDir}
+                            : res.count("gguf")  ? std::pair{"gguf", Kind::Gguf}
+                                                 : std::pair{"artifact", Kind::Artifact};
+  const std::string path = str(flag);
+  model_source::Loaded m = model_source::load(path, kind, (std::string("--") + flag).c_str());
+  l.model.emplace(std::move(*m.model));
+  l.origin = std::move(m.origin);
+  if (own_tokenizer && kind == Kind::HfDir) l.tokenizer = hf_tokenizer(path);
+  if (own_tokenizer && kind == Kind::Gguf) l.tokenizer = gguf_tokenizer(GgufReader(path));
   return l;
 }
 

@@ -43,9 +43,11 @@ inline Kind kind_of(const std::string& path) {
 // flag: the option that named the path, for errors ("--teacher").
 inline Loaded load(const std::string& path, Kind kind, const char* flag) {
   using namespace hybrid;
+  const char* what = kind == Kind::Checkpoint ? "our checkpoint (.safetensors, as train --save writes)"
+                    : kind == Kind::Gguf       ? "a .gguf file"
+                                               : "a .hybq artifact (quantize --out)";
   HYBRID_CHECK(kind == Kind::HfDir || std::filesystem::is_regular_file(path), flag, " '", path,
-               "': no such file (expected our checkpoint, a Hugging Face directory, a .gguf file or a "
-               ".hybq artifact)");
+               "': no such file (expected ", what, ")");
   Loaded l;
   switch (kind) {
     case Kind::Checkpoint:
@@ -81,6 +83,10 @@ inline Loaded load(const std::string& path, Kind kind, const char* flag) {
   return l;
 }
 
-inline Loaded load(const std::string& path, const char* flag) { return load(path, kind_of(path), flag); }
+inline Loaded load(const std::string& path, const char* flag) {
+  HYBRID_CHECK(std::filesystem::exists(path), flag, " '", path, "': no such file or directory (expected our "
+               "checkpoint, a Hugging Face directory, a .gguf file or a .hybq artifact)");
+  return load(path, kind_of(path), flag);
+}
 
 }  // namespace model_source

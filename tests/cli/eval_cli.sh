@@ -67,7 +67,7 @@ fi
 # Bad input.
 m=(--weights "$tmp/m.safetensors")
 expect_error "--text: cannot open '$tmp/none.txt': no such file" "$eval_bin" "${m[@]}" --text "$tmp/none.txt"
-expect_error "safetensors file '$tmp/none.safetensors'" "$eval_bin" --weights "$tmp/none.safetensors" --text "$data"
+expect_error "--weights '$tmp/none.safetensors': no such file (expected our checkpoint" "$eval_bin" --weights "$tmp/none.safetensors" --text "$data"
 expect_error "--stride (32) must be between 1 and --window (16)" "$eval_bin" "${m[@]}" --text "$data" --window 16 --stride 32
 expect_error "is 300 tokens, but --window 512 needs at least 513" "$eval_bin" "${m[@]}" --text "$tmp/a.txt" --split all --window 512
 expect_error "--split: 'test' is not val, train or all" "$eval_bin" "${m[@]}" --text "$data" --split test
