@@ -251,7 +251,7 @@ train::KdConfig kd_config(const Options& o, int student_vocab, std::optional<mod
                           std::shared_ptr<train::TopkCache>& cache) {
   train::KdConfig kd;
   if (!o.has("teacher")) {
-    for (const char* k : {"kd-alpha", "kd-beta", "kd-temp", "kd-topk", "kd-cache"})
+    for (const char* k : {"kd-alpha", "kd-beta", "kd-temp", "kd-topk", "kd-cache", "kd-features", "kd-gamma"})
       HYBRID_CHECK(!o.has(k), "--", k, " has no effect without --teacher SRC");
     return kd;
   }
@@ -269,10 +269,28 @@ train::KdConfig kd_config(const Options& o, int student_vocab, std::optional<mod
   HYBRID_CHECK(k >= 0 && k <= t.vocab(), "--kd-topk must be 0 (full logits) to the vocabulary (", t.vocab(),
                "), got ", k);
   HYBRID_CHECK(!o.has("kd-cache") || k > 0, "--kd-cache stores the teacher's top-k: give --kd-topk K > 0");
-  kd.teacher = train::live_teacher(t, k, kd.tau);
+  HYBRID_CHECK(!o.has("kd-gamma") || o.has("kd-features"), "--kd-gamma weighs the feature terms: give "
+               "--kd-features S:T,...");
+  std::vector<int> teacher_blocks;
+  if (o.has("kd-features")) {
+    HYBRID_CHECK(!o.has("kd-cache"), "--kd-cache holds the teacher's top-k logits only; with --kd-features the "
+                 "teacher runs on every batch anyway: leave out --kd-cache");
+    kd.features = train::parse_feature_map(o.get<std::string>("kd-features"));
+    kd.gamma = o.get<double>("kd-gamma");
+    HYBRID_CHECK(std::isfinite(kd.gamma) && kd.gamma >= 0, "--kd-gamma must be >= 0, got ", kd.gamma);
+    kd.teacher_width = t.spec().d_model;
+    for (const train::FeaturePair& p : kd.features) teacher_blocks.push_back(p.teacher);
+  }
+  kd.teacher = train::live_teacher(t, k, kd.tau, teacher_blocks);
   std::cout << "teacher: " << teacher->origin << " (" << t.param_count() << " parameters); loss = " << kd.alpha
-            << " * CE + " << kd.beta << " * " << kd.tau << "^2 * KL, "
+            << " * CE + " << kd.beta << " * " << kd.tau << "^2 * KL";
+  if (!kd.features.empty()) std::cout << " + " << kd.gamma << " * feature MSE";
+  std::cout << ", "
             << (k ? "top-" + std::to_string(k) + " teacher" : std::string("full teacher logits")) << "\n";
+  if (!kd.features.empty())
+    std::cout << "feature distillation: " << kd.features.size() << " block pair(s) (student:teacher "
+              << o.get<std::string>("kd-features") << "), teacher width " << kd.teacher_width
+              << " (a learned linear map where the student's width differs)\n";
   if (o.has("kd-cache")) {
     cache = std::make_shared<train::TopkCache>(o.get<std::string>("kd-cache"), k, t.vocab(), kd.tau,
                                                train::model_fingerprint(t));
@@ -465,7 +483,11 @@ int run(const Options& o) {
                   (long long)r.step, (long long)cfg.steps, r.loss, r.grad_norm, r.lr_factor, tok_s,
                   hms(elapsed).c_str(), hms(eta).c_str(), r.quantized ? " | qat" : "",
                   r.skipped ? " | SKIPPED (non-finite)" : "");
-      if (cfg.kd.on()) std::printf("step %6lld: kd | ce %.4f | kl %.4f\n", (long long)r.step, r.kd_ce, r.kd_kl);
+      if (cfg.kd.on() && cfg.kd.features.empty())
+        std::printf("step %6lld: kd | ce %.4f | kl %.4f\n", (long long)r.step, r.kd_ce, r.kd_kl);
+      else if (cfg.kd.on())
+        std::printf("step %6lld: kd | ce %.4f | kl %.4f | feat %.4f\n", (long long)r.step, r.kd_ce, r.kd_kl,
+                    r.kd_feat);
       std::fflush(stdout);
     }
     if (csv)
@@ -602,7 +624,13 @@ int train_main(int argc, char** argv) {
        "the byte-level shards' BOS)", cxxopts::value<int>())
       ("kd-cache", "keep the teacher's top-k (ids + log-probs per position) in this file, keyed by each batch's "
        "tokens: a later run with the same data order, teacher, --kd-topk and --kd-temp reads them instead of "
-       "running the teacher (a mismatching file is an error)", cxxopts::value<std::string>());
+       "running the teacher (a mismatching file is an error)", cxxopts::value<std::string>())
+      ("kd-features", "feature distillation: S:T,S:T,... pairs of block indices (from 0), each adding the MSE "
+       "between student block S's output and teacher block T's output (after their residual adds), through a "
+       "learned linear map when the widths differ (kept in checkpoints, not in --save); e.g. 3:6,7:12",
+       cxxopts::value<std::string>())
+      ("kd-gamma", "weight of the mean feature MSE over the --kd-features pairs",
+       cxxopts::value<double>()->default_value("1"));
   opts.add_options("LoRA fine-tuning")
       ("lora-rank", "train rank-R LoRA adapters (PEFT's) on the --lora-targets projections of the loaded model, "
        "its own weights frozen; the optimiser is AdamW at --lora-lr over the adapters only", cxxopts::value<int>())

@@ -7,6 +7,7 @@
 #pragma once
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <memory>
 #include <span>
@@ -206,11 +207,19 @@ class RuntimeModel {
                 SequenceState<S>* const* states = nullptr, bool all_logits = true) const {
     return run(t, tokens, B, T, states, all_logits ? Rows::All : Rows::Last, TrainingOptions{});
   }
-  // A recorded training forward with per-call options (recompute, drop-path).
+  // Called with each block's output (B*T, D), after its residual adds, as the forward makes
+  // it (block = 0 .. n_blocks()-1). On a recording tape `out` is the Var the next block
+  // reads, so a loss on it (feature distillation) adds to the gradients that flow back; on a
+  // tape that does not record it is a buffer that a later block reuses: copy what you keep
+  // (into memory of your own, or onto the tape: the tap runs outside the block's region).
+  using BlockTap = std::function<void(int block, Var<S> out)>;
+
+  // A forward with per-call options (recompute, drop-path when t records; packed documents
+  // either way) and, optionally, a tap on the block outputs.
   Var<S> logits(Tape<S>& t, std::span<const int> tokens, Index B, Index T,
-                const TrainingOptions& o) const {
+                const TrainingOptions& o, const BlockTap& tap = {}) const {
     o.validate();
-    return run(t, tokens, B, T, nullptr, Rows::All, o);
+    return run(t, tokens, B, T, nullptr, Rows::All, o, tap ? &tap : nullptr);
   }
 
   // Mean next-token cross-entropy (nats) of B sequences of T tokens against targets (B*T
@@ -224,9 +233,10 @@ class RuntimeModel {
   // train/distill.hpp): the final-norm output (B*T, D) of the same forward (targets
   // checked), the head's weight (V, D) (the embedding table when tied), and how its logits
   // are scaled and capped.
+  // tap: as for logits().
   Var<S> head_input(Tape<S>& t, std::span<const int> tokens, std::span<const int> targets, Index B,
-                    Index T, const TrainingOptions& o = {}) const {
-    return final_hidden(t, tokens, targets, B, T, o);
+                    Index T, const TrainingOptions& o = {}, const BlockTap& tap = {}) const {
+    return final_hidden(t, tokens, targets, B, T, o, tap ? &tap : nullptr);
   }
   const Param& head_weight() const { return desc_.model.tied ? embed_ : head_; }
   ops::HeadLoss head_config(double z_loss = 0) const { return head_loss_config(z_loss); }
@@ -304,7 +314,8 @@ class RuntimeModel {
   // prefill chunk before the last only advances the states; run() then returns an empty Var).
   enum class Rows { All, Last, None };
   Var<S> run(Tape<S>& t, std::span<const int> tokens, Index B, Index T,
-             SequenceState<S>* const* states, Rows rows, const TrainingOptions& o) const;
+             SequenceState<S>* const* states, Rows rows, const TrainingOptions& o,
+             const BlockTap* tap = nullptr) const;
 
   // Row factors for drop-path of block l: one draw per sequence, seeded by (drop_seed, l).
   const S* drop_mask(Tape<S>& t, const TrainingOptions& o, int l, Index B, Index T) const;
@@ -351,12 +362,14 @@ class RuntimeModel {
   // stateless forward (blocks_forward without decode states), with the options' drop-path
   // and recompute when t records, one block's activations at a time when it does not.
   Var<S> final_hidden(Tape<S>& t, std::span<const int> tokens, std::span<const int> targets,
-                      Index B, Index T, const TrainingOptions& o) const;
+                      Index B, Index T, const TrainingOptions& o, const BlockTap* tap = nullptr) const;
   // The blocks on x (B*T, D), continuing from states when given. A recording tape keeps
   // what the backward needs (only block inputs with o.recompute); a non-recording one holds
   // one block's activations at a time (Tape::Region) and two ping-pong buffers.
+  // tap: called with each block's output (BlockTap), or nullptr.
   Var<S> blocks_forward(Tape<S>& t, Var<S> x, Index B, Index T, SequenceState<S>* const* states,
-                        const TrainingOptions& o, const ag::Segments* seg = nullptr) const;
+                        const TrainingOptions& o, const ag::Segments* seg = nullptr,
+                        const BlockTap* tap = nullptr) const;
   ops::HeadLoss head_loss_config(double z_loss) const {
     return {0, desc_.model.logits_divisor, desc_.model.logit_softcap, z_loss};
   }
@@ -418,7 +431,7 @@ std::vector<Mat<S>> RuntimeModel<S>::hidden_states(std::span<const int> tokens, 
 }
 
 template <class S>
-Var<S> RuntimeModel<S>::final_hidden(Tape<S>& t, std::span<const int> tokens, std::span<const int> targets, Index B, Index T, const TrainingOptions& o) const {
+Var<S> RuntimeModel<S>::final_hidden(Tape<S>& t, std::span<const int> tokens, std::span<const int> targets, Index B, Index T, const TrainingOptions& o, const BlockTap* tap) const {
   o.validate();
   HYBRID_CHECK(Index(targets.size()) == B * T, "loss: got ", targets.size(),
                " targets, expected B*T = ", B * T);
@@ -430,7 +443,7 @@ Var<S> RuntimeModel<S>::final_hidden(Tape<S>& t, std::span<const int> tokens, st
   t.bind_values(store_.data(), packed_.get());
   const ag::Segments* seg = packing(t, o, B, T, nullptr);
   const Var<S> x0 = embed(t, tokens, B, T, nullptr, seg);
-  const Var<S> x = blocks_forward(t, x0, B, T, nullptr, o, seg);
+  const Var<S> x = blocks_forward(t, x0, B, T, nullptr, o, seg, tap);
   return final_norm_.forward(t, x);  // (B*T, D)
 }
 
@@ -561,7 +574,7 @@ std::string RuntimeModel<S>::summary(const std::string& name) const {
 }
 
 template <class S>
-Var<S> RuntimeModel<S>::blocks_forward(Tape<S>& t, Var<S> x, Index B, Index T, SequenceState<S>* const* states, const TrainingOptions& o, const ag::Segments* seg) const {
+Var<S> RuntimeModel<S>::blocks_forward(Tape<S>& t, Var<S> x, Index B, Index T, SequenceState<S>* const* states, const TrainingOptions& o, const ag::Segments* seg, const BlockTap* tap) const {
   LayerState<S>** ls = states ? t.template scratch_as<LayerState<S>*>(B) : nullptr;
   const bool train = t.recording();
   // U-Net skips: the outputs of the n_enc encoder blocks, kept for the decoder (n_enc = 0
@@ -588,12 +601,14 @@ Var<S> RuntimeModel<S>::blocks_forward(Tape<S>& t, Var<S> x, Index B, Index T, S
         ops::copy<S>(blocks_[l].forward(t, xin, B, T, ls, nullptr, seg).value(), y.value());
       }
       x = y;
+      if (tap) (*tap)(l, x);
       continue;
     }
     const S* keep = o.drop_path > 0 ? drop_mask(t, o, l, B, T) : nullptr;
     if (o.recompute && !states) x = checkpointed_block(t, l, x, skip, B, T, keep, seg);
     else x = blocks_[l].forward(t, src >= 0 ? skip_input(t, skips_, x, skip, l) : x, B, T, ls, keep, seg);
     if (l < n_enc) enc[l] = x;
+    if (tap) (*tap)(l, x);
   }
   return x;
 }
@@ -637,12 +652,12 @@ Var<S> RuntimeModel<S>::skip_input(Tape<S>& t, const Param& skips, Var<S> x, Var
 }
 
 template <class S>
-Var<S> RuntimeModel<S>::run(Tape<S>& t, std::span<const int> tokens, Index B, Index T, SequenceState<S>* const* states, Rows rows, const TrainingOptions& o) const {
+Var<S> RuntimeModel<S>::run(Tape<S>& t, std::span<const int> tokens, Index B, Index T, SequenceState<S>* const* states, Rows rows, const TrainingOptions& o, const BlockTap* tap) const {
   check_tokens(tokens, B, T, states);
   t.bind_values(store_.data(), packed_.get());
   const ag::Segments* seg = packing(t, o, B, T, states);
   Var<S> x = embed(t, tokens, B, T, states, seg);  // (B*T, D)
-  x = blocks_forward(t, x, B, T, states, o, seg);
+  x = blocks_forward(t, x, B, T, states, o, seg, tap);
   if (states)
     for (Index b = 0; b < B; ++b) {
       states[b]->pos += T;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The research workflow end to end on the tiny LFM2 fixture: a hybrid initialised from it
 # (convert --replace: its first ShortConv block becomes Mamba-2, the rest copied), distilled
-# from the original (train --init-from --teacher: the KL to the teacher falls), fine-tuned
+# from the original (train --init-from --teacher: the KL to the teacher falls; with
+# --kd-features the new mixer's block output approaches the replaced one's), fine-tuned
 # with LoRA (adapters saved in PEFT's layout, the merged model saved), and scored on the
 # committed multiple-choice fixture with the fixture's tokenizer; then packed-document
 # training on byte-level shards.
@@ -32,6 +33,28 @@ grep -o 'kl [0-9.]*' "$tmp/kd.log" | awk '{print $2}' >"$tmp/kl"
 first="$(head -n 5 "$tmp/kl" | awk '{s += $1} END {print s / NR}')"
 last="$(tail -n 5 "$tmp/kl" | awk '{s += $1} END {print s / NR}')"
 awk -v a="$first" -v b="$last" 'BEGIN {exit !(b < 0.8 * a)}' || fail "distillation: KL $first -> $last did not fall by 20 %"
+# 2b. Feature distillation: the new Mamba-2 mixer's block output against the ShortConv block
+# it replaced (same width: no map), with a little KL; the feature MSE falls.
+"$train" --init-from "$tmp/student.safetensors" --teacher "$base" --data "$text" --batch 4 --seq-len 32 \
+  --steps 30 --kd-alpha 0 --kd-beta 0.1 --kd-temp 1 --kd-features 0:0 --kd-gamma 1 --log-every 1 \
+  --eval-every 0 --eval-batches 1 >"$tmp/feat.log"
+grep -q "feature distillation: 1 block pair" "$tmp/feat.log" || { cat "$tmp/feat.log"; fail "no feature line"; }
+grep -o 'feat [0-9.]*' "$tmp/feat.log" | awk '{print $2}' >"$tmp/feat"
+[[ "$(wc -l <"$tmp/feat")" -ge 30 ]] || { cat "$tmp/feat.log"; fail "no feature terms in the train log"; }
+f_first="$(head -n 5 "$tmp/feat" | awk '{s += $1} END {print s / NR}')"
+f_last="$(tail -n 5 "$tmp/feat" | awk '{s += $1} END {print s / NR}')"
+awk -v a="$f_first" -v b="$f_last" 'BEGIN {exit !(b < 0.8 * a)}' ||
+  fail "feature distillation: MSE $f_first -> $f_last did not fall by 20 %"
+expect_error "teacher block 9 does not exist" "$train" --init-from "$tmp/student.safetensors" --teacher "$base" \
+  --data "$text" --kd-features 0:9 --steps 1
+expect_error "student block 5 does not exist" "$train" --init-from "$tmp/student.safetensors" --teacher "$base" \
+  --data "$text" --kd-features 5:0 --steps 1 --warmup 0
+expect_error "--kd-cache holds the teacher's top-k logits only" "$train" --init-from "$tmp/student.safetensors" \
+  --teacher "$base" --data "$text" --kd-topk 4 --kd-cache "$tmp/kd.bin" --kd-features 0:0 --steps 1
+expect_error "--kd-gamma weighs the feature terms" "$train" --init-from "$tmp/student.safetensors" --teacher "$base" \
+  --data "$text" --kd-gamma 2 --steps 1
+expect_error "is not a teacher block index" "$train" --init-from "$tmp/student.safetensors" --teacher "$base" \
+  --data "$text" --kd-features 0:x --steps 1
 expect_error "--init-from takes the model's description" "$train" --init-from "$tmp/student.safetensors" --model TinyMamba
 
 # 3. LoRA on the distilled hybrid: adapters alone (PEFT layout) and the merged model.
@@ -65,4 +88,4 @@ grep -q "packed documents: each starts at id 256" "$tmp/pack.log" || { cat "$tmp
 grep -q "step      3/3" "$tmp/pack.log" || { cat "$tmp/pack.log"; fail "packed training did not run 3 steps"; }
 expect_error "--pack-documents: only shards hold documents" "$train" --data "$tmp/small.txt" --pack-documents --steps 1
 expect_error "--bos-id has no effect without --pack-documents" "$train" --data "$tmp/small.txt" --bos-id 3 --steps 1
-echo "research workflow: ok (KL $first -> $last)"
+echo "research workflow: ok (KL $first -> $last, feature MSE $f_first -> $f_last)"

@@ -258,6 +258,23 @@ Var<S> cross_entropy(Tape<S>& t, Var<S> logits, const int* targets, double z_los
   return loss;
 }
 
+// Mean squared error of two activations (feature distillation), as a 1x1 Var:
+// sum((x - y)^2) / (R * C). x, y: (R, C), strided or not; either may have no gradient (a
+// teacher's features are a Var without one). y is read in the backward, so it must live on
+// the tape (or outlive it).
+template <class S>
+Var<S> mse(Tape<S>& t, Var<S> x, Var<S> y) {
+  HYBRID_CHECK(x.rows == y.rows && x.cols == y.cols && x.size() > 0, "mse: x is (", x.rows, ", ", x.cols,
+               "), y is (", y.rows, ", ", y.cols, "); expected the same non-empty shape");
+  const double n = double(x.size());
+  Var<S> loss = t.var(1, 1);
+  loss.v[0] = S(ops::mse_forward<S>(x.value(), y.value()) / n);
+  t.push(OpId::Mse, [x, y, loss, n] {
+    ops::mse_backward<S>(x.value(), y.value(), double(loss.g[0]) / n, x.gradient(), y.gradient());
+  });
+  return loss;
+}
+
 // The LM head fused with its loss (ops/head_loss.hpp): the mean over rows whose target is
 // not -1 of the cross-entropy (+ z_loss * lse^2) of softcap((x W^T) / divisor), as a 1x1
 // Var, with only a chunk of logits in memory at a time. x: (R, D) final-norm output; W:

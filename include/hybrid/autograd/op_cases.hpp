@@ -82,6 +82,7 @@ inline constexpr std::array<OpRow, kOpCount> op_rows{{
     {OpId::HeadLoss, "ops/head_loss.hpp", true},
     {OpId::Checkpoint, "runtime_model.hpp (checkpointed_block)", true},
     {OpId::KdLoss, "ops/kd_loss.hpp", true},
+    {OpId::Mse, "ops/loss.hpp", true},
 }};
 
 // The cases. Checkpoint recomputes a whole block, so its case is a block of a model
@@ -100,7 +101,7 @@ inline std::vector<OpCase> op_cases() {
   for (OpId op : {OpId::Linear, OpId::RmsNorm, OpId::LayerNorm, OpId::Swiglu, OpId::Relu2,
                   OpId::Silu, OpId::SigmoidGate, OpId::Add, OpId::Scale, OpId::Mul,
                   OpId::ScaleRows, OpId::GatherRows, OpId::Softcap, OpId::CrossEntropy,
-                  OpId::DtSoftplus, OpId::Embedding}) {
+                  OpId::DtSoftplus, OpId::Embedding, OpId::Mse}) {
     add(op, "base", base);
     add(op, "strided", wide);
     add(op, "one row", one);
@@ -301,6 +302,7 @@ class OpCaseRun {
         }
         return ag::kd_head_loss(t, act(0), in_[1], tg, h, kd, tc);
       }
+      case OpId::Mse: return ag::mse(t, act(0), act(1));
       case OpId::Checkpoint:
       case OpId::kCount: break;
     }
@@ -333,7 +335,7 @@ class OpCaseRun {
         HYBRID_CHECK(!d.strided, "op case: attention takes contiguous q, k, v");
         act(Index(d.H) * d.hd), act(Index(d.Hkv) * d.hd), act(Index(d.Hkv) * d.hd);
         break;
-      case OpId::Swiglu: case OpId::SigmoidGate: case OpId::Add: case OpId::Mul:
+      case OpId::Swiglu: case OpId::SigmoidGate: case OpId::Add: case OpId::Mul: case OpId::Mse:
         act(d.C), act(d.C);
         break;
       case OpId::Relu2: case OpId::Silu: case OpId::Scale: case OpId::ScaleRows:

@@ -1,7 +1,8 @@
-// Language-model loss: softmax cross-entropy over rows of logits with an optional z-loss
-// (PaLM: z * lse^2 keeps the log-normaliser near 0), and Gemma-style logit soft-capping.
-// cross_entropy_backward accumulates (+=) into dlogits (empty skips it); softcap_backward
-// is the exception: it rescales a gradient in place, as the chain rule's next factor.
+// Losses: softmax cross-entropy over rows of logits with an optional z-loss (PaLM: z * lse^2
+// keeps the log-normaliser near 0), Gemma-style logit soft-capping, and the mean squared
+// error of two activations (feature distillation). cross_entropy_backward and mse_backward
+// accumulate (+=) into their gradients (empty skips one); softcap_backward is the exception:
+// it rescales a gradient in place, as the chain rule's next factor.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -85,6 +86,48 @@ void softcap_forward(View<S> logits, S cap) {
 template <class S>
 void softcap_backward(CView<S> capped, S cap, View<S> dlogits) {
   emap(dlogits).array() *= S(1) - (emap(capped).array() / cap).square();
+}
+
+// x, y: (R, C), strided or not. Returns the SUM over every entry of (x - y)^2, accumulated
+// in double; the caller divides (mean: by R * C).
+template <class S>
+double mse_forward(CView<S> x, CView<S> y) {
+  HYBRID_CHECK(x.rows == y.rows && x.cols == y.cols, "mse: x is (", x.rows, ", ", x.cols, "), y is (", y.rows,
+               ", ", y.cols, "); expected the same shape");
+  const Index R = x.rows, C = x.cols;
+  double total = 0;
+  HYBRID_LOSS_OMP(omp parallel for schedule(static) reduction(+ : total) if (R * C > (1 << 16)))
+  for (Index r = 0; r < R; ++r) {
+    const S* a = x.data + r * x.ld;
+    const S* b = y.data + r * y.ld;
+    double s = 0;
+    for (Index c = 0; c < C; ++c) {
+      const double d = double(a[c]) - double(b[c]);
+      s += d * d;
+    }
+    total += s;
+  }
+  return total;
+}
+
+// dloss: dL/d(returned sum), e.g. 1/(R*C). dx += 2 dloss (x - y); dy -= 2 dloss (x - y)
+// (backward accumulates; an empty gradient is skipped).
+template <class S>
+void mse_backward(CView<S> x, CView<S> y, double dloss, View<S> dx, View<S> dy) {
+  const Index R = x.rows, C = x.cols;
+  const S a = S(2 * dloss);
+  HYBRID_LOSS_OMP(omp parallel for schedule(static) if (R * C > (1 << 16)))
+  for (Index r = 0; r < R; ++r) {
+    const S* xr = x.data + r * x.ld;
+    const S* yr = y.data + r * y.ld;
+    S* gx = dx ? dx.data + r * dx.ld : nullptr;
+    S* gy = dy ? dy.data + r * dy.ld : nullptr;
+    for (Index c = 0; c < C; ++c) {
+      const S d = a * (xr[c] - yr[c]);
+      if (gx) gx[c] += d;
+      if (gy) gy[c] -= d;
+    }
+  }
 }
 
 }  // namespace hybrid::ops

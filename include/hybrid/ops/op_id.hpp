@@ -31,6 +31,7 @@ enum class OpId : std::uint8_t {
   HeadLoss,    // LM head + cross-entropy by row chunks, no (R, V) logits
   Checkpoint,  // a block recomputed in backward (gradient checkpointing)
   KdLoss,      // LM head + distillation loss (cross-entropy + KL to a teacher) by row chunks
+  Mse,         // mean squared error of two activations (feature distillation)
   kCount
 };
 
@@ -41,7 +42,8 @@ inline constexpr std::string_view op_name(OpId op) {
       "linear",     "embedding", "rmsnorm", "layernorm",  "gated_rmsnorm", "causal_conv1d",
       "ssd",        "rope",      "attention", "swiglu",   "relu2",         "dt_softplus",
       "silu",       "sigmoid_gate", "add",  "scale",      "mul",           "scale_rows",
-      "gather_rows", "softcap",  "cross_entropy", "head_loss", "checkpoint", "kd_loss"};
+      "gather_rows", "softcap",  "cross_entropy", "head_loss", "checkpoint", "kd_loss",
+      "mse"};
   static_assert(sizeof(names) / sizeof(names[0]) == kOpCount, "op_name: one name per OpId");
   return int(op) < kOpCount ? names[int(op)] : std::string_view("?");
 }

@@ -1,6 +1,7 @@
 // Training checkpoints: one safetensors file per save holding the parameters (as
 // save_model writes them, so generate --weights and load_model read it), the optimiser
-// state and the EMA weights as "state.*" tensors, and in the metadata the step, the data
+// state, the EMA weights and, with feature distillation, the learned feature maps and their
+// optimiser state as "state.*" tensors, and in the metadata the step, the data
 // position (sampler RNG included) and the model desc. Written atomically (temporary file,
 // fsync, rename), so a crash mid-save never corrupts the previous checkpoint; only the last
 // `keep` files step_NNNNNNNN.safetensors of a directory are kept.
@@ -46,6 +47,14 @@ void save_training(Trainer<S>& tr, const std::string& path) {
   };
   tr.optimizer().visit_state([&](const std::string& n, MatMap<S>& t) { add("optim." + n, t); });
   if (tr.ema()) tr.ema()->visit_state([&](const std::string& n, MatMap<S>& t) { add(n, t); });  // "ema.<param>"
+  if (Optimizer<S>* fo = tr.feature_map_optimizer()) {  // "kd_features.<pair>.weight" and its state
+    FeatureMaps<S>& maps = *tr.feature_maps();
+    for (const ParamInfo& e : maps.param_table().entries()) {
+      const MatMap<S> t(maps.param_values() + e.offset, e.rows, e.cols);
+      add(e.name, t);
+    }
+    fo->visit_state([&](const std::string& n, MatMap<S>& t) { add("kd_features.optim." + n, t); });
+  }
   save_model(tr.model(), path,
              {{"train.step", std::to_string(tr.optimizer().steps())},
               {"train.data_state", tr.data().state()},
@@ -87,7 +96,7 @@ void load_training(Trainer<S>& tr, const std::string& path) {
     const std::string full = std::string(state_prefix) + name;
     const TensorInfo* info = r.find(full);
     HYBRID_CHECK(info, "checkpoint '", path, "': training state tensor '", full,
-                 "' is missing (saved with another optimiser or EMA setting?)");
+                 "' is missing (saved with another optimiser, EMA or --kd-features setting?)");
     const std::vector<std::int64_t> want{std::int64_t(t.rows()), std::int64_t(t.cols())};
     HYBRID_CHECK(info->shape == want, "checkpoint '", path, "': '", full, "' has shape ",
                  st_detail::shape_str(info->shape), " in the file but ", st_detail::shape_str(want),
@@ -96,12 +105,22 @@ void load_training(Trainer<S>& tr, const std::string& path) {
   };
   tr.optimizer().visit_state([&](const std::string& n, MatMap<S>& t) { restore("optim." + n, t); });
   if (tr.ema()) tr.ema()->visit_state([&](const std::string& n, MatMap<S>& t) { restore(n, t); });
+  Optimizer<S>* fo = tr.feature_map_optimizer();
+  if (fo) {
+    FeatureMaps<S>& maps = *tr.feature_maps();
+    for (const ParamInfo& e : maps.param_table().entries()) {
+      MatMap<S> t(maps.param_values() + e.offset, e.rows, e.cols);
+      restore(e.name, t);
+    }
+    fo->visit_state([&](const std::string& n, MatMap<S>& t) { restore("kd_features.optim." + n, t); });
+  }
   const auto& md = r.metadata();
   auto step = md.find("train.step");
   auto data = md.find("train.data_state");
   HYBRID_CHECK(step != md.end() && data != md.end(), "checkpoint '", path,
                "': no train.step / train.data_state metadata (a weights-only file: use --weights)");
   tr.optimizer().set_steps(std::stoll(step->second));
+  if (fo) fo->set_steps(std::stoll(step->second));
   tr.data().set_state(data->second);
 }
 

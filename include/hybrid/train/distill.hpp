@@ -1,14 +1,17 @@
 // Knowledge distillation for the trainer: a teacher's targets per batch (full logits or
-// top-k ids + log-probs at temperature tau), from a live teacher model (forward only, on a
-// tape that does not record) or from a top-k cache file that a first run writes and later
-// runs read, and the student's loss against them (ops/kd_loss.hpp, fused with its LM head).
+// top-k ids + log-probs at temperature tau, and optionally the outputs of chosen teacher
+// blocks), from a live teacher model (forward only, on a tape that does not record; packed
+// documents as the student sees them) or from a top-k cache file that a first run writes and
+// later runs read, and the student's loss against them (ops/kd_loss.hpp, fused with its LM
+// head; feature terms through ag::mse and, where the widths differ, a learned linear map).
 //
 // Cache file (version 1, little-endian), one record per distinct batch:
 //   header  "HYKDTOPK" | u32 version | u32 k | u32 vocab | u32 0 | f64 tau
 //           | u64 teacher fingerprint | u64 records                         (48 bytes)
 //   record  u64 key | u32 B | u32 T | i32 ids (B*T, k) | f32 log-probs (B*T, k)
 //           | u64 checksum (FNV-1a 64 of the record's bytes before it)
-// key: FNV-1a 64 of (B, T, tokens, targets), so a batch finds its record whatever the step
+// key: FNV-1a 64 of (B, T, tokens, targets[, document starts when the batch is packed]),
+// so a batch finds its record whatever the step
 // it comes at (a resumed run, a second run with the same data order). The file's size must
 // be exactly what the header and the records say; a header that does not match the run
 // (k, vocabulary, tau, teacher weights) or a bad checksum is an error naming the field.
@@ -42,20 +45,68 @@ struct TeacherTargets {
   std::vector<float> logits;  // (R, V) teacher logits (k == 0)
   std::vector<int> ids;       // (R, k) top-k ids, largest logit first (k > 0)
   std::vector<float> logp;    // (R, k) their log-probs at temperature tau (k > 0)
+  // Feature distillation: the outputs (R, width) of the teacher blocks the feature map
+  // names, in its order (empty without feature terms).
+  Index width = 0;
+  std::vector<std::vector<float>> features;
 };
+
+// One feature-distillation term: the output of student block `student` (after its residual
+// adds) against the output of teacher block `teacher`; block indices count from 0.
+struct FeaturePair {
+  int student = 0, teacher = 0;
+  bool operator==(const FeaturePair&) const = default;
+};
+
+// "S:T,S:T,...": pairs of block indices (student:teacher, from 0), e.g. "3:6,7:12". Each
+// student block appears once. Throws naming the bad entry.
+inline std::vector<FeaturePair> parse_feature_map(const std::string& spec, const std::string& flag = "--kd-features") {
+  std::vector<FeaturePair> out;
+  std::size_t i = 0;
+  auto number = [&](const std::string& part, const char* side) {
+    HYBRID_CHECK(!part.empty() && part.size() <= 6 && part.find_first_not_of("0123456789") == std::string::npos,
+                 flag, " '", spec, "': '", part, "' is not a ", side, " block index (expected S:T pairs of block "
+                 "indices from 0, separated by commas, e.g. 3:6,7:12)");
+    return std::stoi(part);
+  };
+  HYBRID_CHECK(!spec.empty(), flag, ": empty; expected S:T pairs of block indices, e.g. 3:6,7:12");
+  while (i <= spec.size()) {
+    const std::size_t comma = std::min(spec.find(',', i), spec.size());
+    const std::string item = spec.substr(i, comma - i);
+    const std::size_t colon = item.find(':');
+    HYBRID_CHECK(colon != std::string::npos, flag, " '", spec, "': '", item, "' has no ':' (expected "
+                 "student:teacher, e.g. 3:6)");
+    const FeaturePair p{number(item.substr(0, colon), "student"), number(item.substr(colon + 1), "teacher")};
+    for (const FeaturePair& q : out)
+      HYBRID_CHECK(q.student != p.student, flag, " '", spec, "': student block ", p.student,
+                   " appears twice (one teacher block per student block)");
+    out.push_back(p);
+    i = comma + 1;
+  }
+  return out;
+}
 
 // Fills the targets of a batch.
 using TeacherFn = std::function<void(const data::Batch&, TeacherTargets&)>;
 
-// loss = alpha * CE + beta * tau^2 * KL(teacher || student) per scored token (ops/kd_loss.hpp).
+// loss = alpha * CE + beta * tau^2 * KL(teacher || student) per scored token (ops/kd_loss.hpp)
+// + gamma * the mean over the feature pairs of MSE(map_i(student block output), teacher
+// block output) per entry, map_i a learned (teacher width, student width) linear map when
+// the widths differ and the identity when they are equal (FeatureMaps).
 struct KdConfig {
   double alpha = 1, beta = 1, tau = 1;
   TeacherFn teacher;  // empty: no distillation
+  std::vector<FeaturePair> features{};  // empty: no feature terms
+  double gamma = 1;
+  Index teacher_width = 0;  // width of the teacher's block outputs (needed with features)
   bool on() const { return bool(teacher); }
   void validate() const {
     HYBRID_CHECK(std::isfinite(tau) && tau > 0, "distillation: temperature ", tau, "; expected > 0");
     HYBRID_CHECK(alpha >= 0 && beta >= 0 && std::isfinite(alpha) && std::isfinite(beta),
                  "distillation: alpha ", alpha, ", beta ", beta, "; expected finite weights >= 0");
+    HYBRID_CHECK(features.empty() || (std::isfinite(gamma) && gamma >= 0 && teacher_width > 0),
+                 "distillation: feature weight ", gamma, " and teacher width ", teacher_width,
+                 "; expected a finite weight >= 0 and the teacher's width");
   }
 };
 
@@ -68,11 +119,14 @@ inline std::uint64_t fnv1a(const void* p, std::size_t n, std::uint64_t h = 14695
 }  // namespace detail
 
 // The cache key of a batch: FNV-1a 64 of B, T, its tokens and its targets.
+// Document starts (packed batches) are part of it: the teacher's outputs depend on them.
 inline std::uint64_t batch_key(const data::Batch& b) {
   const std::int64_t bt[2] = {std::int64_t(b.B), std::int64_t(b.T)};
   std::uint64_t h = detail::fnv1a(bt, sizeof bt);
   h = detail::fnv1a(b.tokens.data(), b.tokens.size() * sizeof(int), h);
-  return detail::fnv1a(b.targets.data(), b.targets.size() * sizeof(int), h);
+  h = detail::fnv1a(b.targets.data(), b.targets.size() * sizeof(int), h);
+  if (b.doc_starts.empty()) return h;
+  return detail::fnv1a(b.doc_starts.data(), b.doc_starts.size() * sizeof(Index), h);
 }
 
 // A fingerprint of a model's weights (FNV-1a 64 of the parameter values as float): the
@@ -109,17 +163,39 @@ inline void topk_logprobs(const float* u, Index V, Index k, double tau, int* ids
 }
 
 // A live teacher: its forward (non-recording, on a tape kept between calls) on the batch's
-// tokens; full logits when topk is 0, else its top-k at temperature tau. The model must
-// outlive the function.
+// tokens, with the batch's document starts when it is packed; full logits when topk is 0,
+// else its top-k at temperature tau; and the outputs of the blocks `feature_blocks` names
+// (in that order; feature distillation). The model must outlive the function.
 template <class S>
-TeacherFn live_teacher(const RuntimeModel<S>& teacher, Index topk, double tau) {
+TeacherFn live_teacher(const RuntimeModel<S>& teacher, Index topk, double tau, std::vector<int> feature_blocks = {}) {
   HYBRID_CHECK(topk >= 0 && topk <= teacher.vocab(), "distillation: top-k of ", topk,
                "; expected 0 (full logits) to the vocabulary (", teacher.vocab(), ")");
+  for (int l : feature_blocks)
+    HYBRID_CHECK(l >= 0 && l < teacher.n_blocks(), "feature distillation: teacher block ", l,
+                 " does not exist; the teacher has blocks 0 to ", teacher.n_blocks() - 1);
   auto ctx = std::make_shared<Tape<S>>(false);
   auto order = std::make_shared<std::vector<int>>();
   const RuntimeModel<S>* m = &teacher;
-  return [m, topk, tau, ctx, order](const data::Batch& b, TeacherTargets& out) {
-    const Mat<S> l = m->forward(b.tokens, b.B, b.T, nullptr, true, ctx.get());  // (B*T, V)
+  return [m, topk, tau, ctx, order, feature_blocks](const data::Batch& b, TeacherTargets& out) {
+    const Index D = m->spec().d_model;
+    out.width = feature_blocks.empty() ? 0 : D;
+    out.features.resize(feature_blocks.size());
+    const typename RuntimeModel<S>::BlockTap tap = [&](int l, Var<S> x) {  // x: (B*T, D)
+      for (std::size_t i = 0; i < feature_blocks.size(); ++i) {
+        if (feature_blocks[i] != l) continue;
+        std::vector<float>& f = out.features[i];
+        f.resize(std::size_t(x.rows * D));
+        for (Index r = 0; r < x.rows; ++r)
+          for (Index c = 0; c < D; ++c) f[std::size_t(r * D + c)] = float(x.v[r * x.ld + c]);
+      }
+    };
+    TrainingOptions o;
+    o.doc_starts = b.doc_starts;
+    ctx->rewind();
+    const Mat<S> l =
+        m->logits(*ctx, b.tokens, b.B, b.T, o, feature_blocks.empty() ? typename RuntimeModel<S>::BlockTap{} : tap)
+            .val();
+    ctx->rewind();  // (B*T, V)
     const Index R = l.rows(), V = l.cols();
     out.rows = R, out.vocab = V, out.k = topk;
     if (topk == 0) {
@@ -297,16 +373,97 @@ inline TeacherFn cached_teacher(std::shared_ptr<TopkCache> cache, TeacherFn live
   };
 }
 
+// The learned maps of feature distillation: for each pair of KdConfig::features whose widths
+// differ, a (teacher width, student width) matrix taking the student block's output to the
+// teacher's width (identity, and no parameter, when they are equal). Their own parameter
+// table and store, so that a GradStore and an Optimizer take them as they take a model;
+// the student's weights and files are untouched (the maps serve training only).
+template <class S>
+class FeatureMaps {
+ public:
+  FeatureMaps(const std::vector<FeaturePair>& pairs, int student_blocks, Index student_width, Index teacher_width,
+              std::uint64_t seed)
+      : pairs_(pairs), ds_(student_width), dt_(teacher_width) {
+    HYBRID_CHECK(student_width > 0 && teacher_width > 0, "feature distillation: widths ", student_width, " and ",
+                 teacher_width, "; expected positive");
+    for (const FeaturePair& p : pairs_) {
+      HYBRID_CHECK(p.student >= 0 && p.student < student_blocks, "feature distillation: student block ", p.student,
+                   " does not exist; the student has blocks 0 to ", student_blocks - 1);
+      maps_.push_back(ds_ == dt_ ? Param{}
+                                 : table_.add("kd_features." + std::to_string(p.student) + "_" +
+                                                  std::to_string(p.teacher) + ".weight",
+                                              dt_, ds_, ParamRole::Matrix));
+    }
+    store_ = ParamStore<S>(table_);
+    for (const Param& w : maps_)  // normal, std 1 / sqrt(student width): unit gain at the start
+      if (w.present()) init::normal(store_.view(w), 1.0 / std::sqrt(double(ds_)), derive_seed(seed, "kd_features"));
+  }
+
+  const std::vector<FeaturePair>& pairs() const { return pairs_; }
+  bool learned() const { return ds_ != dt_; }
+  const ParamTable& param_table() const { return table_; }
+  S* param_values() { return store_.data(); }
+  const S* param_values() const { return store_.data(); }
+
+  // Pair i's map applied to x (R, student width): (R, teacher width). grads: the store of
+  // these maps' gradients (nullptr: none recorded).
+  Var<S> apply(Tape<S>& t, std::size_t i, Var<S> x, GradStore<S>* grads) {
+    const Param& w = maps_.at(i);
+    if (!w.present()) return x;
+    const Var<S> wv{store_.data() + w.offset, grads && t.recording() ? grads->of(w) : nullptr, dt_, ds_, ds_};
+    return ag::linear(t, x, wv);
+  }
+
+ private:
+  std::vector<FeaturePair> pairs_;
+  Index ds_, dt_;
+  ParamTable table_;
+  std::vector<Param> maps_;
+  ParamStore<S> store_;
+};
+
 // The student's loss on a batch against the teacher's targets: (1x1) alpha * CE + beta *
-// tau^2 * KL, the head and the loss fused (ops/kd_loss.hpp). parts: the unweighted means.
+// tau^2 * KL, the head and the loss fused (ops/kd_loss.hpp), + gamma * the mean feature MSE
+// when kd.features is not empty (maps: the learned maps, fmap_grads their gradients).
+// parts: the unweighted means of cross-entropy and KL; feature_mse: the unweighted mean of
+// the feature MSEs.
 template <class S>
 Var<S> distill_loss(const RuntimeModel<S>& student, Tape<S>& t, const data::Batch& b, const TeacherTargets& tt,
-                    const KdConfig& kd, double z_loss, const TrainingOptions& o, ops::KdSums* parts = nullptr) {
+                    const KdConfig& kd, double z_loss, const TrainingOptions& o, ops::KdSums* parts = nullptr,
+                    std::type_identity_t<FeatureMaps<S>>* maps = nullptr,
+                    std::type_identity_t<GradStore<S>>* fmap_grads = nullptr,
+                    double* feature_mse = nullptr) {
   const Index R = b.B * b.T;
   HYBRID_CHECK(tt.vocab == student.vocab(), "distillation: the teacher's vocabulary has ", tt.vocab,
                " ids, the student's ", student.vocab(), "; distillation needs the same vocabulary");
   HYBRID_CHECK(tt.rows == R, "distillation: the teacher gave ", tt.rows, " rows for a batch of B*T = ", R);
-  const Var<S> x = student.head_input(t, b.tokens, b.targets, b.B, b.T, o);
+  const std::size_t nf = kd.features.size();
+  if (nf > 0) {
+    HYBRID_CHECK(maps && maps->pairs() == kd.features, "distillation: feature terms need the FeatureMaps made "
+                 "for these pairs");
+    HYBRID_CHECK(tt.features.size() == nf && tt.width == kd.teacher_width, "distillation: the teacher gave ",
+                 tt.features.size(), " feature tensors of width ", tt.width, ", the feature map asks for ", nf,
+                 " of width ", kd.teacher_width, " (a top-k cache holds logits only: feature terms need the live "
+                 "teacher)");
+    for (const auto& f : tt.features)
+      HYBRID_CHECK(Index(f.size()) == R * tt.width, "distillation: teacher features of the wrong size");
+  }
+  Var<S>* taps = nf > 0 ? t.template scratch_as<Var<S>>(student.n_blocks()) : nullptr;
+  // Recording: the block output itself (its gradient flows on); not recording (a loss
+  // value only): a copy, since the block's buffer is reused two blocks on.
+  const typename RuntimeModel<S>::BlockTap tap = [taps, &t, &kd](int l, Var<S> x) {
+    if (t.recording()) {
+      taps[l] = x;
+      return;
+    }
+    for (const FeaturePair& p : kd.features)
+      if (p.student == l) {
+        taps[l] = t.var(x.rows, x.cols);
+        ops::copy<S>(x.value(), taps[l].value());
+      }
+  };
+  const Var<S> x = student.head_input(t, b.tokens, b.targets, b.B, b.T, o,
+                                      nf > 0 ? tap : typename RuntimeModel<S>::BlockTap{});
   ops::KdTeacher<S> tc;
   std::vector<S> conv;  // the targets in S when S is not float (the op copies them to the tape)
   auto view = [&](const std::vector<float>& v, Index cols) {
@@ -327,7 +484,20 @@ Var<S> distill_loss(const RuntimeModel<S>& student, Tape<S>& t, const data::Batc
     tc.logits = view(tt.logits, tt.vocab);
   }
   ops::HeadLoss h = student.head_config(z_loss);
-  return ag::kd_head_loss(t, x, student.head_weight(), b.targets.data(), h, {kd.alpha, kd.beta, kd.tau}, tc, parts);
+  Var<S> loss = ag::kd_head_loss(t, x, student.head_weight(), b.targets.data(), h, {kd.alpha, kd.beta, kd.tau}, tc, parts);
+  if (nf == 0) return loss;
+  double mse_sum = 0;
+  const Index W = tt.width;
+  for (std::size_t i = 0; i < nf; ++i) {
+    S* f = t.scratch(R * W);  // the teacher's block output, (R, W), no gradient
+    std::copy(tt.features[i].begin(), tt.features[i].end(), f);
+    const Var<S> target{f, nullptr, R, W, W};
+    const Var<S> m = ag::mse(t, maps->apply(t, i, taps[kd.features[i].student], fmap_grads), target);
+    mse_sum += double(m.v[0]);
+    loss = ag::add(t, loss, m, S(kd.gamma / double(nf)));
+  }
+  if (feature_mse) *feature_mse = mse_sum / double(nf);
+  return loss;
 }
 
 }  // namespace hybrid::train

@@ -66,9 +66,10 @@ struct StepResult {
   bool quantized = false; // forward and backward ran on fake-quantised weights (QAT)
   Index tokens = 0;       // tokens processed by this step
   double seconds = 0;
-  // With distillation (loss = alpha * kd_ce + beta * tau^2 * kd_kl): the unweighted means
-  // over the micro-batches of the cross-entropy (+ z-loss) and of the KL to the teacher.
-  double kd_ce = 0, kd_kl = 0;
+  // With distillation (loss = alpha * kd_ce + beta * tau^2 * kd_kl + gamma * kd_feat): the
+  // unweighted means over the micro-batches of the cross-entropy (+ z-loss), of the KL to
+  // the teacher and of the feature MSE (0 without feature terms).
+  double kd_ce = 0, kd_kl = 0, kd_feat = 0;
 };
 
 struct EvalResult {
@@ -237,6 +238,15 @@ class Trainer {
                    "adapters; turn the EMA off");
       tape_.set_linear_adapter(lora->hook(&grads_));
     }
+    if (cfg.kd.on() && !cfg.kd.features.empty()) {
+      cfg.kd.validate();
+      fmaps_ = std::make_unique<FeatureMaps<S>>(cfg.kd.features, model.n_blocks(), model.spec().d_model,
+                                                cfg.kd.teacher_width, derive_seed(cfg.seed, "kd_features"));
+      if (fmaps_->learned()) {
+        fmap_grads_ = std::make_unique<GradStore<S>>(*fmaps_);
+        fmap_opt_ = std::make_unique<Optimizer<S>>(*fmap_grads_, cfg.optim);
+      }
+    }
     if (cfg.ema_decay > 0) ema_ = std::make_unique<Ema<S>>(model, cfg.ema_decay);
     if (cfg.qat.start >= 0) fq_ = std::make_unique<FakeQuant<S>>(model, cfg.qat.policy);
   }
@@ -250,6 +260,7 @@ class Trainer {
     StepResult r;
     usage_ = {};
     grads_.zero();
+    if (fmap_grads_) fmap_grads_->zero();
     double loss_sum = 0;
     r.quantized = qat_active();
     {
@@ -278,6 +289,9 @@ class Trainer {
     if (finite_loss) {
       const auto info = opt_.step(r.lr_factor);
       r.grad_norm = info.grad_norm;
+      // The feature maps step with the model (their own clipping and state); a step the
+      // model's optimiser skips (non-finite gradient) leaves them untouched too.
+      if (fmap_opt_ && std::isfinite(r.grad_norm)) fmap_opt_->step(r.lr_factor);
     } else {
       r.grad_norm = std::numeric_limits<double>::quiet_NaN();
     }
@@ -319,6 +333,9 @@ class Trainer {
   LoraAdapters<S>* lora() { return lora_; }
   Optimizer<S>& optimizer() { return opt_; }
   Ema<S>* ema() { return ema_.get(); }
+  // With feature distillation: the learned maps (nullptr without feature terms).
+  FeatureMaps<S>* feature_maps() { return fmaps_.get(); }
+  Optimizer<S>* feature_map_optimizer() { return fmap_opt_.get(); }
   GradStore<S>& grads() { return grads_; }
   data::Source& data() { return data_; }
   const TrainConfig& config() const { return cfg_; }
@@ -350,9 +367,12 @@ class Trainer {
     cfg_.kd.validate();
     cfg_.kd.teacher(b, teacher_);
     ops::KdSums parts;
-    const Var<S> loss = train::distill_loss(model_, tape_, b, teacher_, cfg_.kd, cfg_.z_loss, o, &parts);
+    double feat = 0;
+    const Var<S> loss = train::distill_loss(model_, tape_, b, teacher_, cfg_.kd, cfg_.z_loss, o, &parts, fmaps_.get(),
+                                            fmap_grads_.get(), &feat);
     r.kd_ce += parts.ce / double(cfg_.grad_accum);
     r.kd_kl += parts.kl / double(cfg_.grad_accum);
+    r.kd_feat += feat / double(cfg_.grad_accum);
     return loss;
   }
 
@@ -393,6 +413,11 @@ class Trainer {
   std::unique_ptr<Ema<S>> ema_;
   std::unique_ptr<FakeQuant<S>> fq_;  // with QAT, or once evaluate_quantized ran
   TeacherTargets teacher_;            // with distillation: the teacher's targets of a micro-batch
+  // Feature distillation: the learned maps, their gradients and optimiser (the last two only
+  // when some width differs).
+  std::unique_ptr<FeatureMaps<S>> fmaps_;
+  std::unique_ptr<GradStore<S>> fmap_grads_;
+  std::unique_ptr<Optimizer<S>> fmap_opt_;
 };
 
 }  // namespace hybrid::train
