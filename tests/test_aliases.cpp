@@ -7,6 +7,9 @@
 
 using namespace hybrid;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_aliases {
+
 static_assert(Golf15x3::n_params == 24'393'436);
 static_assert(Golf15x3E2::n_params == 55'519'120);
 static_assert(Hybrid18x6::n_params == 1'363'455'872);
@@ -85,3 +88,5 @@ TEST_CASE("aliases: the registry names each alias's scalar type, as generate --l
         (std::is_same_v<TinyScaled::Scalar, float> ? "float" : "double"));
   for (const auto& a : shipped_aliases()) CHECK((a.scalar == "float" || a.scalar == "double"));
 }
+
+}  // namespace hybrid_test_aliases

@@ -19,6 +19,9 @@ using namespace hybrid::test_util;
 namespace fs = std::filesystem;
 using nlohmann::json;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_artifact {
+
 namespace {
 
 ModelDesc tiny_desc() {
@@ -597,3 +600,5 @@ TEST_CASE("artifact: files are written atomically and read back; errors name the
   check_error([&] { read_artifact(tmp / "bad.hybq"); },
               {"quantised artifact '" + (tmp / "bad.hybq") + "'", "truncated"});
 }
+
+}  // namespace hybrid_test_artifact

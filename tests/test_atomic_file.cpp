@@ -16,6 +16,9 @@ using namespace hybrid;
 using namespace hybrid::test_util;
 namespace fs = std::filesystem;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_atomic_file {
+
 namespace {
 // A pid no process can have: one above the kernel's limit.
 long long dead_pid() {
@@ -140,3 +143,5 @@ TEST_CASE("atomic_file: a failed write leaves the old target intact and no tempo
   CHECK(fs::is_directory(fs::path(d) / "inside"));
   CHECK(entries(tmp.dir) == 2);
 }
+
+}  // namespace hybrid_test_atomic_file

@@ -22,6 +22,9 @@ namespace fs = std::filesystem;
 #include "test_util.hpp"
 using namespace hybrid::test_util;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_data {
+
 namespace {
 
 
@@ -557,3 +560,5 @@ TEST_CASE("data: text_to_shards then ShardSource reproduces the text") {
   CHECK(ShardReader(none[0]).size() == 2700);
   CHECK(ShardReader(none[1]).size() == 300);
 }
+
+}  // namespace hybrid_test_data

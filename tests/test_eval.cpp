@@ -28,6 +28,9 @@ using namespace hybrid;
 using namespace hybrid::eval;
 using test_util::check_error;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_eval {
+
 namespace {
 
 // The first n bytes of the shipped corpus as byte-level ids.
@@ -444,3 +447,5 @@ TEST_CASE("ttt: adaptation lowers the loss of the chunk it trains on; float weig
   check_error([&] { ChunkAdapter<float>(stored, TttOptions{}, 16, 1); }, {"needs the float weights", "set_weight_storage"});
   check_error([] { TttOptions{.chunk = 0}.validate(); }, {"chunk must hold at least 1 token"});
 }
+
+}  // namespace hybrid_test_eval

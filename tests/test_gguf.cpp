@@ -20,6 +20,9 @@ namespace fs = std::filesystem;
 #include "test_util.hpp"
 using namespace hybrid::test_util;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_gguf {
+
 namespace {
 
 constexpr auto kF32 = std::uint32_t(GgmlType::F32), kF16 = std::uint32_t(GgmlType::F16),
@@ -778,3 +781,5 @@ TEST_CASE("gguf: write to a file, map it back; a rewrite replaces it; a bad dire
   CHECK_THROWS_WITH_AS(GgufReader(tmp / "v9.gguf"), doctest::Contains("v9.gguf': version 9 is not supported"),
                        hybrid::Error);
 }
+
+}  // namespace hybrid_test_gguf

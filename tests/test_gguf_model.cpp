@@ -13,6 +13,9 @@
 
 using namespace hybrid;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_gguf_model {
+
 namespace {
 
 const std::vector<int> kIds = {256, 72, 101, 108, 108, 111, 10, 33, 200, 5};
@@ -356,3 +359,5 @@ TEST_CASE("GGUF import: the int8 storage holds the Q8_0 blocks' own values and s
     }
   }
 }
+
+}  // namespace hybrid_test_gguf_model

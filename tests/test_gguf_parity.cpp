@@ -17,6 +17,9 @@
 using namespace hybrid;
 namespace fs = std::filesystem;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_gguf_parity {
+
 namespace {
 
 const fs::path kDir = fs::path(HYBRID_FIXTURES_DIR) / "gguf";
@@ -126,3 +129,5 @@ TEST_CASE("GGUF parity: a llama.cpp-converted Mamba-2 checkpoint computes transf
   MESSAGE("llama.cpp-converted mamba2 vs transformers: max logit err ", err);
   CHECK(err <= 1e-4);
 }
+
+}  // namespace hybrid_test_gguf_parity

@@ -17,6 +17,9 @@ using nlohmann::json;
 using hybrid::test_util::check_error;
 using hybrid::test_util::slurp;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_gguf_tokenizer {
+
 namespace {
 
 const std::string kTok = std::string(HYBRID_FIXTURES_DIR) + "/tokenizers/";
@@ -306,3 +309,5 @@ TEST_CASE("gguf tokenizer: the byte vocabulary, none, and models this reader doe
 }
 
 #endif  // HYBRID_HAVE_TOKENIZERS
+
+}  // namespace hybrid_test_gguf_tokenizer

@@ -20,6 +20,9 @@
 
 using namespace hybrid;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_golf_options {
+
 namespace {
 using test_util::random_tokens;
 
@@ -585,3 +588,5 @@ TEST_CASE("golf options: GGUF and Hugging Face exports refuse them, naming the f
   test_util::check_error([&] { gguf::check_expressible(with_golf_options(llama, {.rope_dims = 6}), gguf::Arch::Llama); },
                          {"'llama'", "partial RoPE"});
 }
+
+}  // namespace hybrid_test_golf_options

@@ -14,6 +14,9 @@
 using namespace hybrid;
 using namespace hybrid::quant;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_gptq {
+
 namespace {
 
 std::vector<float> random_weights(Index rows, Index cols, std::uint64_t seed) {
@@ -321,3 +324,5 @@ TEST_CASE("lqer: the best rank-r correction of the error, weighted by the inputs
   std::swap(wrong.tensors[wrong.tensors.size() - 1].q, wrong.tensors[wrong.tensors.size() - 3].q);
   CHECK_THROWS_WITH(load_artifact_model(wrong), doctest::Contains("do not correct"));
 }
+
+}  // namespace hybrid_test_gptq

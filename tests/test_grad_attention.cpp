@@ -20,6 +20,9 @@ using testing::fd_check;
 using testing::random_normal;
 using testing::random_weights;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_grad_attention {
+
 namespace {
 
 constexpr double kTol = 1e-6;
@@ -225,3 +228,5 @@ TEST_CASE("grad: RoPE backward inverts the forward (the rotation is orthogonal)"
     CHECK((f.cast<double>() - g).cwiseAbs().maxCoeff() < 1e-5);
   }
 }
+
+}  // namespace hybrid_test_grad_attention

@@ -10,6 +10,9 @@
 
 using namespace hybrid;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_grad_model {
+
 namespace {
 
 template <class M>
@@ -237,3 +240,5 @@ TEST_CASE("grad: head_loss gives the same loss and gradients at every chunk size
   // Ignored rows get no gradient.
   CHECK(dx0.row(1).cwiseAbs().maxCoeff() == 0);
 }
+
+}  // namespace hybrid_test_grad_model

@@ -30,6 +30,9 @@ using hybrid::testing::random_normal;
 using hybrid::testing::random_weights;
 using M = Mat<double>;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_grad_ops {
+
 namespace {
 
 constexpr double kTol = 1e-6, kH = 3e-5;
@@ -356,3 +359,5 @@ TEST_CASE("grad: worst FD errors per op (printed with HYBRID_GRAD_REPORT=1)") {
   if (!std::getenv("HYBRID_GRAD_REPORT")) return;
   for (const auto& kv : worst()) std::printf("  %-24s max rel err %.2e\n", kv.first.c_str(), kv.second);
 }
+
+}  // namespace hybrid_test_grad_ops

@@ -9,6 +9,9 @@
 
 using namespace hybrid;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_grad_ssd {
+
 namespace {
 struct Case {
   Index T;
@@ -60,3 +63,5 @@ TEST_CASE("grad: ssd chunked backward vs finite differences of the recurrence") 
                         Case{7, 3, 2, 4, 3, 16}, Case{21, 4, 2, 3, 4, 8}, Case{9, 6, 2, 2, 2, 1}})
     check_ssd_grad(c);
 }
+
+}  // namespace hybrid_test_grad_ssd

@@ -18,6 +18,9 @@ using nlohmann::json;
 #include "test_util.hpp"
 using namespace hybrid::test_util;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_hf_io {
+
 namespace {
 
 const fs::path kHf = fs::path(HYBRID_FIXTURES_DIR) / "hf";
@@ -222,3 +225,5 @@ TEST_CASE("hf io: save_hf refuses what a family cannot express, before writing")
   const std::vector<int> ids{3, 1, 4, 1, 5, 9, 2, 6};
   CHECK((back.forward(ids, 1, 8) - tiny.forward(ids, 1, 8)).cwiseAbs().maxCoeff() < 1e-5);
 }
+
+}  // namespace hybrid_test_hf_io

@@ -22,9 +22,16 @@
 
 #include <hybrid/hf/checkpoint.hpp>
 #include <hybrid/infer/generate.hpp>
+#ifdef HYBRID_HAVE_TOKENIZERS
+#include <hybrid/core/utf8.hpp>
+#include <hybrid/tokenizer/bpe.hpp>
+#endif
 
 using namespace hybrid;
 namespace fs = std::filesystem;
+
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_hf_parity {
 
 namespace {
 
@@ -179,8 +186,6 @@ TEST_CASE("hf parity: double model vs transformers") {
 }
 
 #ifdef HYBRID_HAVE_TOKENIZERS
-#include <hybrid/core/utf8.hpp>
-#include <hybrid/tokenizer/bpe.hpp>
 
 // The checkpoint that ships a tokenizer.json: text → ids as transformers' tokenizer gives
 // them, and the greedy continuation (checked token by token above) decodes to the same text.
@@ -213,3 +218,5 @@ TEST_CASE("hf parity: tokenizer.json prompt and continuation match transformers"
   CHECK(r.tokens == out);
 }
 #endif
+
+}  // namespace hybrid_test_hf_parity

@@ -24,6 +24,9 @@ using nlohmann::json;
 #include "test_util.hpp"
 using namespace hybrid::test_util;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_io {
+
 namespace {
 
 
@@ -546,3 +549,5 @@ TEST_CASE("desc json: an expand whose d_inner does not fit an int is rejected (f
   CHECK(std::get<Mamba2Spec>(desc_from_json(json::parse(R"({"model": {"vocab": 10, "d_model": 8},
       "blocks": [{"mixer": {"kind": "mamba2", "headdim": 8, "expand": 3}}]})")).blocks[0].mixer).expand == 3);
 }
+
+}  // namespace hybrid_test_io

@@ -17,6 +17,9 @@ using namespace hybrid;
 using test_util::check_error;
 using test_util::random_mat;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_kv_decode {
+
 namespace {
 
 // Rows of the row's position plus half the column (below 128: exact in bf16): what a grown or
@@ -282,3 +285,5 @@ TEST_CASE("kv cache: decode over an f32 cache matches the full forward in double
     CHECK((l.row(0) - full.row(Index(i))).cwiseAbs().maxCoeff() <= 1e-10);
   }
 }
+
+}  // namespace hybrid_test_kv_decode

@@ -11,6 +11,9 @@
 
 using namespace hybrid;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_long_context {
+
 namespace {
 using test_util::random_tokens;
 
@@ -83,3 +86,5 @@ TEST_CASE("prefill options are checked") {
   CHECK_THROWS_WITH_AS(small.prefill({std::vector<int>(6, 1)}, st, {.reserve_new_tokens = 3}),
                        doctest::Contains("exceeds the model's maximum context of 8"), Error);
 }
+
+}  // namespace hybrid_test_long_context

@@ -25,6 +25,9 @@ using train::LoraAdapters;
 using train::LoraConfig;
 namespace fs = std::filesystem;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_lora {
+
 namespace {
 
 const fs::path kHf = fs::path(HYBRID_FIXTURES_DIR) / "hf";
@@ -354,3 +357,5 @@ TEST_CASE("lora: PEFT's adapters on the LFM2 fixture give PEFT's logits") { chec
 TEST_CASE("lora: PEFT's adapters on the Granite fixture give PEFT's logits") {
   check_peft_case("granite_attn_mamba_mlp");
 }
+
+}  // namespace hybrid_test_lora

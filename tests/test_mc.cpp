@@ -26,6 +26,9 @@ using namespace hybrid;
 using namespace hybrid::eval;
 using test_util::check_error;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_mc {
+
 namespace {
 
 std::vector<McItem> parse(const std::string& text, Index limit = 0) { return parse_mc_jsonl(text, "mc: 't.jsonl'", limit); }
@@ -235,3 +238,5 @@ TEST_CASE("mc: lm-evaluation-harness parity needs tokenizer support") {
   MESSAGE("built without HYBRID_HAVE_TOKENIZERS: the LFM2 fixture's tokenizer.json cannot be read, parity not checked");
 }
 #endif
+
+}  // namespace hybrid_test_mc

@@ -9,6 +9,9 @@
 
 using namespace hybrid;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_model {
+
 namespace {
 using test_util::random_tokens;
 double max_abs(const Mat<double>& a, const Mat<double>& b) {
@@ -209,3 +212,5 @@ TEST_CASE("decode state of SSM layers is constant in context length; windowed KV
   }
   CHECK(sizes[60] == sizes[199]);  // window 6: the cache stops growing
 }
+
+}  // namespace hybrid_test_model

@@ -10,6 +10,9 @@
 using namespace hybrid;
 using namespace hybrid::quant;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_model_artifact {
+
 namespace {
 const std::vector<int> kIds = {256, 72, 101, 108, 108, 111, 10, 33, 200, 5};
 Mat<float> logits(const RuntimeModel<float>& m) { return m.forward(kIds, 1, Index(kIds.size())); }
@@ -95,3 +98,5 @@ TEST_CASE("quantised artifact of a whole model: a missing or extra tensor is an 
   extra.tensors.push_back(ArtifactTensor::floats("blocks.9.mixer.D", {4}, {1, 2, 3, 4}));
   CHECK_THROWS_WITH_AS(load_artifact_model(extra, "m.hybq"), doctest::Contains("'blocks.9.mixer.D'"), Error);
 }
+
+}  // namespace hybrid_test_model_artifact

@@ -11,6 +11,9 @@
 
 using namespace hybrid;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_op_cases {
+
 namespace {
 
 // Ops in `seen` that lack a row with a backward, or any case: what the coverage test reports.
@@ -98,3 +101,5 @@ TEST_CASE("op cases: every op the Tiny models record has a row, a backward and a
   // Every row is in OpId order, one per id.
   for (int i = 0; i < kOpCount; ++i) CHECK(op_rows[std::size_t(i)].op == OpId(i));
 }
+
+}  // namespace hybrid_test_op_cases

@@ -9,6 +9,9 @@
 
 using namespace hybrid;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_ops {
+
 namespace {
 using hybrid::test_util::random_mat;
 
@@ -179,3 +182,5 @@ TEST_CASE("attention mask: the per-row key range equals the mask's definition") 
         }
       }
 }
+
+}  // namespace hybrid_test_ops

@@ -17,6 +17,9 @@ using namespace hybrid::train;
 using hybrid::test_util::random_mat;
 using hybrid::test_util::ToyModel;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_optim {
+
 namespace {
 
 template <class S, class W>
@@ -503,3 +506,5 @@ TEST_CASE("optim: TinyHybrid18x6 overfits a fixed batch with Muon+AdamW and with
   MESSAGE("AdamW only: loss ", a0, " -> ", a1, " in ", n_steps, " steps (x", a0 / a1, ")");
   CHECK(a1 < a0 / 10);
 }
+
+}  // namespace hybrid_test_optim

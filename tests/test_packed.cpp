@@ -13,6 +13,9 @@
 
 using namespace hybrid;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_packed {
+
 namespace {
 
 // B = 2 rows of T = 20: row 0 holds documents of 5, 11 and 4 tokens, row 1 of 7 and 13
@@ -254,3 +257,5 @@ TEST_CASE("packed: RoPE positions restart at each document start") {
     CHECK(one == packed.middleRows(kDocs[k], kDocs[k + 1] - kDocs[k]));
   }
 }
+
+}  // namespace hybrid_test_packed

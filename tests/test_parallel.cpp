@@ -19,6 +19,9 @@
 
 using namespace hybrid;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_parallel {
+
 namespace {
 
 using hybrid::test_util::random_mat;
@@ -256,3 +259,5 @@ TEST_CASE("parallel: fused AdamW agrees across thread counts; the gradient norm 
   const Mat<float> g0 = random_mat<float>(1, 700 * 300 + 300, 50);
   CHECK(std::get<2>(p)[0] == doctest::Approx(g0.cast<double>().norm()).epsilon(1e-6));
 }
+
+}  // namespace hybrid_test_parallel

@@ -27,6 +27,9 @@ using namespace hybrid;
 using test_util::check_error;
 using test_util::TempDir;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_qat {
+
 namespace {
 
 // Mamba-2 (with a SwiGLU), attention (with a relu²) and an untied head: every tensor role.
@@ -361,3 +364,5 @@ TEST_CASE("QAT: a short QAT run narrows the gap of post-training quantisation") 
   CHECK(qat_quant < ptq_quant);
   CHECK(qat_quant - qat_float < 0.5 * (ptq_quant - ptq_float));
 }
+
+}  // namespace hybrid_test_qat

@@ -20,6 +20,9 @@ using namespace hybrid;
 using namespace hybrid::quant;
 using hybrid::test_util::check_error;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_quantize {
+
 namespace {
 
 constexpr ScaleRule kRules[] = {ScaleRule::RowMax, ScaleRule::MseClip, ScaleRule::SdClip};
@@ -466,3 +469,5 @@ TEST_CASE("bitpack: wrong sizes, values that do not fit and dirty padding are er
   dirty.back() |= 0x80;  // bit 23, past the 21 used
   check_error([&] { unpack_bits(dirty.data(), 3, 7, 3, out.data()); }, {"padding bits", "not zero"});
 }
+
+}  // namespace hybrid_test_quantize

@@ -10,6 +10,9 @@
 using namespace hybrid;
 using hybrid::test_util::check_error;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_replace_mixers {
+
 TEST_CASE("replace_mixers: ShortConv blocks of an LFM2-style model become Mamba-2, the rest is copied") {
   RuntimeModel<double> src(TinyLfm2::desc(), 3);
   const int n = src.n_blocks();
@@ -67,3 +70,5 @@ TEST_CASE("replace_mixers: bad block lists and specs are refused with a clear er
   const Mamba2Spec ok{.d_state = 8, .expand = 2, .headdim = 16};
   check_error([&] { (void)replace_mixers(src, {{{0}, ok}, {{0}, ok}}, 1); }, {"replaced twice"});
 }
+
+}  // namespace hybrid_test_replace_mixers

@@ -22,6 +22,9 @@ using nlohmann::json;
 #include "test_util.hpp"
 using namespace hybrid::test_util;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_safetensors_bad {
+
 namespace {
 
 
@@ -555,3 +558,5 @@ TEST_CASE("safetensors sharded: bad checkpoint directories name the shard and th
   check_error([&] { SafetensorsSet s(tmp / "absent.safetensors"); }, {"absent.safetensors", "cannot open"});
   CHECK(n >= 2);
 }
+
+}  // namespace hybrid_test_safetensors_bad

@@ -13,6 +13,9 @@
 
 using namespace hybrid;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_sampling {
+
 namespace {
 
 RowVec<double> row(std::initializer_list<double> v) {
@@ -387,3 +390,5 @@ TEST_CASE("generate: bad inputs throw clear errors before running") {
   expect_error([&] { generate(broken, tok, {5, 0, 7}, opt); },
                {"sequence 0, position 2", "NaN"});
 }
+
+}  // namespace hybrid_test_sampling

@@ -24,6 +24,9 @@ using test_util::slurp;
 using test_util::spit;
 using test_util::TempDir;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_sp_train {
+
 namespace {
 
 std::vector<int> stream_of(const std::vector<std::string>& files) {
@@ -313,3 +316,5 @@ TEST_CASE("SentencePiece shards: BOS 1 per document, read back by ShardSource") 
 }
 
 #endif  // HYBRID_HAVE_TOKENIZERS
+
+}  // namespace hybrid_test_sp_train

@@ -14,6 +14,9 @@ using namespace hybrid;
 using ops::SsdArgs;
 using ops::SsdDims;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_ssd {
+
 namespace {
 
 template <class S>
@@ -231,3 +234,5 @@ TEST_CASE("ssd rejects bad dims") {
   CHECK_THROWS_AS(ops::ssd_forward({4, 4, 2, 2, 2}, 4, ScanPath::Chunked, bad), Error);
   CHECK_NOTHROW(ops::ssd_forward({4, 4, 2, 2, 2}, 4, ScanPath::Chunked, a));
 }
+
+}  // namespace hybrid_test_ssd

@@ -25,6 +25,9 @@ using nlohmann::json;
 using hybrid::test_util::contains;
 using hybrid::test_util::error_of;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_tokenizers {
+
 namespace {
 
 const std::string kDir = std::string(HYBRID_FIXTURES_DIR) + "/tokenizers/";
@@ -526,3 +529,5 @@ TEST_CASE("tokenizer bpe: encoding is thread-safe (shared word cache)") {
 }
 
 #endif  // HYBRID_HAVE_TOKENIZERS
+
+}  // namespace hybrid_test_tokenizers

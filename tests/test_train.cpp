@@ -11,6 +11,9 @@
 
 using namespace hybrid;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_train {
+
 namespace {
 struct TmpDir {
   std::filesystem::path p;
@@ -167,3 +170,5 @@ TEST_CASE("train: a tiny hybrid learns associative recall above chance") {
   CHECK(e.accuracy > 0.5);
   CHECK(e.loss < e0.loss - 1.0);
 }
+
+}  // namespace hybrid_test_train

@@ -11,6 +11,9 @@
 using namespace hybrid;
 using namespace hybrid::test_util;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_utf8_json {
+
 TEST_CASE("utf8: valid characters decode; overlong, surrogate, too large and truncated do not") {
   std::uint32_t cp = 0;
   CHECK(next_utf8("A", 0, cp) == 1);
@@ -87,3 +90,5 @@ TEST_CASE("json: field getters say which field and what was expected") {
   CHECK(json_brief(nlohmann::json(std::string(200, 'x'))).size() == 80);
   CHECK(json_brief(nlohmann::json(std::string("\xFF"))) == "\"\xEF\xBF\xBD\"");  // no throw
 }
+
+}  // namespace hybrid_test_utf8_json

@@ -24,6 +24,9 @@ using namespace hybrid;
 using test_util::check_error;
 using test_util::random_mat;
 
+// This file's own namespace: the tests compile in batches (tests/CMakeLists.txt).
+namespace hybrid_test_weight_dtypes {
+
 namespace {
 
 float from_bits(std::uint32_t u) { return std::bit_cast<float>(u); }
@@ -442,3 +445,5 @@ TEST_CASE("weight storage: Hugging Face fixtures, bf16 and int8 logits against f
   }
   CHECK(n >= 5);
 }
+
+}  // namespace hybrid_test_weight_dtypes
