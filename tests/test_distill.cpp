@@ -42,6 +42,17 @@ void sharpen(RuntimeModel<S>& m, double factor) {
   });
 }
 
+// Trainer settings of the distillation runs: B = 2 sequences of 32 tokens, AdamW at one
+// constant learning rate for every group.
+train::TrainConfig adamw_config(std::int64_t steps, double lr) {
+  train::TrainConfig cfg;
+  cfg.batch = 2, cfg.seq_len = 32, cfg.steps = steps;
+  cfg.optim.matrix_optimizer = train::MatrixOptimizer::AdamW;
+  cfg.optim.matrix.lr = cfg.optim.embedding.lr = cfg.optim.scalar.lr = lr;
+  cfg.schedule.kind = train::Schedule::Constant;
+  return cfg;
+}
+
 std::string tmp_path(const char* name) {
   return (std::filesystem::temp_directory_path() / name).string();
 }
@@ -246,11 +257,7 @@ TEST_CASE("distillation: a few trainer steps lower the student's KL to the teach
   RuntimeModel<float> tf(TinyTransformer::desc(), 7);
   sharpen(tf, 8);
   auto src = data::make_mqar({.vocab = 258}, 3);
-  train::TrainConfig cfg;
-  cfg.batch = 2, cfg.seq_len = 32, cfg.steps = 20;
-  cfg.optim.matrix_optimizer = train::MatrixOptimizer::AdamW;
-  cfg.optim.matrix.lr = cfg.optim.embedding.lr = cfg.optim.scalar.lr = 2e-2;
-  cfg.schedule.kind = train::Schedule::Constant;
+  train::TrainConfig cfg = adamw_config(20, 2e-2);
   cfg.kd = {.alpha = 0.2, .beta = 1, .tau = 2, .teacher = train::live_teacher(tf, 8, 2.0)};
   const data::Batch fixed = src->train_batch(2, 32);
   auto kl_now = [&] {
@@ -413,11 +420,7 @@ TEST_CASE("feature distillation: trainer steps lower the feature MSE through a l
   RuntimeModel<float> student(TinyMamba::desc(), 8);
   RuntimeModel<float> teacher(wider_mamba(64), 9);
   auto src = data::make_mqar({.vocab = 258}, 3);
-  train::TrainConfig cfg;
-  cfg.batch = 2, cfg.seq_len = 32, cfg.steps = 25;
-  cfg.optim.matrix_optimizer = train::MatrixOptimizer::AdamW;
-  cfg.optim.matrix.lr = cfg.optim.embedding.lr = cfg.optim.scalar.lr = 1e-2;
-  cfg.schedule.kind = train::Schedule::Constant;
+  train::TrainConfig cfg = adamw_config(25, 1e-2);
   cfg.kd = {.alpha = 0.5, .beta = 0, .tau = 1, .teacher = train::live_teacher(teacher, 0, 1.0, {1, 3}),
             .features = {{0, 1}, {3, 3}}, .gamma = 1, .teacher_width = 64};
   const std::size_t n_params = student.param_table().size();
