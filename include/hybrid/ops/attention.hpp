@@ -14,13 +14,9 @@
 #include "../core/error.hpp"
 #include "../core/parallel.hpp"
 #include "../core/tensor.hpp"
+#include "attention_mask.hpp"
 
 namespace hybrid::ops {
-
-struct AttnDims {
-  Index Tq, Tk;      // queries, keys
-  int Hq, Hkv, hd;   // query heads, key/value heads, head dim
-};
 
 namespace detail {
 // Rows of queries per score block.
@@ -31,25 +27,6 @@ inline constexpr double kAttnParallelWork = 1e5;
 
 inline bool attn_parallel(const AttnDims& d) {
   return double(d.Tq) * double(d.Tk) * d.Hq * d.hd >= kAttnParallelWork;
-}
-// The mask's definition. Forward and backward both use its index form, attn_row_range
-// (so they can never disagree); a test checks the two agree.
-inline bool attn_visible(Index qp, Index kp, int window) {
-  return kp <= qp && (window <= 0 || qp - kp < window);
-}
-// The keys visible from query position qp, as the index range [lo, hi) of a block of nk
-// keys whose first sits at position kfirst: the mask above is contiguous in the key index
-// (causal: a prefix; a window: cut from below too), so the softmax can run over one
-// segment with a vectorised exp. Empty (hi <= lo) when no key of the block is visible.
-inline void attn_row_range(Index qp, Index kfirst, Index nk, int window, Index& lo, Index& hi) {
-  hi = std::clamp<Index>(qp - kfirst + 1, 0, nk);
-  lo = window > 0 ? std::clamp<Index>(qp - window + 1 - kfirst, 0, nk) : 0;
-}
-// Keys [j0, j1) visible to some query of rows [i0, i1); empty (j1 <= j0) if none.
-inline void attn_key_range(const AttnDims& d, Index i0, Index i1, Index qpos0, Index kpos0,
-                           int window, Index& j0, Index& j1) {
-  j1 = std::min(d.Tk, qpos0 + i1 - 1 - kpos0 + 1);
-  j0 = window > 0 ? std::max<Index>(0, qpos0 + i0 - window + 1 - kpos0) : 0;
 }
 // Head `head`'s (rows, hd) slice starting at row r0 of a (*, ld) row-major buffer.
 template <class P>

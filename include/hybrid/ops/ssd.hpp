@@ -16,6 +16,7 @@
 #include "../core/buffer.hpp"
 #include "../core/parallel.hpp"
 #include "../core/tensor.hpp"
+#include "ssd_dims.hpp"
 
 #if defined(_OPENMP)
 #define HYBRID_SSD_OMP(directive) _Pragma(#directive)
@@ -24,32 +25,6 @@
 #endif
 
 namespace hybrid::ops {
-
-// time, heads, head dim, state, groups; head h uses group h / (H/G).
-struct SsdDims {
-  Index T;
-  int H, P, N, G;
-};
-
-// Row-major buffers; x, B and C may be column ranges of wider rows (Mamba-2's conv output
-// x | B | C), given by their row strides.
-template <class S>
-struct SsdArgs {
-  const S* x = nullptr;         // (T, H*P)  un-discretised x, row stride ldx
-  const S* dt = nullptr;        // (T, H)    softplus'd and clamped, >= 0
-  const S* A = nullptr;         // (H)       negative, A = -exp(A_log)
-  const S* B = nullptr;         // (T, G*N)  row stride ldbc
-  const S* C = nullptr;         // (T, G*N)  row stride ldbc
-  const S* D = nullptr;         // (H) or nullptr: y += D[h] * x
-  const S* state_in = nullptr;  // (H, P, N) or nullptr (zeros)
-  S* y = nullptr;               // (T, H*P)  overwritten, contiguous
-  S* state_out = nullptr;       // (H, P, N) or nullptr; may alias state_in
-  Index ldx = 0;                // row stride of x; 0: H*P
-  Index ldbc = 0;               // row stride of B and C; 0: G*N
-
-  Index x_stride(const SsdDims& d) const { return ldx ? ldx : Index(d.H) * d.P; }
-  Index bc_stride(const SsdDims& d) const { return ldbc ? ldbc : Index(d.G) * d.N; }
-};
 
 // Calls with T <= kSsdShortT tokens run the recurrence on the state in place, (H, P, N),
 // instead of transposing it in and out (see recurrent_short).
