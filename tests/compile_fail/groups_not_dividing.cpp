@@ -1,5 +1,5 @@
 // expect: ngroups must divide nheads
-#include <hybrid/model.hpp>
+#include <hybrid/typed_model.hpp>  // Model's own header: the checks fire where the type is formed
 using namespace hybrid;
 using Bad = Model<Config<ModelSpec{.vocab = 256, .d_model = 64}>,
                   Block<Mamba2<Mamba2Spec{.d_state = 16, .expand = 2, .headdim = 32, .ngroups = 3}>>>;

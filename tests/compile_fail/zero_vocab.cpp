@@ -1,5 +1,5 @@
 // expect: vocab must be positive
-#include <hybrid/model.hpp>
+#include <hybrid/typed_model.hpp>  // Model's own header: the checks fire where the type is formed
 using namespace hybrid;
 using Bad = Model<Config<ModelSpec{.vocab = 0, .d_model = 64}>,
                   Block<GQA<GqaSpec{.n_heads = 2, .n_kv_heads = 2, .head_dim = 8}>>>;
