@@ -7,8 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 jobs="$(nproc)"
+# Where the CUDA toolkit is installed the kernels are compiled too (their tests skip without
+# a device); the CPU build does not need it.
+cuda=()
+nvcc_bin="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)"
+if [ -x "$nvcc_bin" ]; then cuda=(-DHYBRID_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc_bin"); fi
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DHYBRID_BUILD_TESTS=ON -DHYBRID_BUILD_EXAMPLES=ON \
-  -DHYBRID_BUILD_BENCH=ON >/dev/null
+  -DHYBRID_BUILD_BENCH=ON "${cuda[@]}" >/dev/null
 cmake --build build -j"$jobs"
 (cd build && ctest --output-on-failure)
 ./build/bench/bench_model --quick

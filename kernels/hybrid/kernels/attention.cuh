@@ -1,0 +1,140 @@
+// CUDA twin of ops/attention.hpp (forward), flash-attention style: a block takes 16 query
+// rows of one head; key/value tiles of 32 rows stream through shared memory; each warp
+// keeps 4 query rows' running max, sum and output (lane l holds dims l, l + 32, ...), one key
+// per lane per tile, an online softmax; no (Tq, Tk) matrix exists. The visibility rule is
+// ops/attention_mask.hpp's, shared with the CPU op. Softmax and sums in the scalar type.
+// nvcc only.
+#pragma once
+#include <cmath>
+
+#include "common.cuh"
+
+namespace hybrid::kernels {
+
+inline constexpr int kAttnWarps = 4, kAttnRowsPerWarp = 4, kAttnKeys = 32;
+inline constexpr int kAttnRows = kAttnWarps * kAttnRowsPerWarp;  // query rows per block
+
+// U = dims per lane (ceil(hd / 32)).
+template <class S, int U>
+__global__ void __launch_bounds__(kAttnWarps * 32)
+    attention_kernel(const S* q, const S* k, const S* v, S* o, ops::AttnDims d, S scale, Index qpos0, Index kpos0,
+                     int window, S* lse) {
+  extern __shared__ unsigned char smem_raw[];
+  const int hd = d.hd, kst = hd + 1;  // K rows padded: lanes read different rows
+  S* Qs = reinterpret_cast<S*>(smem_raw);  // (kAttnRows, hd)
+  S* Ks = Qs + kAttnRows * hd;              // (kAttnKeys, hd + 1)
+  S* Vs = Ks + kAttnKeys * kst;             // (kAttnKeys, hd)
+  const int h = blockIdx.y, gkv = h / (d.Hq / d.Hkv);
+  const Index i0 = Index(blockIdx.x) * kAttnRows;
+  const Index i1 = i0 + kAttnRows < d.Tq ? i0 + kAttnRows : d.Tq;
+  const Index ldq = Index(d.Hq) * hd, ldk = Index(d.Hkv) * hd;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (Index e = threadIdx.x; e < Index(kAttnRows) * hd; e += blockDim.x) {
+    const Index i = i0 + e / hd;
+    Qs[e] = i < i1 ? q[i * ldq + Index(h) * hd + e % hd] : S(0);
+  }
+  Index j0, j1;
+  ops::detail::attn_key_range(d, i0, i1, qpos0, kpos0, window, j0, j1);
+  constexpr S kInf = S(INFINITY);
+  S m[kAttnRowsPerWarp], l[kAttnRowsPerWarp], acc[kAttnRowsPerWarp][U];
+#pragma unroll
+  for (int r = 0; r < kAttnRowsPerWarp; ++r) {
+    m[r] = -kInf;
+    l[r] = 0;
+#pragma unroll
+    for (int u = 0; u < U; ++u) acc[r][u] = 0;
+  }
+  for (Index kt = j0; kt < j1; kt += kAttnKeys) {
+    __syncthreads();  // the previous tile is consumed (and, first time, Qs is written)
+    for (Index e = threadIdx.x; e < Index(kAttnKeys) * hd; e += blockDim.x) {
+      const Index j = kt + e / hd;
+      const int dd = int(e % hd);
+      const bool in = j < j1;
+      Ks[(e / hd) * kst + dd] = in ? k[j * ldk + Index(gkv) * hd + dd] : S(0);
+      Vs[e] = in ? v[j * ldk + Index(gkv) * hd + dd] : S(0);
+    }
+    __syncthreads();
+    const Index j = kt + lane;
+#pragma unroll
+    for (int r = 0; r < kAttnRowsPerWarp; ++r) {
+      const int row = warp * kAttnRowsPerWarp + r;
+      const Index i = i0 + row;
+      if (i >= i1) continue;  // warp-uniform
+      const bool vis = j < j1 && ops::detail::attn_visible(qpos0 + i, kpos0 + j, window);
+      S s = -kInf;
+      if (vis) {
+        S dot = 0;
+        const S* qr = Qs + row * hd;
+        const S* kr = Ks + lane * kst;
+        for (int dd = 0; dd < hd; ++dd) dot += qr[dd] * kr[dd];
+        s = dot * scale;
+      }
+      const S tmax = warp_max(s);
+      if (tmax == -kInf) continue;  // no key of this tile is visible from row i (warp-uniform)
+      const S mnew = m[r] > tmax ? m[r] : tmax;
+      const S p = vis ? dev_exp(s - mnew) : S(0);
+      const S corr = dev_exp(m[r] - mnew);  // 0 while m is -inf
+      l[r] = l[r] * corr + warp_sum(p);
+#pragma unroll
+      for (int u = 0; u < U; ++u) acc[r][u] *= corr;
+      for (int jj = 0; jj < kAttnKeys; ++jj) {
+        const S pj = __shfl_sync(0xffffffffu, p, jj);
+        if (pj == S(0)) continue;  // warp-uniform: every lane read the same pj
+        const S* vr = Vs + jj * hd;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const int dd = lane + 32 * u;
+          if (dd < hd) acc[r][u] += pj * vr[dd];
+        }
+      }
+      m[r] = mnew;
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kAttnRowsPerWarp; ++r) {
+    const Index i = i0 + warp * kAttnRowsPerWarp + r;
+    if (i >= i1) continue;
+    const S inv = l[r] > S(0) ? S(1) / l[r] : S(0);
+    S* orow = o + i * ldq + Index(h) * hd;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int dd = lane + 32 * u;
+      if (dd < hd) orow[dd] = acc[r][u] * inv;
+    }
+    if (lse && lane == 0) lse[i * d.Hq + h] = l[r] > S(0) ? m[r] + log(l[r]) : -kInf;
+  }
+}
+
+template <class S, int U>
+void launch_attention(const cuda::Context& ctx, const S* q, const S* k, const S* v, S* o, const ops::AttnDims& d,
+                      S scale, Index qpos0, Index kpos0, int window, S* lse) {
+  const std::size_t smem =
+      (std::size_t(kAttnRows) * d.hd + std::size_t(kAttnKeys) * (d.hd + 1) + std::size_t(kAttnKeys) * d.hd) * sizeof(S);
+  const auto shapes = detail::concat_str("(Tq, Tk, Hq, Hkv, hd) = (", d.Tq, ", ", d.Tk, ", ", d.Hq, ", ", d.Hkv, ", ",
+                                         d.hd, "), ", smem, " bytes of shared memory");
+  HYBRID_CUDA_CHECK(cudaFuncSetAttribute(attention_kernel<S, U>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+                    shapes);
+  const dim3 grid(unsigned((d.Tq + kAttnRows - 1) / kAttnRows), unsigned(d.Hq));
+  attention_kernel<S, U><<<grid, kAttnWarps * 32, smem, ctx.raw_stream()>>>(q, k, v, o, d, scale, qpos0, kpos0,
+                                                                          window, lse);
+  HYBRID_CUDA_LAUNCHED("attention_kernel", shapes);
+}
+
+}  // namespace hybrid::kernels
+
+namespace hybrid::ops {
+
+template <class S>
+void attention_forward(const Context& ctx, const S* q, const S* k, const S* v, S* o, const AttnDims& d, S scale,
+                       Index qpos0, Index kpos0, int window, S* lse) {
+  HYBRID_CHECK(d.Hkv > 0 && d.Hq % d.Hkv == 0, "attention: Hkv ", d.Hkv, " does not divide Hq ", d.Hq);
+  HYBRID_CHECK(d.hd > 0 && d.hd <= 256, "attention (CUDA): head dim ", d.hd, " outside [1, 256]");
+  HYBRID_CHECK(d.Hq <= 65535, "attention (CUDA): ", d.Hq, " query heads exceed 65535");
+  if (d.Tq == 0) return;
+  const int U = (d.hd + 31) / 32;
+  if (U <= 2) kernels::launch_attention<S, 2>(ctx, q, k, v, o, d, scale, qpos0, kpos0, window, lse);
+  else if (U <= 4) kernels::launch_attention<S, 4>(ctx, q, k, v, o, d, scale, qpos0, kpos0, window, lse);
+  else kernels::launch_attention<S, 8>(ctx, q, k, v, o, d, scale, qpos0, kpos0, window, lse);
+}
+
+}  // namespace hybrid::ops
