@@ -9,6 +9,7 @@
 #include "hybrid/kernels/linear.cuh"
 #include "hybrid/kernels/norm.cuh"
 #include "hybrid/kernels/rope.cuh"
+#include "hybrid/kernels/sampling.cuh"
 #include "hybrid/kernels/ssd.cuh"
 
 namespace hybrid::ops {
@@ -42,7 +43,8 @@ namespace hybrid::ops {
   template void attention_forward<S>(const Context&, const S*, const S*, const S*, S*, const AttnDims&, \
                                      S, Index, Index, int, S*);                                         \
   template void attention_decode<S>(const Context&, const DecodeDims&, const S*, const KvSpan<S>*,      \
-                                    const Index*, S*, S, int);
+                                    const Index*, S*, S, int);                                          \
+  template void greedy_rows<S>(const Context&, DCView<S>, const std::uint8_t*, Index, int*);
 
 HYBRID_CUDA_INSTANCES(float)
 HYBRID_CUDA_INSTANCES(double)

@@ -30,6 +30,7 @@
 #include <hybrid/ops/norm.hpp>
 #include <hybrid/ops/rope.hpp>
 #include <hybrid/ops/ssd.hpp>
+#include <hybrid/infer/sampling.hpp>
 
 using namespace hybrid;
 
@@ -66,15 +67,31 @@ Mat<S> host(View<const S, Cuda> v, const cuda::Context& ctx) {
 template <class S>
 double tol() { return std::is_same_v<S, float> ? 3e-5 : 1e-11; }
 
-// max |a - b| / max(1, max |b|)
+// max |a - b| / max(1, max |b|); infinite where either side has a NaN (Eigen's maxCoeff
+// would skip it) or an infinity the other side does not have.
 template <class S>
 double rel_err(const Mat<S>& a, const Mat<S>& b) {
   REQUIRE(a.rows() == b.rows());
   REQUIRE(a.cols() == b.cols());
   if (a.size() == 0) return 0;
-  const double scale = std::max<double>(1.0, double(b.cwiseAbs().maxCoeff()));
-  return double((a - b).cwiseAbs().maxCoeff()) / scale;
+  for (Index i = 0; i < a.size(); ++i) {
+    const S x = a.data()[i], y = b.data()[i];
+    if (std::isnan(x) || std::isnan(y) || ((std::isinf(x) || std::isinf(y)) && x != y))
+      return std::numeric_limits<double>::infinity();
+  }
+  const Mat<S> d = (a - b).unaryExpr([](S v) { return std::isinf(v) || std::isnan(v) ? S(0) : std::abs(v); });
+  const Mat<S> m = b.unaryExpr([](S v) { return std::isinf(v) ? S(0) : std::abs(v); });
+  const double scale = std::max<double>(1.0, double(m.maxCoeff()));
+  return double(d.maxCoeff()) / scale;
 }
+
+// Puts the context back in its GEMM mode when a test leaves, by a throw too.
+struct GemmModeScope {
+  cuda::Context& c;
+  cuda::GemmMode old;
+  GemmModeScope(cuda::Context& ctx, cuda::GemmMode m) : c(ctx), old(ctx.gemm_mode()) { c.set_gemm_mode(m); }
+  ~GemmModeScope() { c.set_gemm_mode(old); }
+};
 
 cuda::Context& ctx() {
   static cuda::Context c;  // one context for the whole program: its stream and arena
@@ -96,6 +113,11 @@ TEST_CASE_TEMPLATE("element-wise ops and activations match the CPU ops on stride
     CAPTURE(name);
     CHECK(rel_err<S>(host<S>(out.cv(), c), ref) <= tol<S>());
   };
+  {  // the comparison itself sees a NaN
+    Mat<S> nan = ref;
+    nan(3, 4) = std::numeric_limits<S>::quiet_NaN();
+    CHECK(std::isinf(rel_err<S>(nan, ref)));
+  }
   ops::add_forward<S>(hx, hy, S(0.5), ref);
   ops::add_forward<S>(c, dx, dy, S(0.5), out.v);
   check("add");
@@ -202,20 +224,24 @@ TEST_CASE_TEMPLATE("embedding, causal conv with history, RoPE and linear match t
   // input a column range; history out aliasing history in.
   for (const Index T : {Index(1), Index(3), Index(29)}) {
     for (const bool with_hist : {false, true}) {
+     for (const bool with_bias : {true, false}) {
       CAPTURE(T);
       CAPTURE(with_hist);
+      CAPTURE(with_bias);
       const Index C = 40, K = 4;
       const Mat<S> uw = rnd<S>(T, 2 * C, 10), w = rnd<S>(C, K, 11), bias = rnd<S>(1, C, 12);
       Mat<S> hist = rnd<S>(C, K, 13), hist_cpu = hist;
       DMat<S> du(uw, c), dw(w, c), db(bias, c), dh(hist, c), y(T, C);
       Mat<S> yref(T, C);
       const CView<S> hu = CView<S>(uw).col_range(C, C);
-      ops::causal_conv1d_forward<S>(hu, w, bias, with_hist ? CView<S>(hist_cpu) : CView<S>(nullptr), yref,
-                                    View<S>(hist_cpu));
-      ops::causal_conv1d_forward<S>(c, du.cv().col_range(C, C), dw.cv(), db.cv(),
+      ops::causal_conv1d_forward<S>(hu, w, with_bias ? CView<S>(bias) : CView<S>(nullptr),
+                                    with_hist ? CView<S>(hist_cpu) : CView<S>(nullptr), yref, View<S>(hist_cpu));
+      ops::causal_conv1d_forward<S>(c, du.cv().col_range(C, C), dw.cv(),
+                                    with_bias ? db.cv() : View<const S, Cuda>(db.buf.data(), 0, C),  // empty, not null
                                     with_hist ? dh.cv() : View<const S, Cuda>(nullptr), y.v, dh.v);
       CHECK(rel_err<S>(host<S>(y.cv(), c), yref) <= tol<S>());
       CHECK(rel_err<S>(host<S>(dh.cv(), c), hist_cpu) <= tol<S>());
+     }
     }
   }
 
@@ -241,9 +267,10 @@ TEST_CASE_TEMPLATE("embedding, causal conv with history, RoPE and linear match t
     ops::linear_forward<S>(c, dx.cv().col_range(5, in), dW.cv(), db.cv(), y.v);
     CHECK(rel_err<S>(host<S>(y.cv(), c), yref) <= tol<S>());
     if constexpr (std::is_same_v<S, float>) {  // bf16 inputs, float accumulation
-      c.set_gemm_mode(cuda::GemmMode::Bf16);
-      ops::linear_forward<S>(c, dx.cv().col_range(5, in), dW.cv(), db.cv(), y.v);
-      c.set_gemm_mode(cuda::GemmMode::Exact);
+      {
+        GemmModeScope bf16(c, cuda::GemmMode::Bf16);
+        ops::linear_forward<S>(c, dx.cv().col_range(5, in), dW.cv(), db.cv(), y.v);
+      }
       const double e = rel_err<S>(host<S>(y.cv(), c), yref);
       CHECK(e <= 3e-2);  // 8-bit mantissas on inputs of |x| <= 1 over 96 products
       CHECK(e > 0);      // and the mode really rounds
@@ -292,16 +319,23 @@ TEST_CASE_TEMPLATE("the chunked SSD scan matches the CPU scan: any T, G > 1, ini
     a.state_in = k.state_in ? s0.data() : nullptr;
     a.y = y.data();
     a.state_out = s1.data();
+    // Unstrided cases take x, B and C as buffers of their own (default strides) and no D.
+    const bool separate = !k.strided && !k.state_in;
+    const Mat<S> xs = xbc.leftCols(HP), bs = xbc.middleCols(HP, GN), cs = xbc.middleCols(HP + GN, GN);
+    if (separate) {
+      a.x = xs.data(), a.B = bs.data(), a.C = cs.data(), a.ldx = 0, a.ldbc = 0, a.D = nullptr;
+    }
     ops::ssd_recurrent<S>(d, a);  // the reference: the plain recurrence
 
     DMat<S> dxbc(xbc, c), ddt(dt, c), dA(A, c), dD(Dv, c), ds0(s0, c), dy(k.T, HP), ds1(k.H, PN);
+    DMat<S> dxs(xs, c), dbs(bs, c), dcs(cs, c);
     ops::SsdArgs<S> g = a;
-    g.x = dxbc.buf.data();
-    g.B = dxbc.buf.data() + HP;
-    g.C = dxbc.buf.data() + HP + GN;
+    g.x = separate ? dxs.buf.data() : dxbc.buf.data();
+    g.B = separate ? dbs.buf.data() : dxbc.buf.data() + HP;
+    g.C = separate ? dcs.buf.data() : dxbc.buf.data() + HP + GN;
     g.dt = ddt.buf.data();
     g.A = dA.buf.data();
-    g.D = dD.buf.data();
+    g.D = separate ? nullptr : dD.buf.data();
     g.state_in = k.state_in ? ds0.buf.data() : nullptr;
     g.y = dy.buf.data();
     g.state_out = ds1.buf.data();
@@ -345,7 +379,8 @@ TEST_CASE_TEMPLATE("flash attention matches the CPU attention: GQA, windows, off
   const AttnCase cases[] = {
       {1, 1, 1, 1, 8, 0, 0, 0},        {37, 37, 4, 2, 16, 0, 0, 0},   {100, 100, 4, 1, 64, 17, 0, 0},
       {5, 50, 2, 2, 128, 0, 45, 0},    {1, 300, 4, 2, 64, 0, 299, 0}, {70, 70, 2, 2, 256, 0, 0, 0},
-      {20, 20, 1, 1, 40, 0, 0, 0},     {12, 12, 2, 1, 32, 0, 0, 5},   {200, 260, 6, 3, 96, 64, 60, 0}};
+      {20, 20, 1, 1, 40, 0, 0, 0},     {12, 12, 2, 1, 32, 0, 0, 5},   {200, 260, 6, 3, 96, 64, 60, 0},
+      {20, 20, 2, 2, 16, 0, 0, 18},    {3, 0, 2, 1, 8, 0, 0, 0}};  // a block that sees nothing; no keys at all
   for (const auto& k : cases) {
     CAPTURE(k.Tq);
     CAPTURE(k.Tk);
@@ -383,6 +418,8 @@ struct DecodeCase {
   int Hq, Hkv, hd, window;
   Index len;  // cache length of sequence 0; sequence b holds len - 7 b (at least 1)
   bool bf16;
+  Index len1 = -1;      // sequence 1's length instead (a short one: slices with no key)
+  bool blind1 = false;  // sequence 1's query sits before its first key: nothing visible
 };
 }  // namespace
 
@@ -392,7 +429,9 @@ TEST_CASE_TEMPLATE("decode attention over the KV cache matches the CPU op: batch
   const DecodeCase cases[] = {{1, 1, 1, 8, 0, 1, false},     {1, 4, 2, 64, 0, 37, false},
                               {3, 4, 1, 64, 0, 700, false},  {2, 8, 2, 128, 33, 600, false},
                               {1, 2, 2, 256, 0, 5000, false}, {4, 6, 3, 40, 0, 300, true},
-                              {1, 8, 8, 64, 100, 9000, true}};
+                              {1, 8, 8, 64, 100, 9000, true},
+                              {2, 4, 2, 64, 0, 6000, false, 10, false},
+                              {3, 2, 1, 32, 0, 400, true, -1, true}};
   for (const auto& k : cases) {
     CAPTURE(k.B);
     CAPTURE(k.len);
@@ -406,9 +445,12 @@ TEST_CASE_TEMPLATE("decode attention over the KV cache matches the CPU op: batch
     std::vector<std::unique_ptr<Buffer<std::uint16_t, Cuda>>> dKh, dVh;
     std::vector<ops::KvSpan<S>> hs(std::size_t(k.B)), ds(std::size_t(k.B));
     std::vector<Index> qpos(std::size_t(k.B));
+    for (auto* v : {&K, &V}) v->reserve(std::size_t(k.B));  // spans point into them
+    for (auto* v : {&Kh, &Vh}) v->reserve(std::size_t(k.B));
     for (Index b = 0; b < k.B; ++b) {
-      const Index len = std::max<Index>(1, k.len - 7 * b), kpos0 = 3 * b;
+      const Index len = b == 1 && k.len1 > 0 ? k.len1 : std::max<Index>(1, k.len - 7 * b), kpos0 = 3 * b;
       qpos[b] = kpos0 + len - 1 - (b % 2);  // the newest key, or one that is not yet visible
+      if (b == 1 && k.blind1) qpos[b] = kpos0 - 1;
       K.push_back(rnd<S>(len, W, 41 + std::uint32_t(b), -2, 2));
       V.push_back(rnd<S>(len, W, 51 + std::uint32_t(b)));
       if (k.bf16) {
@@ -609,6 +651,41 @@ TEST_CASE_TEMPLATE("every op-case table case with a CUDA forward matches the CPU
     ++ran;
   }
   CHECK(ran > 50);
+}
+
+TEST_CASE_TEMPLATE("greedy decoding on the device picks what the CPU sampler picks", S, float, double) {
+  auto& c = ctx();
+  const Index R = 6, V = 5003;
+  Mat<S> l = rnd<S>(R, V, 60, -5, 5);
+  l(1, 17) = l(1, 4000) = S(9);  // a tie: the lower id wins
+  for (Index i = 0; i < V; ++i) l(2, i) = i % 3 ? -std::numeric_limits<S>::infinity() : S(-1);  // -inf skipped
+  l(2, 3000) = S(0.5);
+  l(3, 0) = -std::numeric_limits<S>::infinity();
+  std::vector<std::uint8_t> mask(std::size_t(V - 2), 1);  // the last two ids are not allowed
+  l(4, V - 1) = S(50);
+  mask[7] = 0;
+  l(5, 7) = S(40);
+  DMat<S> dl(l, c);
+  Buffer<std::uint8_t, Cuda> dmask(Index(mask.size()));
+  cuda::upload<std::uint8_t>(CView<std::uint8_t>(mask.data(), 1, Index(mask.size())), dmask.view(1, Index(mask.size())),
+                             c.stream());
+  std::vector<int> got(static_cast<std::size_t>(R)), got_mask(static_cast<std::size_t>(R));
+  ops::greedy_rows<S>(c, dl.cv(), nullptr, 0, got.data());
+  ops::greedy_rows<S>(c, dl.cv(), dmask.data(), Index(mask.size()), got_mask.data());
+  Sampler cpu(SamplingParams{.temperature = 0});
+  Sampler cpu_mask(SamplingParams{.temperature = 0}, mask);
+  for (Index r = 0; r < R; ++r) {
+    CAPTURE(r);
+    CHECK(got[r] == cpu.sample(l.row(r)));
+    CHECK(got_mask[r] == cpu_mask.sample(l.row(r)));
+  }
+  CHECK(got[1] == 17);
+  CHECK(got_mask[4] != V - 1);
+  CHECK(got_mask[5] != 7);
+  l(3, 99) = std::numeric_limits<S>::quiet_NaN();
+  DMat<S> bad(l, c);
+  CHECK_THROWS_WITH_AS(ops::greedy_rows<S>(c, bad.cv(), nullptr, 0, got.data()),
+                       doctest::Contains("token id 99) of row 3 is NaN"), Error);
 }
 
 TEST_CASE("CUDA errors name the call: an impossible allocation") {

@@ -21,8 +21,13 @@ inline void check_blas(cublasStatus_t s, const char* call, const char* file, int
 
 }  // namespace hybrid::cuda
 
-#define HYBRID_CUBLAS_CHECK(call, ...) \
-  ::hybrid::cuda::check_blas((call), #call, __FILE__, __LINE__, ::hybrid::detail::concat_str(std::string() __VA_OPT__(, ) __VA_ARGS__))
+#define HYBRID_CUBLAS_CHECK(call, ...)                                                          \
+  do {                                                                                          \
+    const cublasStatus_t hybrid_blas_s_ = (call);                                               \
+    if (hybrid_blas_s_ != CUBLAS_STATUS_SUCCESS)                                                \
+      ::hybrid::cuda::check_blas(hybrid_blas_s_, #call, __FILE__, __LINE__,                     \
+                                 ::hybrid::detail::concat_str(std::string() __VA_OPT__(, ) __VA_ARGS__)); \
+  } while (0)
 
 namespace hybrid::cuda {
 
@@ -33,7 +38,7 @@ enum class GemmMode { Exact, Bf16 };
 
 struct ContextOptions {
   int device = 0;
-  std::size_t arena_bytes = std::size_t(64) << 20;         // op workspaces
+  std::size_t arena_bytes = std::size_t(256) << 20;        // op workspaces (chunked SSD states, bf16 copies)
   std::size_t gemm_workspace_bytes = std::size_t(32) << 20;  // cuBLASLt's (H100 guidance: 32 MiB)
   GemmMode gemm = GemmMode::Exact;
 };
@@ -65,6 +70,9 @@ class Context {
   void set_gemm_mode(GemmMode m) { opt_.gemm = m; }
   DeviceArena& arena() const { return arena_; }
   int device() const { return opt_.device; }
+  // Makes the context's device the calling thread's current one: a thread other than the
+  // one that made the context calls this before its first launch.
+  void activate() const { HYBRID_CUDA_CHECK(cudaSetDevice(opt_.device), "device ", opt_.device); }
   void sync() const { stream_.sync(); }
 
  private:

@@ -14,6 +14,8 @@
 // call that made it (hybrid::Error naming the kernel and the shapes), an error during
 // execution by the next synchronising call.
 #pragma once
+#include <cstdint>
+
 #include "hybrid/core/view.hpp"
 #include "hybrid/ops/attention_mask.hpp"
 #include "hybrid/ops/kv_span.hpp"
@@ -105,5 +107,12 @@ void attention_forward(const Context&, const S* q, const S* k, const S* v, S* o,
 template <class S>
 void attention_decode(const Context&, const DecodeDims& d, const S* q, const KvSpan<S>* kv, const Index* qpos, S* o,
                       S scale, int window);
+
+// ---- greedy decoding (infer/sampling.hpp at temperature 0) ---------------------------------
+// ids[r] (R host ints) = argmax of logits row r (the lowest id on ties); allowed: n_allowed
+// device flags (ids at or beyond n_allowed excluded), or nullptr for every id. A NaN / +inf
+// logit or a row with nothing to pick is a hybrid::Error naming the row. Synchronises.
+template <class S>
+void greedy_rows(const Context&, DCView<S> logits, const std::uint8_t* allowed, Index n_allowed, int* ids);
 
 }  // namespace hybrid::ops

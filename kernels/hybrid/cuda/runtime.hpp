@@ -28,9 +28,15 @@ inline void check(cudaError_t e, const char* call, const char* file, int line,
 
 }  // namespace hybrid::cuda
 
-// HYBRID_CUDA_CHECK(call, pieces...): the pieces (shapes, sizes) join the error message.
-#define HYBRID_CUDA_CHECK(call, ...) \
-  ::hybrid::cuda::check((call), #call, __FILE__, __LINE__, ::hybrid::detail::concat_str(std::string() __VA_OPT__(, ) __VA_ARGS__))
+// HYBRID_CUDA_CHECK(call, pieces...): the pieces (shapes, sizes) join the error message,
+// which is built only when the call failed (decode makes many calls per token).
+#define HYBRID_CUDA_CHECK(call, ...)                                                            \
+  do {                                                                                          \
+    const cudaError_t hybrid_cuda_e_ = (call);                                                  \
+    if (hybrid_cuda_e_ != cudaSuccess)                                                          \
+      ::hybrid::cuda::check(hybrid_cuda_e_, #call, __FILE__, __LINE__,                          \
+                            ::hybrid::detail::concat_str(std::string() __VA_OPT__(, ) __VA_ARGS__)); \
+  } while (0)
 
 namespace hybrid::cuda {
 
@@ -109,7 +115,8 @@ class Buffer<S, Cuda> {
     HYBRID_CHECK(rows * cols <= n_, "Buffer<Cuda>: a (", rows, ", ", cols, ") view of ", n_, " values");
     return View<S, Cuda>(p_, rows, cols);
   }
-  void zero(cudaStream_t s = nullptr) {
+  // On the stream the buffer's users run on (an unordered default stream would race them).
+  void zero(cudaStream_t s) {
     if (n_) HYBRID_CUDA_CHECK(cudaMemsetAsync(p_, 0, std::size_t(n_) * sizeof(S), s), n_, " values");
   }
 
@@ -130,9 +137,14 @@ void upload(CView<S> src, View<S, Cuda> dst, const Stream& s) {
   HYBRID_CHECK(src.rows == dst.rows && src.cols == dst.cols, "upload: host (", src.rows, ", ",
                src.cols, ") to device (", dst.rows, ", ", dst.cols, "); expected the same shape");
   if (src.empty()) return;
-  HYBRID_CUDA_CHECK(cudaMemcpy2DAsync(dst.data, dst.ld * sizeof(S), src.data, src.ld * sizeof(S),
-                                      src.cols * sizeof(S), src.rows, cudaMemcpyHostToDevice, s.get()),
-                    "(", src.rows, ", ", src.cols, ") host ld ", src.ld, ", device ld ", dst.ld);
+  if (src.contiguous() && dst.contiguous())  // one run: no pitch limit (2D copies cap it near 2 GiB)
+    HYBRID_CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, std::size_t(src.size()) * sizeof(S),
+                                      cudaMemcpyHostToDevice, s.get()),
+                      "(", src.rows, ", ", src.cols, ")");
+  else
+    HYBRID_CUDA_CHECK(cudaMemcpy2DAsync(dst.data, dst.ld * sizeof(S), src.data, src.ld * sizeof(S),
+                                        src.cols * sizeof(S), src.rows, cudaMemcpyHostToDevice, s.get()),
+                      "(", src.rows, ", ", src.cols, ") host ld ", src.ld, ", device ld ", dst.ld);
 }
 
 // Device view -> host view of the same shape; waits for the stream, so the host data is
@@ -142,9 +154,14 @@ void download(View<const S, Cuda> src, View<S> dst, const Stream& s) {
   HYBRID_CHECK(src.rows == dst.rows && src.cols == dst.cols, "download: device (", src.rows, ", ",
                src.cols, ") to host (", dst.rows, ", ", dst.cols, "); expected the same shape");
   if (src.empty()) return;
-  HYBRID_CUDA_CHECK(cudaMemcpy2DAsync(dst.data, dst.ld * sizeof(S), src.data, src.ld * sizeof(S),
-                                      src.cols * sizeof(S), src.rows, cudaMemcpyDeviceToHost, s.get()),
-                    "(", src.rows, ", ", src.cols, ") device ld ", src.ld, ", host ld ", dst.ld);
+  if (src.contiguous() && dst.contiguous())
+    HYBRID_CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, std::size_t(src.size()) * sizeof(S),
+                                      cudaMemcpyDeviceToHost, s.get()),
+                      "(", src.rows, ", ", src.cols, ")");
+  else
+    HYBRID_CUDA_CHECK(cudaMemcpy2DAsync(dst.data, dst.ld * sizeof(S), src.data, src.ld * sizeof(S),
+                                        src.cols * sizeof(S), src.rows, cudaMemcpyDeviceToHost, s.get()),
+                      "(", src.rows, ", ", src.cols, ") device ld ", src.ld, ", host ld ", dst.ld);
   s.sync();
 }
 

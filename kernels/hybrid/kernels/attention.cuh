@@ -110,14 +110,19 @@ void launch_attention(const cuda::Context& ctx, const S* q, const S* k, const S*
                       S scale, Index qpos0, Index kpos0, int window, S* lse) {
   const std::size_t smem =
       (std::size_t(kAttnRows) * d.hd + std::size_t(kAttnKeys) * (d.hd + 1) + std::size_t(kAttnKeys) * d.hd) * sizeof(S);
-  const auto shapes = detail::concat_str("(Tq, Tk, Hq, Hkv, hd) = (", d.Tq, ", ", d.Tk, ", ", d.Hq, ", ", d.Hkv, ", ",
-                                         d.hd, "), ", smem, " bytes of shared memory");
-  HYBRID_CUDA_CHECK(cudaFuncSetAttribute(attention_kernel<S, U>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
-                    shapes);
+  const auto shapes = [&] { return detail::concat_str("(Tq, Tk, Hq, Hkv, hd) = (", d.Tq, ", ", d.Tk, ", ", d.Hq, ", ", d.Hkv, ", ",
+                                         d.hd, "), ", smem, " bytes of shared memory"); };
+  // Once per instantiation (thread-safe static init): the most any head dim of this U needs.
+  static const cudaError_t attr = [] {
+    const std::size_t hd = 32 * U, most = (std::size_t(kAttnRows) * hd + std::size_t(kAttnKeys) * (hd + 1) +
+                                           std::size_t(kAttnKeys) * hd) * sizeof(S);
+    return cudaFuncSetAttribute(attention_kernel<S, U>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(most));
+  }();
+  HYBRID_CUDA_CHECK(attr, shapes());
   const dim3 grid(unsigned((d.Tq + kAttnRows - 1) / kAttnRows), unsigned(d.Hq));
   attention_kernel<S, U><<<grid, kAttnWarps * 32, smem, ctx.raw_stream()>>>(q, k, v, o, d, scale, qpos0, kpos0,
                                                                           window, lse);
-  HYBRID_CUDA_LAUNCHED("attention_kernel", shapes);
+  HYBRID_CUDA_LAUNCHED("attention_kernel", shapes());
 }
 
 }  // namespace hybrid::kernels
@@ -127,7 +132,8 @@ namespace hybrid::ops {
 template <class S>
 void attention_forward(const Context& ctx, const S* q, const S* k, const S* v, S* o, const AttnDims& d, S scale,
                        Index qpos0, Index kpos0, int window, S* lse) {
-  HYBRID_CHECK(d.Hkv > 0 && d.Hq % d.Hkv == 0, "attention: Hkv ", d.Hkv, " does not divide Hq ", d.Hq);
+  HYBRID_CHECK(d.Hq > 0 && d.Hkv > 0 && d.Hq % d.Hkv == 0, "attention: (Hq, Hkv) = (", d.Hq, ", ", d.Hkv,
+               "); expected positive head counts with Hkv dividing Hq");
   HYBRID_CHECK(d.hd > 0 && d.hd <= 256, "attention (CUDA): head dim ", d.hd, " outside [1, 256]");
   HYBRID_CHECK(d.Hq <= 65535, "attention (CUDA): ", d.Hq, " query heads exceed 65535");
   if (d.Tq == 0) return;

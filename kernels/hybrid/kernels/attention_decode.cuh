@@ -135,13 +135,13 @@ __global__ void decode_merge_kernel(ops::DecodeDims d, const S* parts, int split
   }
 }
 
-template <class S, class KT, int U>
+template <class S, class KT, int U, class Shapes>
 void launch_decode(const cuda::Context& ctx, const ops::DecodeDims& d, const S* q, const ops::KvSpan<S>* kv,
-                   const Index* qpos, S* parts, int splits, S scale, int window, const std::string& shapes) {
+                   const Index* qpos, S* parts, int splits, S scale, int window, const Shapes& shapes) {
   const std::size_t smem = std::size_t(kDecodeWarps) * (d.hd + 2) * sizeof(S);
   decode_kernel<S, KT, U><<<dim3(unsigned(d.B * d.Hq), unsigned(splits)), kDecodeWarps * 32, smem,
                             ctx.raw_stream()>>>(d, q, kv, qpos, parts, splits, scale, window);
-  HYBRID_CUDA_LAUNCHED("decode_kernel", shapes);
+  HYBRID_CUDA_LAUNCHED("decode_kernel", shapes());
 }
 
 }  // namespace hybrid::kernels
@@ -151,7 +151,8 @@ namespace hybrid::ops {
 template <class S>
 void attention_decode(const Context& ctx, const DecodeDims& d, const S* q, const KvSpan<S>* kv, const Index* qpos,
                       S* o, S scale, int window) {
-  HYBRID_CHECK(d.Hkv > 0 && d.Hq % d.Hkv == 0, "attention: Hkv ", d.Hkv, " does not divide Hq ", d.Hq);
+  HYBRID_CHECK(d.Hq > 0 && d.Hkv > 0 && d.Hq % d.Hkv == 0, "attention: (Hq, Hkv) = (", d.Hq, ", ", d.Hkv,
+               "); expected positive head counts with Hkv dividing Hq");
   HYBRID_CHECK(d.hd > 0 && d.hd <= 256, "attention decode (CUDA): head dim ", d.hd, " outside [1, 256]");
   if (d.B == 0) return;
   HYBRID_CHECK(d.B * d.Hq <= Index(0x7fffffff), "attention decode: ", d.B * d.Hq, " (sequence, head) pairs");
@@ -177,8 +178,8 @@ void attention_decode(const Context& ctx, const DecodeDims& d, const S* q, const
                     d.B, " cache spans");
   HYBRID_CUDA_CHECK(cudaMemcpyAsync(dpos, qpos, std::size_t(d.B) * sizeof(Index), cudaMemcpyHostToDevice, st), d.B,
                     " positions");
-  const auto shapes = hybrid::detail::concat_str("(B, Hq, Hkv, hd) = (", d.B, ", ", d.Hq, ", ", d.Hkv, ", ", d.hd,
-                                                 "), longest cache ", kmax, ", ", splits, " slices");
+  const auto shapes = [&] { return hybrid::detail::concat_str("(B, Hq, Hkv, hd) = (", d.B, ", ", d.Hq, ", ", d.Hkv, ", ", d.hd,
+                                                 "), longest cache ", kmax, ", ", splits, " slices"); };
   const int U = (d.hd + 31) / 32;
   const int sp = int(splits);
   auto go = [&](auto kt_tag) {
@@ -190,7 +191,7 @@ void attention_decode(const Context& ctx, const DecodeDims& d, const S* q, const
   if (bf16) go(std::uint16_t{});
   else go(S{});
   kernels::decode_merge_kernel<S><<<unsigned(d.B * d.Hq), 128, 0, st>>>(d, parts, sp, o);
-  HYBRID_CUDA_LAUNCHED("decode_merge_kernel", shapes);
+  HYBRID_CUDA_LAUNCHED("decode_merge_kernel", shapes());
 }
 
 }  // namespace hybrid::ops

@@ -11,7 +11,7 @@ namespace hybrid::kernels {
 
 // After a launch: a bad configuration (grid too large, too much shared memory) is reported
 // here, naming the kernel and the shapes.
-#define HYBRID_CUDA_LAUNCHED(kernel, ...) HYBRID_CUDA_CHECK(cudaGetLastError(), "launching " kernel ": ", __VA_ARGS__)
+#define HYBRID_CUDA_LAUNCHED(kernel, ...) HYBRID_CUDA_CHECK(cudaGetLastError(), "launching " kernel ": " __VA_OPT__(, ) __VA_ARGS__)
 
 inline constexpr int kThreads = 256;
 

@@ -50,20 +50,20 @@ inline void lt_matmul(const cuda::Context& ctx, cudaDataType_t ab, cudaDataType_
                       cudaDataType_t scale, const void* alpha, const void* beta, Index m, Index n, Index k,
                       const void* A, Index lda, const void* B, Index ldb, void* C, Index ldc) {
   LtCall call;
-  const auto shapes = detail::concat_str("(m, n, k) = (", m, ", ", n, ", ", k, "), ld (", lda, ", ", ldb, ", ", ldc,
-                                         ")");
-  HYBRID_CUBLAS_CHECK(cublasLtMatmulDescCreate(&call.op, compute, scale), shapes);
+  const auto shapes = [&] { return detail::concat_str("(m, n, k) = (", m, ", ", n, ", ", k, "), ld (", lda, ", ", ldb, ", ", ldc,
+                                         ")"); };
+  HYBRID_CUBLAS_CHECK(cublasLtMatmulDescCreate(&call.op, compute, scale), shapes());
   const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-  HYBRID_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(call.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), shapes);
-  HYBRID_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(call.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), shapes);
-  HYBRID_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&call.a, ab, std::uint64_t(k), std::uint64_t(m), lda), shapes);
-  HYBRID_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&call.b, ab, std::uint64_t(k), std::uint64_t(n), ldb), shapes);
-  HYBRID_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&call.c, cd, std::uint64_t(m), std::uint64_t(n), ldc), shapes);
-  HYBRID_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&call.pref), shapes);
+  HYBRID_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(call.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), shapes());
+  HYBRID_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(call.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), shapes());
+  HYBRID_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&call.a, ab, std::uint64_t(k), std::uint64_t(m), lda), shapes());
+  HYBRID_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&call.b, ab, std::uint64_t(k), std::uint64_t(n), ldb), shapes());
+  HYBRID_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&call.c, cd, std::uint64_t(m), std::uint64_t(n), ldc), shapes());
+  HYBRID_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&call.pref), shapes());
   const std::size_t ws = ctx.gemm_workspace_bytes();
   HYBRID_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(call.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
                                                            sizeof ws),
-                      shapes);
+                      shapes());
   // The heuristic assumes 256-byte aligned operands unless told otherwise; a column range of
   // a wider activation starts anywhere on the element grid.
   const std::uint32_t align[4] = {alignment(A), alignment(B), alignment(C), alignment(C)};
@@ -71,16 +71,16 @@ inline void lt_matmul(const cuda::Context& ctx, cudaDataType_t ab, cudaDataType_
       CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
       CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
   for (int i = 0; i < 4; ++i)
-    HYBRID_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(call.pref, which[i], &align[i], sizeof align[i]), shapes);
+    HYBRID_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(call.pref, which[i], &align[i], sizeof align[i]), shapes());
   cublasLtMatmulHeuristicResult_t res{};
   int found = 0;
   HYBRID_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(ctx.blas(), call.op, call.a, call.b, call.c, call.c, call.pref,
                                                      1, &res, &found),
-                      shapes);
-  HYBRID_CHECK(found > 0, "cuBLASLt: no algorithm for ", shapes);
+                      shapes());
+  HYBRID_CHECK(found > 0, "cuBLASLt: no algorithm for ", shapes());
   HYBRID_CUBLAS_CHECK(cublasLtMatmul(ctx.blas(), call.op, alpha, A, call.a, B, call.b, beta, C, call.c, C, call.c,
                                      &res.algo, ctx.gemm_workspace(), ws, ctx.raw_stream()),
-                      shapes);
+                      shapes());
 }
 
 }  // namespace hybrid::kernels

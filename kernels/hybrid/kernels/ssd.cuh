@@ -173,9 +173,11 @@ __global__ void ssd_recurrent_kernel(SsdGeom g, const S* x, const S* dt, const S
 
 namespace hybrid::ops {
 
+// Values of S, plus the arena's alignment of its two pieces.
 inline Index ssd_chunked_cuda_scratch(const SsdDims& d, int Q) {
+  HYBRID_CHECK(Q >= 1, "ssd: chunk ", Q, " must be >= 1");
   const Index nc = (d.T + Q - 1) / Q;
-  return nc * d.H * (Index(Q) + Index(d.P) * d.N);
+  return nc * d.H * (Index(Q) + Index(d.P) * d.N) + 2 * 256;
 }
 
 template <class S>
@@ -184,17 +186,20 @@ void ssd_recurrent(const Context& ctx, const SsdDims& d, const SsdArgs<S>& a) {
                d.P, ", ", d.N, ", ", d.G, "); expected positive sizes with G dividing H");
   HYBRID_CHECK(d.N <= 256, "ssd (CUDA): the recurrence keeps a state row in registers; N = ", d.N,
                " exceeds 256");
-  HYBRID_CHECK(d.T >= 0 && a.y && (d.T == 0 || (a.x && a.dt && a.A && a.B && a.C)),
+  HYBRID_CHECK(d.T >= 0 && (d.T == 0 || (a.y && a.x && a.dt && a.A && a.B && a.C)),
                "ssd: x, dt, A, B, C and y are required");
+  HYBRID_CHECK(a.x_stride(d) >= Index(d.H) * d.P && a.bc_stride(d) >= Index(d.G) * d.N, "ssd: row strides (",
+               a.x_stride(d), ", ", a.bc_stride(d), ") below the widths (", Index(d.H) * d.P, ", ",
+               Index(d.G) * d.N, ")");
   const kernels::SsdGeom g{d.T, 1, d.H, d.P, d.N, d.G, 1, d.H / d.G, a.x_stride(d), a.bc_stride(d)};
   const Index warps = Index(d.H) * d.P;
   const unsigned blocks = unsigned((warps * 32 + kernels::kThreads - 1) / kernels::kThreads);
-  const auto shapes = hybrid::detail::concat_str("(T, H, P, N, G) = (", d.T, ", ", d.H, ", ", d.P, ", ", d.N, ", ",
-                                                 d.G, ")");
+  const auto shapes = [&] { return hybrid::detail::concat_str("(T, H, P, N, G) = (", d.T, ", ", d.H, ", ", d.P, ", ", d.N, ", ",
+                                                 d.G, ")"); };
   const cudaStream_t st = ctx.raw_stream();
   auto go = [&](auto kernel) {
     kernel<<<blocks, kernels::kThreads, 0, st>>>(g, a.x, a.dt, a.A, a.B, a.C, a.D, a.state_in, a.y, a.state_out);
-    HYBRID_CUDA_LAUNCHED("ssd_recurrent_kernel", shapes);
+    HYBRID_CUDA_LAUNCHED("ssd_recurrent_kernel", shapes());
   };
   const int nu = (d.N + 31) / 32;
   if (nu <= 1) go(kernels::ssd_recurrent_kernel<S, 1>);
@@ -211,7 +216,9 @@ void ssd_chunked(const Context& ctx, const SsdDims& d, int Q, const SsdArgs<S>& 
                kernels::kSsdMaxChunk, "]");
   HYBRID_CHECK(d.T >= 0, "ssd: T = ", d.T);
   const Index PN = Index(d.P) * d.N;
-  HYBRID_CHECK(a.y && (d.T == 0 || (a.x && a.dt && a.A && a.B && a.C)), "ssd: x, dt, A, B, C and y are required");
+  HYBRID_CHECK(d.T == 0 || (a.y && a.x && a.dt && a.A && a.B && a.C), "ssd: x, dt, A, B, C and y are required");
+  HYBRID_CHECK(d.H <= 65535 && (PN + kernels::kThreads - 1) / kernels::kThreads <= 65535, "ssd (CUDA): H = ", d.H,
+               " or P * N = ", PN, " exceeds the grid");
   HYBRID_CHECK(a.x_stride(d) >= Index(d.H) * d.P && a.bc_stride(d) >= Index(d.G) * d.N, "ssd: row strides (",
                a.x_stride(d), ", ", a.bc_stride(d), ") below the widths (", Index(d.H) * d.P, ", ",
                Index(d.G) * d.N, ")");
@@ -231,22 +238,22 @@ void ssd_chunked(const Context& ctx, const SsdDims& d, int Q, const SsdArgs<S>& 
   cuda::Scratch sc(ctx);
   S* cum = sc.get<S>(std::size_t(g.nc * d.H * Q));
   S* states = sc.get<S>(std::size_t(g.nc * d.H * PN));
-  const auto shapes = hybrid::detail::concat_str("(T, H, P, N, G) = (", d.T, ", ", d.H, ", ", d.P, ", ", d.N, ", ", d.G,
-                                         "), Q ", Q);
+  const auto shapes = [&] { return hybrid::detail::concat_str("(T, H, P, N, G) = (", d.T, ", ", d.H, ", ", d.P, ", ", d.N, ", ", d.G,
+                                         "), Q ", Q); };
   const int th = kernels::kThreads;
   kernels::ssd_cumsum_kernel<<<unsigned(g.nc), th, 0, st>>>(g, a.dt, a.A, cum);
-  HYBRID_CUDA_LAUNCHED("ssd_cumsum_kernel", shapes);
+  HYBRID_CUDA_LAUNCHED("ssd_cumsum_kernel", shapes());
   const unsigned pn_blocks = unsigned((PN + th - 1) / th);
   kernels::ssd_state_kernel<<<dim3(unsigned(g.nc), unsigned(d.H), pn_blocks), th, Q * sizeof(S), st>>>(
       g, a.x, a.dt, a.B, cum, states);
-  HYBRID_CUDA_LAUNCHED("ssd_state_kernel", shapes);
+  HYBRID_CUDA_LAUNCHED("ssd_state_kernel", shapes());
   kernels::ssd_pass_kernel<<<dim3(unsigned(d.H), pn_blocks), th, 0, st>>>(g, cum, states, a.state_in, a.state_out);
-  HYBRID_CUDA_LAUNCHED("ssd_pass_kernel", shapes);
+  HYBRID_CUDA_LAUNCHED("ssd_pass_kernel", shapes());
   const unsigned row_blocks = unsigned((Q + kernels::kSsdRowsPerBlock - 1) / kernels::kSsdRowsPerBlock);
   const std::size_t smem = std::size_t(kernels::kSsdRowsPerBlock + 2) * Q * sizeof(S);
   kernels::ssd_scan_kernel<<<dim3(unsigned(g.nc), unsigned(d.H), row_blocks), th, smem, st>>>(
       g, a.x, a.dt, a.B, a.C, a.D, cum, states, a.y);
-  HYBRID_CUDA_LAUNCHED("ssd_scan_kernel", shapes);
+  HYBRID_CUDA_LAUNCHED("ssd_scan_kernel", shapes());
 }
 
 }  // namespace hybrid::ops
