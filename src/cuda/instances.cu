@@ -44,7 +44,9 @@ namespace hybrid::ops {
                                      S, Index, Index, int, S*);                                         \
   template void attention_decode<S>(const Context&, const DecodeDims&, const S*, const KvSpan<S>*,      \
                                     const Index*, S*, S, int);                                          \
-  template void greedy_rows<S>(const Context&, DCView<S>, const std::uint8_t*, Index, int*);
+  template void greedy_rows<S>(const Context&, DCView<S>, const std::uint8_t*, Index, int*);            \
+  template void sample_rows<S>(const Context&, DCView<S>, float, int, float, const std::uint8_t*, Index, \
+                               const double*, int*);
 
 HYBRID_CUDA_INSTANCES(float)
 HYBRID_CUDA_INSTANCES(double)

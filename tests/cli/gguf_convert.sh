@@ -34,7 +34,10 @@ expect_error "--type goes with --to-gguf" "$convert" --model TinyLfm2 --to-weigh
 expect_error "cannot open" "$generate" --gguf "$tmp/missing.gguf" --ids 1
 printf 'GGUF\x03\x00\x00\x00' >"$tmp/short.gguf"
 expect_error "too short for the 24-byte GGUF header" "$generate" --gguf "$tmp/short.gguf" --ids 1
-"$convert" --help | grep -qF -- "--to-gguf" || { echo "FAIL: convert --help"; exit 1; }
+# Whole output first: grep -q stops reading at the first match, and the writer's SIGPIPE
+# would fail the pipeline under pipefail.
+"$convert" --help >"$tmp/help.txt"
+grep -qF -- "--to-gguf" "$tmp/help.txt" || { echo "FAIL: convert --help"; exit 1; }
 
 if [[ -n "$hf" ]]; then
   "$convert" --hf "$hf" --to-gguf "$tmp/h.gguf" 2>"$tmp/log"

@@ -50,7 +50,8 @@ expect_error "'$tmp/bad.jsonl' line 2: field \"text\" is missing" "$prepare" --t
 expect_error "trainer failed" "$prepare" --train-tokenizer "$tmp/corpus.txt" --tokenizer "$tmp/tok2.model" --vocab 100
 cmp -s "$tmp/tok.model" "$tmp/tok2.model" || fail "a failed training changed the existing model"
 [[ ! -e "$tmp/x.model" ]] || fail "a model was written for bad flags"
-ls "$tmp" | grep -q '\.tmp\.' && fail "a temporary file was left behind"
+leftover=$(ls "$tmp")  # whole listing first: grep -q in a pipe can SIGPIPE the writer
+grep -q '\.tmp\.' <<<"$leftover" && fail "a temporary file was left behind"
 expect_error "raise --vocab" "$train" --layout MA --d-model 32 --vocab 300 --shards-train "$tmp/sp/d_train_*.bin" \
   --shards-val "$tmp/sp/d_val_*.bin" --steps 1
 expect_error "--qat-bits must be 2 to 8, got 1" "$train" --layout M --d-model 32 --steps 2 --qat-start 0 --qat-bits 1

@@ -688,6 +688,54 @@ TEST_CASE_TEMPLATE("greedy decoding on the device picks what the CPU sampler pic
                        doctest::Contains("token id 99) of row 3 is NaN"), Error);
 }
 
+TEST_CASE_TEMPLATE("sampling on the device draws what the CPU sampler draws from the same stream", S, float,
+                   double) {
+  auto& c = ctx();
+  const Index R = 4, V = 3001;
+  Mat<S> l = rnd<S>(R, V, 70, -4, 4);
+  for (Index i = 0; i < V; i += 7) l(2, i) = -std::numeric_limits<S>::infinity();
+  l(3, 10) = l(3, 20) = S(6);  // a tie at the top: sorted by id
+  std::vector<std::uint8_t> mask(std::size_t(V - 1), 1);
+  for (Index i = 0; i < V - 1; i += 5) mask[std::size_t(i)] = 0;
+  DMat<S> dl(l, c);
+  Buffer<std::uint8_t, Cuda> dmask(Index(mask.size()));
+  cuda::upload<std::uint8_t>(CView<std::uint8_t>(mask.data(), 1, Index(mask.size())), dmask.view(1, Index(mask.size())),
+                             c.stream());
+  struct P {
+    float t;
+    int k;
+    float p;
+  };
+  const P params[] = {{0.8f, 0, 1}, {1, 5, 1}, {0.7f, 0, 0.9f}, {1.3f, 50, 0.95f}, {1, 4000, 1}, {2, 1, 1}};
+  for (const P& pp : params)
+    for (const bool masked : {false, true}) {
+      CAPTURE(pp.t);
+      CAPTURE(pp.k);
+      CAPTURE(pp.p);
+      CAPTURE(masked);
+      const SamplingParams sp{.temperature = pp.t, .top_k = pp.k, .top_p = pp.p, .seed = 11};
+      Sampler cpu(sp, masked ? mask : std::vector<std::uint8_t>{});
+      Rng rng(11);
+      int same = 0, draws = 0;
+      for (int step = 0; step < 8; ++step) {
+        std::vector<double> u(static_cast<std::size_t>(R));
+        std::vector<int> want(static_cast<std::size_t>(R)), got(static_cast<std::size_t>(R));
+        for (Index r = 0; r < R; ++r) {
+          want[r] = cpu.sample(l.row(r));  // one draw per call, rows in order
+          u[r] = rng.uniform();
+        }
+        ops::sample_rows<S>(c, dl.cv(), pp.t, pp.k, pp.p, masked ? dmask.data() : nullptr,
+                            masked ? Index(mask.size()) : 0, u.data(), got.data());
+        for (Index r = 0; r < R; ++r) same += got[r] == want[r], ++draws;
+      }
+      CHECK(same == draws);
+    }
+  std::vector<int> ids(static_cast<std::size_t>(R));
+  const std::vector<double> bad_u(static_cast<std::size_t>(R), 1.0);
+  CHECK_THROWS_AS(ops::sample_rows<S>(c, dl.cv(), 1, 0, 1, nullptr, 0, bad_u.data(), ids.data()), Error);
+  CHECK_THROWS_AS(ops::sample_rows<S>(c, dl.cv(), 1, 0, 0, nullptr, 0, bad_u.data(), ids.data()), Error);
+}
+
 TEST_CASE("CUDA errors name the call: an impossible allocation") {
   auto huge = [] { Buffer<float, Cuda> b(Index(1) << 50); };
   CHECK_THROWS_WITH_AS(huge(), doctest::Contains("cudaMalloc"), Error);

@@ -114,5 +114,11 @@ void attention_decode(const Context&, const DecodeDims& d, const S* q, const KvS
 // logit or a row with nothing to pick is a hybrid::Error naming the row. Synchronises.
 template <class S>
 void greedy_rows(const Context&, DCView<S> logits, const std::uint8_t* allowed, Index n_allowed, int* ids);
+// Temperature -> top-k -> top-p -> one draw per row, as hybrid::Sampler (repetition penalty
+// aside): u: R host uniforms in [0, 1) from the caller's Rng (Rng::uniform(), one per row and
+// call, as the CPU sampler draws them), so a seed gives the CPU's ids. temperature 0 is greedy.
+template <class S>
+void sample_rows(const Context&, DCView<S> logits, float temperature, int top_k, float top_p,
+                 const std::uint8_t* allowed, Index n_allowed, const double* u, int* ids);
 
 }  // namespace hybrid::ops
