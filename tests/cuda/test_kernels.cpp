@@ -694,7 +694,7 @@ TEST_CASE_TEMPLATE("sampling on the device draws what the CPU sampler draws from
   const Index R = 4, V = 3001;
   Mat<S> l = rnd<S>(R, V, 70, -4, 4);
   for (Index i = 0; i < V; i += 7) l(2, i) = -std::numeric_limits<S>::infinity();
-  l(3, 10) = l(3, 20) = S(6);  // a tie at the top: sorted by id
+  l(3, 11) = l(3, 22) = S(6);  // a tie at the top (both allowed by the mask): sorted by id
   std::vector<std::uint8_t> mask(std::size_t(V - 1), 1);
   for (Index i = 0; i < V - 1; i += 5) mask[std::size_t(i)] = 0;
   DMat<S> dl(l, c);
@@ -706,7 +706,9 @@ TEST_CASE_TEMPLATE("sampling on the device draws what the CPU sampler draws from
     int k;
     float p;
   };
-  const P params[] = {{0.8f, 0, 1}, {1, 5, 1}, {0.7f, 0, 0.9f}, {1.3f, 50, 0.95f}, {1, 4000, 1}, {2, 1, 1}};
+  // {1, 2600, 1}: cuts the rows with 3001 candidates, not row 2 (2572): a per-row decision.
+  const P params[] = {{0.8f, 0, 1}, {1, 5, 1},    {0.7f, 0, 0.9f}, {1.3f, 50, 0.95f},
+                      {1, 4000, 1}, {2, 1, 1},    {1, 2600, 1},    {1, 0, 0.5f}};
   for (const P& pp : params)
     for (const bool masked : {false, true}) {
       CAPTURE(pp.t);
@@ -731,9 +733,21 @@ TEST_CASE_TEMPLATE("sampling on the device draws what the CPU sampler draws from
       CHECK(same == draws);
     }
   std::vector<int> ids(static_cast<std::size_t>(R));
-  const std::vector<double> bad_u(static_cast<std::size_t>(R), 1.0);
-  CHECK_THROWS_AS(ops::sample_rows<S>(c, dl.cv(), 1, 0, 1, nullptr, 0, bad_u.data(), ids.data()), Error);
-  CHECK_THROWS_AS(ops::sample_rows<S>(c, dl.cv(), 1, 0, 0, nullptr, 0, bad_u.data(), ids.data()), Error);
+  const std::vector<double> bad_u(static_cast<std::size_t>(R), 1.0), ok_u(static_cast<std::size_t>(R), 0.5);
+  CHECK_THROWS_WITH_AS(ops::sample_rows<S>(c, dl.cv(), 1, 0, 1, nullptr, 0, bad_u.data(), ids.data()),
+                       doctest::Contains("uniform draw of row 0"), Error);
+  CHECK_THROWS_WITH_AS(ops::sample_rows<S>(c, dl.cv(), 1, 0, 0, nullptr, 0, ok_u.data(), ids.data()),
+                       doctest::Contains("top_p must be in (0, 1]"), Error);
+  Mat<S> nan = l;
+  nan(2, 1234) = std::numeric_limits<S>::infinity();
+  DMat<S> dnan(nan, c);
+  CHECK_THROWS_WITH_AS(ops::sample_rows<S>(c, dnan.cv(), 1, 5, 1, nullptr, 0, ok_u.data(), ids.data()),
+                       doctest::Contains("token id 1234) of row 2 is NaN or +inf"), Error);
+  Mat<S> none = l;
+  none.row(1).setConstant(-std::numeric_limits<S>::infinity());
+  DMat<S> dnone(none, c);
+  CHECK_THROWS_WITH_AS(ops::sample_rows<S>(c, dnone.cv(), 1, 0, 1, nullptr, 0, ok_u.data(), ids.data()),
+                       doctest::Contains("nothing can be sampled in row 1"), Error);
 }
 
 TEST_CASE("CUDA errors name the call: an impossible allocation") {

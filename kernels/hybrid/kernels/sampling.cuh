@@ -15,6 +15,7 @@
 #include <cub/device/device_segmented_radix_sort.cuh>
 #include <cuda/functional>
 
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -71,7 +72,7 @@ inline constexpr int kSampleThreads = 512;
 
 // keys[r, i] = logit * inv_t for candidates (allowed, finite), -inf otherwise (-0 as +0, so
 // the radix order ties it with +0 as the CPU comparison does); vals = i; count[r] = the
-// candidates; bad[r] = first NaN / +inf id + 1 (atomicMin over ids + 1, 0 = none).
+// candidates; bad[r] = first NaN / +inf id + 1 (atomicMin over ids + 1; ~0 = none).
 template <class S>
 __global__ void sample_prep_kernel(ops::DCView<S> logits, double inv_t, const std::uint8_t* allowed, Index n_allowed,
                                    double* keys, int* vals, int* count, unsigned long long* bad) {
@@ -93,18 +94,20 @@ __global__ void sample_prep_kernel(ops::DCView<S> logits, double inv_t, const st
 }
 
 // One block per row. Candidate j of the row (in sorted order or id order) has key kj and id;
-// finds the id drawn by u[r] as the CPU sampler does.
+// finds the id drawn by u[r] as the CPU sampler does. (A template, as every kernel here, so
+// that a program including this file beside the library links.)
+template <int Threads = kSampleThreads>
 __global__ void sample_draw_kernel(Index V, int top_k, double top_p, const double* keys_id, const double* keys_sorted,
                                    const int* ids_sorted, const int* count, const double* u, int* out) {
-  using Reduce = cub::BlockReduce<double, kSampleThreads>;
-  using ReduceI = cub::BlockReduce<long long, kSampleThreads>;
-  using Scan = cub::BlockScan<double, kSampleThreads>;
+  using Reduce = cub::BlockReduce<double, Threads>;
+  using ReduceI = cub::BlockReduce<long long, Threads>;
+  using Scan = cub::BlockScan<double, Threads>;
   __shared__ union {
     typename Reduce::TempStorage reduce;
     typename ReduceI::TempStorage reduce_i;
     typename Scan::TempStorage scan;
   } tmp;
-  __shared__ double s_total, s_mx;
+  __shared__ double s_mx;
   __shared__ long long s_found, s_last;
   const Index r = blockIdx.x;
   const long long ncand = count[r];
@@ -133,11 +136,19 @@ __global__ void sample_draw_kernel(Index V, int top_k, double top_p, const doubl
   mx = s_mx;
   last = s_last;
   auto weight = [&](long long j) { return j < n && key[j] > -INFINITY ? exp(key[j] - mx) : 0.0; };
-  double part = 0;
-  for (long long j = threadIdx.x; j < n; j += blockDim.x) part += weight(j);
-  part = Reduce(tmp.reduce).Sum(part);
-  if (threadIdx.x == 0) s_total = part;
-  __syncthreads();
+  // The mass of [0, end), summed chunk by chunk as first_reaching sums it, so that a draw
+  // u * total with u < 1 always lands inside.
+  auto mass = [&](long long end) -> double {
+    double run = 0;
+    for (long long j0 = 0; j0 < end; j0 += blockDim.x) {
+      const long long j = j0 + threadIdx.x;
+      double inc, agg;
+      Scan(tmp.scan).InclusiveSum(j < end ? weight(j) : 0.0, inc, agg);
+      run += agg;
+      __syncthreads();
+    }
+    return run;
+  };
   // The first position whose running mass reaches `target` (>= when ge, > otherwise).
   auto first_reaching = [&](double target, bool ge) -> long long {
     double run = 0;
@@ -158,26 +169,21 @@ __global__ void sample_draw_kernel(Index V, int top_k, double top_p, const doubl
     return -1;
   };
   long long keep_end = n;  // candidates [0, keep_end)
-  double total = s_total;
+  double total = mass(n);
   if (top_p < 1) {
     const long long k = first_reaching(top_p * total, true);
     keep_end = k < 0 ? n : k + 1;
-    // the nucleus' own mass, summed as the scan summed it
-    double p2 = 0;
-    for (long long j = threadIdx.x; j < keep_end; j += blockDim.x) p2 += weight(j);
-    p2 = Reduce(tmp.reduce).Sum(p2);
-    if (threadIdx.x == 0) s_total = p2;
-    __syncthreads();
-    total = s_total;
+    total = mass(keep_end);  // the nucleus' own mass
     if (keep_end - 1 < last) last = keep_end - 1;
   }
   const long long j = first_reaching(u[r] * total, false);
   const long long pick = (j >= 0 && j < keep_end) ? j : last;  // u rounded up to the total
-  if (threadIdx.x == 0) out[r] = sorted ? ids_sorted[r * V + pick] : int(pick);
+  if (threadIdx.x == 0) out[r] = pick < 0 ? -1 : (sorted ? ids_sorted[r * V + pick] : int(pick));
 }
 
-__global__ void row_offsets_kernel(int* off, int R, int V) {
-  for (int r = blockIdx.x * blockDim.x + threadIdx.x; r <= R; r += gridDim.x * blockDim.x) off[r] = r * V;
+template <class I>
+__global__ void row_offsets_kernel(I* off, I R, I V) {
+  for (I r = blockIdx.x * blockDim.x + threadIdx.x; r <= R; r += gridDim.x * blockDim.x) off[r] = r * V;
 }
 
 }  // namespace hybrid::kernels
@@ -188,6 +194,7 @@ template <class S>
 void greedy_rows(const Context& ctx, DCView<S> logits, const std::uint8_t* allowed, Index n_allowed, int* ids) {
   const Index R = logits.rows, V = logits.cols;
   HYBRID_CHECK(V > 0, "sampling: the logits row is empty");
+  HYBRID_CHECK(V <= Index(0x7fffffff), "sampling: a vocabulary of ", V, " ids does not fit token ids (int)");
   if (R == 0) return;
   HYBRID_CHECK(R <= Index(0x7fffffff), "greedy_rows: ", R, " rows exceed the grid");
   cuda::Scratch sc(ctx);
@@ -232,9 +239,10 @@ void sample_rows(const Context& ctx, DCView<S> logits, float temperature, int to
   cuda::Scratch sc(ctx);
   const std::size_t n = std::size_t(R * V);
   double* keys = sc.get<double>(n);
-  double* keys_sorted = sc.get<double>(n);
+  const bool sort = top_k > 0 || top_p < 1;  // rows decide on the device whether they use the order
+  double* keys_sorted = sort ? sc.get<double>(n) : nullptr;
   int* vals = sc.get<int>(n);
-  int* vals_sorted = sc.get<int>(n);
+  int* vals_sorted = sort ? sc.get<int>(n) : nullptr;
   int* count = sc.get<int>(std::size_t(R));
   unsigned long long* bad = sc.get<unsigned long long>(std::size_t(R));
   int* off = sc.get<int>(std::size_t(R + 1));
@@ -246,9 +254,9 @@ void sample_rows(const Context& ctx, DCView<S> logits, float temperature, int to
   kernels::sample_prep_kernel<S><<<kernels::grid_for(R * V), kernels::kThreads, 0, st>>>(
       logits, 1.0 / double(temperature), allowed, n_allowed, keys, vals, count, bad);
   HYBRID_CUDA_LAUNCHED("sample_prep_kernel", shapes());
-  kernels::row_offsets_kernel<<<1, 256, 0, st>>>(off, int(R), int(V));
+  kernels::row_offsets_kernel<int><<<1, 256, 0, st>>>(off, int(R), int(V));
   HYBRID_CUDA_LAUNCHED("row_offsets_kernel", shapes());
-  if (top_k > 0 || top_p < 1) {  // rows decide on the device whether they use the order
+  if (sort) {
     std::size_t temp = 0;
     HYBRID_CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortPairsDescending(nullptr, temp, keys, keys_sorted, vals,
                                                                          vals_sorted, int(n), int(R), off, off + 1,
@@ -260,7 +268,7 @@ void sample_rows(const Context& ctx, DCView<S> logits, float temperature, int to
                                                                          0, 64, st),
                       "sorting ", shapes());
   }
-  kernels::sample_draw_kernel<<<unsigned(R), kernels::kSampleThreads, 0, st>>>(V, top_k, double(top_p), keys,
+  kernels::sample_draw_kernel<><<<unsigned(R), kernels::kSampleThreads, 0, st>>>(V, top_k, double(top_p), keys,
                                                                               keys_sorted, vals_sorted, count, du, dout);
   HYBRID_CUDA_LAUNCHED("sample_draw_kernel", shapes());
   std::vector<unsigned long long> hbad(static_cast<std::size_t>(R));
