@@ -86,14 +86,25 @@ class Context {
 // The scratch an op asked for, from the context's arena, released when the scope ends.
 class Scratch {
  public:
-  explicit Scratch(const Context& c) : a_(c.arena()), m_(a_.mark()) {}
+  explicit Scratch(const Context& c) : c_(c), a_(c.arena()), m_(a_.mark()) {}
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
   ~Scratch() { a_.release(m_); }
   template <class T>
   T* get(std::size_t n) { return a_.alloc_array<T>(n > 0 ? n : 1); }
+  // n host values copied into fresh scratch on the context's stream (token ids, positions,
+  // per-call tables); `what` names them in an error.
+  template <class T>
+  T* upload(const T* host, std::size_t n, const char* what) {
+    T* d = get<T>(n);
+    if (n)
+      HYBRID_CUDA_CHECK(cudaMemcpyAsync(d, host, n * sizeof(T), cudaMemcpyHostToDevice, c_.raw_stream()), n, " ",
+                        what);
+    return d;
+  }
 
  private:
+  const Context& c_;
   DeviceArena& a_;
   DeviceArena::Mark m_;
 };

@@ -129,6 +129,22 @@ class Buffer<S, Cuda> {
 
 namespace hybrid::cuda {
 
+namespace detail {
+// dst <- src, same shape, either side strided, on `s`: one run when both are contiguous (no
+// pitch limit; 2D copies cap the pitch near 2 GiB), else one 2D copy.
+template <class S>
+void copy_view(S* dst, Index dld, const S* src, Index sld, Index rows, Index cols, cudaMemcpyKind kind,
+               const Stream& s) {
+  if (rows <= 1 || (dld == cols && sld == cols))
+    HYBRID_CUDA_CHECK(cudaMemcpyAsync(dst, src, std::size_t(rows * cols) * sizeof(S), kind, s.get()), "(", rows,
+                      ", ", cols, ")");
+  else
+    HYBRID_CUDA_CHECK(cudaMemcpy2DAsync(dst, dld * sizeof(S), src, sld * sizeof(S), cols * sizeof(S), rows, kind,
+                                        s.get()),
+                      "(", rows, ", ", cols, ") source ld ", sld, ", destination ld ", dld);
+}
+}  // namespace detail
+
 // Host view -> device view of the same shape (each may be strided), on `s`. The host
 // memory must stay valid until the stream reaches the copy (pageable memory: the call
 // returns once it is staged).
@@ -137,14 +153,7 @@ void upload(CView<S> src, View<S, Cuda> dst, const Stream& s) {
   HYBRID_CHECK(src.rows == dst.rows && src.cols == dst.cols, "upload: host (", src.rows, ", ",
                src.cols, ") to device (", dst.rows, ", ", dst.cols, "); expected the same shape");
   if (src.empty()) return;
-  if (src.contiguous() && dst.contiguous())  // one run: no pitch limit (2D copies cap it near 2 GiB)
-    HYBRID_CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, std::size_t(src.size()) * sizeof(S),
-                                      cudaMemcpyHostToDevice, s.get()),
-                      "(", src.rows, ", ", src.cols, ")");
-  else
-    HYBRID_CUDA_CHECK(cudaMemcpy2DAsync(dst.data, dst.ld * sizeof(S), src.data, src.ld * sizeof(S),
-                                        src.cols * sizeof(S), src.rows, cudaMemcpyHostToDevice, s.get()),
-                      "(", src.rows, ", ", src.cols, ") host ld ", src.ld, ", device ld ", dst.ld);
+  detail::copy_view(dst.data, dst.ld, src.data, src.ld, src.rows, src.cols, cudaMemcpyHostToDevice, s);
 }
 
 // Device view -> host view of the same shape; waits for the stream, so the host data is
@@ -154,14 +163,7 @@ void download(View<const S, Cuda> src, View<S> dst, const Stream& s) {
   HYBRID_CHECK(src.rows == dst.rows && src.cols == dst.cols, "download: device (", src.rows, ", ",
                src.cols, ") to host (", dst.rows, ", ", dst.cols, "); expected the same shape");
   if (src.empty()) return;
-  if (src.contiguous() && dst.contiguous())
-    HYBRID_CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, std::size_t(src.size()) * sizeof(S),
-                                      cudaMemcpyDeviceToHost, s.get()),
-                      "(", src.rows, ", ", src.cols, ")");
-  else
-    HYBRID_CUDA_CHECK(cudaMemcpy2DAsync(dst.data, dst.ld * sizeof(S), src.data, src.ld * sizeof(S),
-                                        src.cols * sizeof(S), src.rows, cudaMemcpyDeviceToHost, s.get()),
-                      "(", src.rows, ", ", src.cols, ") device ld ", src.ld, ", host ld ", dst.ld);
+  detail::copy_view(dst.data, dst.ld, src.data, src.ld, src.rows, src.cols, cudaMemcpyDeviceToHost, s);
   s.sync();
 }
 

@@ -170,14 +170,10 @@ void attention_decode(const Context& ctx, const DecodeDims& d, const S* q, const
   splits = splits < want ? splits : want;
   splits = splits < 1 ? 1 : (splits > 64 ? 64 : splits);
   cuda::Scratch sc(ctx);
-  auto* dkv = sc.get<KvSpan<S>>(std::size_t(d.B));
-  auto* dpos = sc.get<Index>(std::size_t(d.B));
+  const KvSpan<S>* dkv = sc.upload(kv, std::size_t(d.B), "cache spans");
+  const Index* dpos = sc.upload(qpos, std::size_t(d.B), "positions");
   S* parts = sc.get<S>(std::size_t(d.B * d.Hq * splits * (d.hd + 2)));
   const cudaStream_t st = ctx.raw_stream();
-  HYBRID_CUDA_CHECK(cudaMemcpyAsync(dkv, kv, std::size_t(d.B) * sizeof(KvSpan<S>), cudaMemcpyHostToDevice, st),
-                    d.B, " cache spans");
-  HYBRID_CUDA_CHECK(cudaMemcpyAsync(dpos, qpos, std::size_t(d.B) * sizeof(Index), cudaMemcpyHostToDevice, st), d.B,
-                    " positions");
   const auto shapes = [&] { return hybrid::detail::concat_str("(B, Hq, Hkv, hd) = (", d.B, ", ", d.Hq, ", ", d.Hkv, ", ", d.hd,
                                                  "), longest cache ", kmax, ", ", splits, " slices"); };
   const int U = (d.hd + 31) / 32;

@@ -179,10 +179,7 @@ void gather_rows_forward(const Context& ctx, DCView<S> x, const Index* idx, Inde
     HYBRID_CHECK(idx[i] >= 0 && idx[i] < x.rows, "gather_rows: row ", idx[i], " of a tensor of ", x.rows, " rows");
   if (n == 0) return;
   cuda::Scratch sc(ctx);
-  Index* didx = sc.get<Index>(std::size_t(n));
-  HYBRID_CUDA_CHECK(cudaMemcpyAsync(didx, idx, std::size_t(n) * sizeof(Index), cudaMemcpyHostToDevice,
-                                    ctx.raw_stream()),
-                    n, " row indices");
+  const Index* didx = sc.upload(idx, std::size_t(n), "row indices");
   kernels::launch_map(ctx, "gather_rows", n, x.cols, kernels::GatherRowsF<S>{x, didx, y});
 }
 template <class S>

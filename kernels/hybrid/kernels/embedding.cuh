@@ -29,10 +29,7 @@ void embedding_forward(const Context& ctx, DCView<S> table, const int* ids, Inde
                  " is outside the vocabulary [0, ", V, ")");
   if (R == 0) return;
   cuda::Scratch sc(ctx);
-  int* dids = sc.get<int>(std::size_t(R));
-  HYBRID_CUDA_CHECK(cudaMemcpyAsync(dids, ids, std::size_t(R) * sizeof(int), cudaMemcpyHostToDevice,
-                                    ctx.raw_stream()),
-                    R, " token ids");
+  const int* dids = sc.upload(ids, std::size_t(R), "token ids");
   kernels::embedding_kernel<<<kernels::grid_for(R * table.cols), kernels::kThreads, 0, ctx.raw_stream()>>>(
       table, dids, R, mult, out);
   HYBRID_CUDA_LAUNCHED("embedding_kernel", "R ", R, ", (V, D) = (", V, ", ", table.cols, ")");

@@ -246,11 +246,10 @@ void sample_rows(const Context& ctx, DCView<S> logits, float temperature, int to
   int* count = sc.get<int>(std::size_t(R));
   unsigned long long* bad = sc.get<unsigned long long>(std::size_t(R));
   int* off = sc.get<int>(std::size_t(R + 1));
-  double* du = sc.get<double>(std::size_t(R));
+  const double* du = sc.upload(u, std::size_t(R), "uniform draws");
   int* dout = sc.get<int>(std::size_t(R));
   HYBRID_CUDA_CHECK(cudaMemsetAsync(count, 0, std::size_t(R) * sizeof(int), st), shapes());
   HYBRID_CUDA_CHECK(cudaMemsetAsync(bad, 0xff, std::size_t(R) * sizeof(unsigned long long), st), shapes());
-  HYBRID_CUDA_CHECK(cudaMemcpyAsync(du, u, std::size_t(R) * sizeof(double), cudaMemcpyHostToDevice, st), shapes());
   kernels::sample_prep_kernel<S><<<kernels::grid_for(R * V), kernels::kThreads, 0, st>>>(
       logits, 1.0 / double(temperature), allowed, n_allowed, keys, vals, count, bad);
   HYBRID_CUDA_LAUNCHED("sample_prep_kernel", shapes());
