@@ -64,10 +64,17 @@ struct PrefillOptions {
   }
 };
 
-template <class S>
+// Dev: where the model runs. Cpu is this class; RuntimeModel<S, Cuda> (an NVIDIA GPU) is in
+// <hybrid/cuda/model.hpp> of the hybrid::cuda library and runs this class's forward on a
+// device tape (autograd/backend.hpp).
+template <class S, class Dev = Cpu>
 class RuntimeModel {
+  static_assert(std::is_same_v<Dev, Cpu>, "RuntimeModel<S, Cuda> is declared in <hybrid/cuda/model.hpp> "
+                "(link hybrid::cuda, configure with -DHYBRID_CUDA=ON); include it before naming the type");
+
  public:
   using Scalar = S;
+  using Device = Dev;
   using TrainingOptions = hybrid::TrainingOptions;
 
   explicit RuntimeModel(ModelDesc d, std::uint64_t seed = 0)
@@ -203,6 +210,8 @@ class RuntimeModel {
 
   // The same forward on a caller's tape; when it records, backward() reaches every
   // parameter gradient in its GradStore. Returns logits (B*T, V) (or (B, V), see forward).
+  // On a tape with a backend (autograd/backend.hpp) it reads the backend's copy of the
+  // parameters and the logits stay in the backend's memory (fresh sequences only).
   Var<S> logits(Tape<S>& t, std::span<const int> tokens, Index B, Index T,
                 SequenceState<S>* const* states = nullptr, bool all_logits = true) const {
     return run(t, tokens, B, T, states, all_logits ? Rows::All : Rows::Last, TrainingOptions{});
@@ -387,8 +396,8 @@ class RuntimeModel {
   std::shared_ptr<const WeightStore> packed_;
 };
 
-template <class S>
-void RuntimeModel<S>::init(std::uint64_t seed) {
+template <class S, class Dev>
+void RuntimeModel<S, Dev>::init(std::uint64_t seed) {
   init::normal(store_.view(embed_), desc_.model.init_std, derive_seed(seed, "embed"));
   if (!desc_.model.tied) init::normal(store_.view(head_), desc_.model.init_std, derive_seed(seed, "head"));
   init::fill(store_.view(bigram_), S(0));
@@ -400,20 +409,22 @@ void RuntimeModel<S>::init(std::uint64_t seed) {
     blocks_[i].init(store_, derive_seed(seed, "block" + std::to_string(i)), n_blocks());
 }
 
-template <class S>
-Mat<S> RuntimeModel<S>::forward(std::span<const int> tokens, Index B, Index T, SequenceState<S>* const* states, bool all_logits, Tape<S>* ctx) const {
+template <class S, class Dev>
+Mat<S> RuntimeModel<S, Dev>::forward(std::span<const int> tokens, Index B, Index T, SequenceState<S>* const* states, bool all_logits, Tape<S>* ctx) const {
   Tape<S> local(false);
   Tape<S>& t = ctx ? *ctx : local;
   HYBRID_CHECK(!t.recording(), "forward: the context tape must not record");
   t.rewind();
   const Var<S> l = logits(t, tokens, B, T, states, all_logits);
-  Mat<S> out = l.val();
+  Mat<S> out(l.rows, l.cols);
+  if (Backend<S>* d = t.backend()) d->download(l.value(), View<S>(out));
+  else out = l.val();
   t.rewind();
   return out;
 }
 
-template <class S>
-std::vector<Mat<S>> RuntimeModel<S>::hidden_states(std::span<const int> tokens, Index B, Index T) const {
+template <class S, class Dev>
+std::vector<Mat<S>> RuntimeModel<S, Dev>::hidden_states(std::span<const int> tokens, Index B, Index T) const {
   check_tokens(tokens, B, T, nullptr);
   Tape<S> t(false);
   t.bind_values(store_.data(), packed_.get());
@@ -430,9 +441,10 @@ std::vector<Mat<S>> RuntimeModel<S>::hidden_states(std::span<const int> tokens, 
   return out;
 }
 
-template <class S>
-Var<S> RuntimeModel<S>::final_hidden(Tape<S>& t, std::span<const int> tokens, std::span<const int> targets, Index B, Index T, const TrainingOptions& o, const BlockTap* tap) const {
+template <class S, class Dev>
+Var<S> RuntimeModel<S, Dev>::final_hidden(Tape<S>& t, std::span<const int> tokens, std::span<const int> targets, Index B, Index T, const TrainingOptions& o, const BlockTap* tap) const {
   o.validate();
+  ag::detail::host_only(t, "loss");
   HYBRID_CHECK(Index(targets.size()) == B * T, "loss: got ", targets.size(),
                " targets, expected B*T = ", B * T);
   for (Index i = 0; i < B * T; ++i)
@@ -447,15 +459,16 @@ Var<S> RuntimeModel<S>::final_hidden(Tape<S>& t, std::span<const int> tokens, st
   return final_norm_.forward(t, x);  // (B*T, D)
 }
 
-template <class S>
-Var<S> RuntimeModel<S>::loss(Tape<S>& t, std::span<const int> tokens, std::span<const int> targets, Index B, Index T, double z_loss, const TrainingOptions& o) const {
+template <class S, class Dev>
+Var<S> RuntimeModel<S, Dev>::loss(Tape<S>& t, std::span<const int> tokens, std::span<const int> targets, Index B, Index T, double z_loss, const TrainingOptions& o) const {
   const Var<S> x = final_hidden(t, tokens, targets, B, T, o);
   return ag::head_loss(t, x, desc_.model.tied ? embed_ : head_, targets.data(), head_loss_config(z_loss));
 }
 
-template <class S>
-typename RuntimeModel<S>::Score RuntimeModel<S>::score(Tape<S>& t, std::span<const int> tokens, std::span<const int> targets, Index B, Index T, std::span<const Index> doc_starts) const {
+template <class S, class Dev>
+typename RuntimeModel<S, Dev>::Score RuntimeModel<S, Dev>::score(Tape<S>& t, std::span<const int> tokens, std::span<const int> targets, Index B, Index T, std::span<const Index> doc_starts) const {
   HYBRID_CHECK(!t.recording(), "score: the tape must not record (use loss() to train)");
+  ag::detail::host_only(t, "score");
   HYBRID_CHECK(!packed_, "score: the model holds its weights in a storage type; evaluate it "
                "through forward(), or call set_weight_storage(DType::F32)");
   TrainingOptions o;
@@ -471,8 +484,8 @@ typename RuntimeModel<S>::Score RuntimeModel<S>::score(Tape<S>& t, std::span<con
   return r;
 }
 
-template <class S>
-std::vector<Mat<S>> RuntimeModel<S>::prefill(const std::vector<std::vector<int>>& prompts, std::vector<SequenceState<S>>& states, const PrefillOptions& opt, Tape<S>* ctx) const {
+template <class S, class Dev>
+std::vector<Mat<S>> RuntimeModel<S, Dev>::prefill(const std::vector<std::vector<int>>& prompts, std::vector<SequenceState<S>>& states, const PrefillOptions& opt, Tape<S>* ctx) const {
   opt.validate();
   for (std::size_t i = 0; i < prompts.size(); ++i) {
     HYBRID_CHECK(!prompts[i].empty(), "prefill: prompt ", i,
@@ -513,8 +526,8 @@ std::vector<Mat<S>> RuntimeModel<S>::prefill(const std::vector<std::vector<int>>
   return out;
 }
 
-template <class S>
-Mat<S> RuntimeModel<S>::step(std::span<const int> tokens, std::vector<SequenceState<S>>& states, Tape<S>* ctx) const {
+template <class S, class Dev>
+Mat<S> RuntimeModel<S, Dev>::step(std::span<const int> tokens, std::vector<SequenceState<S>>& states, Tape<S>* ctx) const {
   HYBRID_CHECK(tokens.size() == states.size(), "step: got ", tokens.size(),
                " tokens for ", states.size(), " sequences; expected one token per sequence");
   std::vector<SequenceState<S>*> p(states.size());
@@ -522,8 +535,8 @@ Mat<S> RuntimeModel<S>::step(std::span<const int> tokens, std::vector<SequenceSt
   return forward(tokens, Index(tokens.size()), 1, p.data(), true, ctx);
 }
 
-template <class S>
-std::string RuntimeModel<S>::summary(const std::string& name) const {
+template <class S, class Dev>
+std::string RuntimeModel<S, Dev>::summary(const std::string& name) const {
   struct Row { int count = 0; Index params = 0; Index fixed = 0; Index per_token = 0; };
   std::map<std::string, Row> rows;
   for (int i = 0; i < n_blocks(); ++i) {
@@ -573,8 +586,8 @@ std::string RuntimeModel<S>::summary(const std::string& name) const {
   return out;
 }
 
-template <class S>
-Var<S> RuntimeModel<S>::blocks_forward(Tape<S>& t, Var<S> x, Index B, Index T, SequenceState<S>* const* states, const TrainingOptions& o, const ag::Segments* seg, const BlockTap* tap) const {
+template <class S, class Dev>
+Var<S> RuntimeModel<S, Dev>::blocks_forward(Tape<S>& t, Var<S> x, Index B, Index T, SequenceState<S>* const* states, const TrainingOptions& o, const ag::Segments* seg, const BlockTap* tap) const {
   LayerState<S>** ls = states ? t.template scratch_as<LayerState<S>*>(B) : nullptr;
   const bool train = t.recording();
   // U-Net skips: the outputs of the n_enc encoder blocks, kept for the decoder (n_enc = 0
@@ -598,7 +611,7 @@ Var<S> RuntimeModel<S>::blocks_forward(Tape<S>& t, Var<S> x, Index B, Index T, S
       {
         const typename Tape<S>::Region block(t);
         const Var<S> xin = src >= 0 ? skip_input(t, skips_, x, skip, l) : x;
-        ops::copy<S>(blocks_[l].forward(t, xin, B, T, ls, nullptr, seg).value(), y.value());
+        ag::copy_into(t, blocks_[l].forward(t, xin, B, T, ls, nullptr, seg), y);
       }
       x = y;
       if (tap) (*tap)(l, x);
@@ -613,8 +626,8 @@ Var<S> RuntimeModel<S>::blocks_forward(Tape<S>& t, Var<S> x, Index B, Index T, S
   return x;
 }
 
-template <class S>
-Var<S> RuntimeModel<S>::embed(Tape<S>& t, std::span<const int> tokens, Index B, Index T, SequenceState<S>* const* states, const ag::Segments* seg) const {
+template <class S, class Dev>
+Var<S> RuntimeModel<S, Dev>::embed(Tape<S>& t, std::span<const int> tokens, Index B, Index T, SequenceState<S>* const* states, const ag::Segments* seg) const {
   const ModelSpec& m = desc_.model;
   const Var<S> x = ag::embedding(t, embed_, tokens.data(), B * T, S(m.embedding_multiplier));  // (B*T, D)
   if (m.bigram_buckets == 0) return x;
@@ -640,8 +653,8 @@ Var<S> RuntimeModel<S>::embed(Tape<S>& t, std::span<const int> tokens, Index B, 
   return ag::add(t, x, e);
 }
 
-template <class S>
-Var<S> RuntimeModel<S>::skip_input(Tape<S>& t, const Param& skips, Var<S> x, Var<S> s, int l) {
+template <class S, class Dev>
+Var<S> RuntimeModel<S, Dev>::skip_input(Tape<S>& t, const Param& skips, Var<S> x, Var<S> s, int l) {
   const Index R = x.rows, j = l - skips.rows;
   // Row j of the skip weights on every row (gather_rows: its backward sums the rows'
   // gradients into row j), times the encoder output, added to the input.
@@ -651,10 +664,18 @@ Var<S> RuntimeModel<S>::skip_input(Tape<S>& t, const Param& skips, Var<S> x, Var
   return ag::add(t, x, ag::mul(t, w, s));                       // (R, D)
 }
 
-template <class S>
-Var<S> RuntimeModel<S>::run(Tape<S>& t, std::span<const int> tokens, Index B, Index T, SequenceState<S>* const* states, Rows rows, const TrainingOptions& o, const BlockTap* tap) const {
+template <class S, class Dev>
+Var<S> RuntimeModel<S, Dev>::run(Tape<S>& t, std::span<const int> tokens, Index B, Index T, SequenceState<S>* const* states, Rows rows, const TrainingOptions& o, const BlockTap* tap) const {
   check_tokens(tokens, B, T, states);
-  t.bind_values(store_.data(), packed_.get());
+  if (Backend<S>* d = t.backend()) {  // the same forward on the backend's copy of the values
+    HYBRID_CHECK(!states, "forward: decode state (KV caches, conv and SSM states) is host memory and "
+                 "this tape runs on ", d->name(), "; run fresh sequences there, or use a host tape");
+    HYBRID_CHECK(d->parameters().size() == table_.total(), "forward: the backend ", d->name(), " holds ",
+                 d->parameters().size(), " parameter values, this model's table ", table_.total());
+    t.bind_values(d->parameters().data);
+  } else {
+    t.bind_values(store_.data(), packed_.get());
+  }
   const ag::Segments* seg = packing(t, o, B, T, states);
   Var<S> x = embed(t, tokens, B, T, states, seg);  // (B*T, D)
   x = blocks_forward(t, x, B, T, states, o, seg, tap);
@@ -672,8 +693,8 @@ Var<S> RuntimeModel<S>::run(Tape<S>& t, std::span<const int> tokens, Index B, In
   return head(t, x);
 }
 
-template <class S>
-const S* RuntimeModel<S>::drop_mask(Tape<S>& t, const TrainingOptions& o, int l, Index B, Index T) const {
+template <class S, class Dev>
+const S* RuntimeModel<S, Dev>::drop_mask(Tape<S>& t, const TrainingOptions& o, int l, Index B, Index T) const {
   S* keep = t.scratch(B * T);
   Rng rng(derive_seed(o.drop_seed, "drop" + std::to_string(l)));
   const double p = o.drop_path;
@@ -684,8 +705,8 @@ const S* RuntimeModel<S>::drop_mask(Tape<S>& t, const TrainingOptions& o, int l,
   return keep;
 }
 
-template <class S>
-Var<S> RuntimeModel<S>::checkpointed_block(Tape<S>& t, int l, Var<S> x, Var<S> skip, Index B, Index T, const S* keep, const ag::Segments* seg) const {
+template <class S, class Dev>
+Var<S> RuntimeModel<S, Dev>::checkpointed_block(Tape<S>& t, int l, Var<S> x, Var<S> skip, Index B, Index T, const S* keep, const ag::Segments* seg) const {
   Tape<S>* rt = &t.recompute_tape();
   rt->bind_values(store_.data());
   Var<S> y = t.var(x.rows, x.cols);
@@ -718,8 +739,8 @@ Var<S> RuntimeModel<S>::checkpointed_block(Tape<S>& t, int l, Var<S> x, Var<S> s
   return y;
 }
 
-template <class S>
-void RuntimeModel<S>::check_tokens(std::span<const int> tokens, Index B, Index T, SequenceState<S>* const* states) const {
+template <class S, class Dev>
+void RuntimeModel<S, Dev>::check_tokens(std::span<const int> tokens, Index B, Index T, SequenceState<S>* const* states) const {
   HYBRID_CHECK(B > 0 && T > 0, "forward: need at least one sequence of at least one token, got B=",
                B, " T=", T);
   HYBRID_CHECK(Index(tokens.size()) == B * T, "forward: got ", tokens.size(),
@@ -737,8 +758,8 @@ void RuntimeModel<S>::check_tokens(std::span<const int> tokens, Index B, Index T
     }
 }
 
-template <class S>
-Var<S> RuntimeModel<S>::head(Tape<S>& t, Var<S> x) const {
+template <class S, class Dev>
+Var<S> RuntimeModel<S, Dev>::head(Tape<S>& t, Var<S> x) const {
   const auto& m = desc_.model;
   Var<S> l = ag::linear(t, final_norm_.forward(t, x), m.tied ? embed_ : head_, Param{});
   if (m.logits_divisor != 1) l = ag::scale(t, l, S(1 / m.logits_divisor));

@@ -3,6 +3,8 @@
 // the matching ops/<op>_backward, which accumulates into the input gradients.
 // Row-wise and element-wise functions here; sequence mixers are in seq_functions.hpp.
 // Parameters come in as Param handles and resolve against the tape's bound store.
+// On a tape with a backend (autograd/backend.hpp) each forward runs there instead; such a
+// tape never records, so nothing is pushed.
 #pragma once
 #include <cmath>
 
@@ -20,11 +22,28 @@
 
 namespace hybrid::ag {
 
+namespace detail {
+// The losses are training code on host values; a tape on a backend has none to give.
+template <class S>
+void host_only(const Tape<S>& t, const char* what) {
+  HYBRID_CHECK(!t.backend(), what, ": runs on host values (training, evaluation); this tape's values "
+               "are on ", t.backend() ? t.backend()->name() : "", "; use a host tape");
+}
+}  // namespace detail
+
+// y = x (a copy into an existing activation, e.g. a block's output into its buffer).
+template <class S>
+void copy_into(Tape<S>& t, Var<S> x, Var<S> y) {
+  if (Backend<S>* d = t.backend()) d->copy(x.value(), y.value());
+  else ops::copy<S>(x.value(), y.value());
+}
+
 // y = x w^T with a weight that is a tape Var rather than a Param of the bound store (an
 // adapter's matrices, train/lora.hpp). x: (R, in); w: (out, in), strided or not.
 template <class S>
 Var<S> linear(Tape<S>& t, Var<S> x, Var<S> w) {
   Var<S> y = t.var(x.rows, w.rows);
+  if (Backend<S>* d = t.backend()) return d->linear(x.value(), w.value(), View<S>(), y.value()), y;
   ops::linear_forward<S>(x.value(), w.value(), View<S>(), y.value());
   t.push(OpId::Linear, [x, y, w] {
     ops::linear_backward<S>(x.value(), w.value(), y.gradient(), x.gradient(), w.gradient(), View<S>());
@@ -38,6 +57,8 @@ Var<S> linear(Tape<S>& t, Var<S> x, Var<S> w) {
 // (Tape::set_linear_adapter) then sees x and y and may add its branch.
 template <class S>
 Var<S> linear(Tape<S>& t, Var<S> x, const Param& W, const Param& b) {
+  HYBRID_CHECK(!(t.linear_observer() && t.backend()), "linear: a linear observer reads host inputs; "
+               "this tape runs on ", t.backend() ? t.backend()->name() : "");
   if (t.linear_observer()) t.linear_observer()(W, x.value());
   auto adapt = [&](Var<S> y) { return t.linear_adapter() ? t.linear_adapter()(t, W, x, y) : y; };
   if constexpr (std::is_same_v<S, float>)
@@ -49,6 +70,10 @@ Var<S> linear(Tape<S>& t, Var<S> x, const Param& W, const Param& b) {
       }
   const Var<S> w = t.param(W), bb = t.param(b);
   Var<S> y = t.var(x.rows, W.rows);
+  if (Backend<S>* d = t.backend()) {
+    d->linear(x.value(), w.value(), bb.value(), y.value());
+    return adapt(y);
+  }
   ops::linear_forward<S>(x.value(), w.value(), bb.value(), y.value());
   t.push(OpId::Linear, [x, y, w, bb] {
     ops::linear_backward<S>(x.value(), w.value(), y.gradient(), x.gradient(), w.gradient(), bb.gradient());
@@ -68,6 +93,7 @@ Var<S> embedding(Tape<S>& t, const Param& table, const int* ids, Index R, S mult
       }
   const Var<S> w = t.param(table);
   Var<S> y = t.var(R, table.cols);
+  if (Backend<S>* d = t.backend()) return d->embedding(w.value(), ids, R, mult, y.value()), y;
   ops::embedding_forward<S>(w.value(), ids, R, mult, y.value());
   int* saved = nullptr;
   if (t.recording()) {
@@ -84,6 +110,7 @@ template <class S>
 Var<S> rmsnorm(Tape<S>& t, Var<S> x, const Param& w, S eps) {
   const Var<S> wv = t.param(w);
   Var<S> y = t.var(x.rows, x.cols);
+  if (Backend<S>* d = t.backend()) return d->rmsnorm(x.value(), wv.value(), eps, y.value()), y;
   S* rstd = t.recording() ? t.scratch(x.rows) : nullptr;
   ops::rmsnorm_forward<S>(x.value(), wv.value(), eps, y.value(), rstd);
   Tape<S>* tp = &t;
@@ -98,6 +125,7 @@ template <class S>
 Var<S> layernorm(Tape<S>& t, Var<S> x, const Param& w, const Param& b, S eps) {
   const Var<S> wv = t.param(w), bv = t.param(b);
   Var<S> y = t.var(x.rows, x.cols);
+  if (Backend<S>* d = t.backend()) return d->layernorm(x.value(), wv.value(), bv.value(), eps, y.value()), y;
   S* mean = t.recording() ? t.scratch(x.rows) : nullptr;
   S* rstd = t.recording() ? t.scratch(x.rows) : nullptr;
   ops::layernorm_forward<S>(x.value(), wv.value(), bv.value(), eps, y.value(), mean, rstd);
@@ -113,6 +141,8 @@ template <class S>
 Var<S> gated_rmsnorm(Tape<S>& t, Var<S> y, Var<S> z, const Param& w, Index group, S eps) {
   const Var<S> wv = t.param(w);
   Var<S> out = t.var(y.rows, y.cols);
+  if (Backend<S>* d = t.backend())
+    return d->gated_rmsnorm(y.value(), z.value(), wv.value(), group, eps, out.value()), out;
   S* rstd = t.recording() ? t.scratch(y.rows * (y.cols / group)) : nullptr;
   ops::gated_rmsnorm_forward<S>(y.value(), z.value(), wv.value(), group, eps, out.value(), rstd);
   Tape<S>* tp = &t;
@@ -128,6 +158,7 @@ Var<S> gated_rmsnorm(Tape<S>& t, Var<S> y, Var<S> z, const Param& w, Index group
 template <class S>
 Var<S> gather_rows(Tape<S>& t, Var<S> x, const Index* idx, Index n) {
   Var<S> y = t.var(n, x.cols);
+  if (Backend<S>* d = t.backend()) return d->gather_rows(x.value(), idx, n, y.value()), y;
   Index* saved = t.scratch_index(n);
   std::copy(idx, idx + n, saved);
   ops::gather_rows_forward<S>(x.value(), saved, n, y.value());
@@ -139,6 +170,7 @@ Var<S> gather_rows(Tape<S>& t, Var<S> x, const Index* idx, Index n) {
 template <class S>
 Var<S> add(Tape<S>& t, Var<S> x, Var<S> y, S alpha = S(1)) {
   Var<S> z = t.var(x.rows, x.cols);
+  if (Backend<S>* d = t.backend()) return d->add(x.value(), y.value(), alpha, z.value()), z;
   ops::add_forward<S>(x.value(), y.value(), alpha, z.value());
   t.push(OpId::Add, [x, y, z, alpha] { ops::add_backward<S>(z.gradient(), alpha, x.gradient(), y.gradient()); });
   return z;
@@ -147,6 +179,7 @@ Var<S> add(Tape<S>& t, Var<S> x, Var<S> y, S alpha = S(1)) {
 template <class S>
 Var<S> scale(Tape<S>& t, Var<S> x, S alpha) {
   Var<S> z = t.var(x.rows, x.cols);
+  if (Backend<S>* d = t.backend()) return d->scale(x.value(), alpha, z.value()), z;
   ops::scale_forward<S>(x.value(), alpha, z.value());
   t.push(OpId::Scale, [x, z, alpha] { ops::scale_backward<S>(z.gradient(), alpha, x.gradient()); });
   return z;
@@ -156,6 +189,7 @@ Var<S> scale(Tape<S>& t, Var<S> x, S alpha) {
 template <class S>
 Var<S> scale_rows(Tape<S>& t, Var<S> x, const S* s) {
   Var<S> y = t.var(x.rows, x.cols);
+  if (Backend<S>* d = t.backend()) return d->scale_rows(x.value(), s, y.value()), y;
   S* saved = t.scratch(x.rows);
   std::copy(s, s + x.rows, saved);
   ops::scale_rows_forward<S>(x.value(), saved, y.value());
@@ -167,6 +201,7 @@ Var<S> scale_rows(Tape<S>& t, Var<S> x, const S* s) {
 template <class S>
 Var<S> mul(Tape<S>& t, Var<S> a, Var<S> b) {
   Var<S> z = t.var(a.rows, a.cols);
+  if (Backend<S>* d = t.backend()) return d->mul(a.value(), b.value(), z.value()), z;
   ops::mul_forward<S>(a.value(), b.value(), z.value());
   t.push(OpId::Mul, [a, b, z] {
     ops::mul_backward<S>(a.value(), b.value(), z.gradient(), a.gradient(), b.gradient());
@@ -177,6 +212,7 @@ Var<S> mul(Tape<S>& t, Var<S> a, Var<S> b) {
 template <class S>
 Var<S> silu(Tape<S>& t, Var<S> x) {
   Var<S> y = t.var(x.rows, x.cols);
+  if (Backend<S>* d = t.backend()) return d->silu(x.value(), y.value()), y;
   ops::silu_forward<S>(x.value(), y.value());
   t.push(OpId::Silu, [x, y] { ops::silu_backward<S>(x.value(), y.gradient(), x.gradient()); });
   return y;
@@ -186,6 +222,7 @@ Var<S> silu(Tape<S>& t, Var<S> x) {
 template <class S>
 Var<S> sigmoid_gate(Tape<S>& t, Var<S> o, Var<S> g) {
   Var<S> y = t.var(o.rows, o.cols);
+  if (Backend<S>* d = t.backend()) return d->sigmoid_gate(o.value(), g.value(), y.value()), y;
   ops::sigmoid_gate_forward<S>(o.value(), g.value(), y.value());
   t.push(OpId::SigmoidGate, [o, g, y] {
     ops::sigmoid_gate_backward<S>(o.value(), g.value(), y.gradient(), o.gradient(), g.gradient());
@@ -197,6 +234,7 @@ Var<S> sigmoid_gate(Tape<S>& t, Var<S> o, Var<S> g) {
 template <class S>
 Var<S> swiglu(Tape<S>& t, Var<S> a, Var<S> u) {
   Var<S> h = t.var(a.rows, a.cols);
+  if (Backend<S>* d = t.backend()) return d->swiglu(a.value(), u.value(), h.value()), h;
   ops::swiglu_forward<S>(a.value(), u.value(), h.value());
   t.push(OpId::Swiglu, [a, u, h] {
     ops::swiglu_backward<S>(a.value(), u.value(), h.gradient(), a.gradient(), u.gradient());
@@ -207,6 +245,7 @@ Var<S> swiglu(Tape<S>& t, Var<S> a, Var<S> u) {
 template <class S>
 Var<S> relu2(Tape<S>& t, Var<S> x) {
   Var<S> y = t.var(x.rows, x.cols);
+  if (Backend<S>* d = t.backend()) return d->relu2(x.value(), y.value()), y;
   ops::relu2_forward<S>(x.value(), y.value());
   t.push(OpId::Relu2, [x, y] { ops::relu2_backward<S>(x.value(), y.gradient(), x.gradient()); });
   return y;
@@ -217,6 +256,7 @@ template <class S>
 Var<S> dt_softplus(Tape<S>& t, Var<S> raw, const Param& bias, S lo, S hi) {
   const Var<S> b = t.param(bias);
   Var<S> dt = t.var(raw.rows, raw.cols);
+  if (Backend<S>* d = t.backend()) return d->dt_softplus(raw.value(), b.value(), lo, hi, dt.value()), dt;
   ops::dt_softplus_forward<S>(raw.value(), b.value(), lo, hi, dt.value());
   t.push(OpId::DtSoftplus, [raw, b, dt, lo, hi] {
     ops::dt_softplus_backward<S>(raw.value(), b.value(), lo, hi, dt.gradient(), raw.gradient(), b.gradient());
@@ -228,6 +268,11 @@ Var<S> dt_softplus(Tape<S>& t, Var<S> raw, const Param& bias, S lo, S hi) {
 template <class S>
 Var<S> softcap(Tape<S>& t, Var<S> x, S cap) {
   Var<S> y = t.var(x.rows, x.cols);
+  if (Backend<S>* d = t.backend()) {
+    d->copy(x.value(), y.value());
+    d->softcap(y.value(), cap);
+    return y;
+  }
   ops::copy<S>(x.value(), y.value());
   ops::softcap_forward<S>(y.value(), cap);
   t.push(OpId::Softcap, [x, y, cap] {
@@ -242,6 +287,7 @@ Var<S> softcap(Tape<S>& t, Var<S> x, S cap) {
 // 1x1 Var. targets: R ids, copied to the tape.
 template <class S>
 Var<S> cross_entropy(Tape<S>& t, Var<S> logits, const int* targets, double z_loss = 0) {
+  detail::host_only(t, "cross_entropy");
   const Index R = logits.rows;
   Index n = 0;
   for (Index i = 0; i < R; ++i) n += targets[i] != -1;
@@ -266,6 +312,7 @@ template <class S>
 Var<S> mse(Tape<S>& t, Var<S> x, Var<S> y) {
   HYBRID_CHECK(x.rows == y.rows && x.cols == y.cols && x.size() > 0, "mse: x is (", x.rows, ", ", x.cols,
                "), y is (", y.rows, ", ", y.cols, "); expected the same non-empty shape");
+  detail::host_only(t, "mse");
   const double n = double(x.size());
   Var<S> loss = t.var(1, 1);
   loss.v[0] = S(ops::mse_forward<S>(x.value(), y.value()) / n);
@@ -282,6 +329,7 @@ Var<S> mse(Tape<S>& t, Var<S> x, Var<S> y) {
 // and the backward take one chunk of logits from the tape's workspace.
 template <class S>
 Var<S> head_loss(Tape<S>& t, Var<S> x, const Param& W, const int* targets, const ops::HeadLoss& h) {
+  detail::host_only(t, "head_loss");
   const Index R = x.rows;
   if constexpr (std::is_same_v<S, float>)
     HYBRID_CHECK(!(t.packed() && t.packed()->find(W)),
@@ -317,6 +365,7 @@ Var<S> head_loss(Tape<S>& t, Var<S> x, const Param& W, const int* targets, const
 template <class S>
 Var<S> kd_head_loss(Tape<S>& t, Var<S> x, const Param& W, const int* targets, const ops::HeadLoss& h,
                     const ops::KdLoss& kd, const ops::KdTeacher<S>& teacher, ops::KdSums* parts = nullptr) {
+  detail::host_only(t, "kd_head_loss");
   const Index R = x.rows;
   if constexpr (std::is_same_v<S, float>)
     HYBRID_CHECK(!(t.packed() && t.packed()->find(W)),

@@ -92,6 +92,15 @@ Var<S> causal_conv1d(Tape<S>& t, Var<S> u, const Param& w, const Param& b, Index
   const Var<S> wv = t.param(w), bv = t.param(b);
   const Index C = u.cols, K = w.cols;
   Var<S> y = t.var(u.rows, u.cols);
+  if (Backend<S>* d = t.backend()) {
+    HYBRID_CHECK(!hist, "causal_conv1d: decode state is host memory and this tape runs on ", d->name());
+    for (Index s = 0; s < detail::seg_count(seg, B); ++s) {
+      const Index r0 = detail::seg_row0(seg, T, s), n = detail::seg_len(seg, T, s);
+      const View<S> h = hist ? View<S>(hist[s], C, K) : View<S>();
+      d->causal_conv1d(u.row_range(r0, n).value(), wv.value(), bv.value(), h, y.row_range(r0, n).value(), h);
+    }
+    return y;
+  }
   {  // the workspace is given back before anything else is taken from the tape
     const auto wt = t.workspace(ops::causal_conv1d_scratch(C, K));
     for (Index s = 0; s < detail::seg_count(seg, B); ++s) {
@@ -134,11 +143,24 @@ Var<S> ssd(Tape<S>& t, Var<S> x, Var<S> dt, const Param& A_log, Var<S> Bm, Var<S
   HYBRID_CHECK(dt.contiguous() && Bm.ld == Cm.ld, "ssd: dt must be contiguous and B, C share a row stride");
   const Var<S> al = t.param(A_log), dv = t.param(Dskip);
   Var<S> y = t.var(x.rows, x.cols);
+  const Index ldy = Index(c.H) * c.P, nseg = detail::seg_count(seg, B);
+  auto dims = [c](Index len) { return ops::SsdDims{len, c.H, c.P, c.N, c.G}; };
+  if (Backend<S>* d = t.backend()) {
+    HYBRID_CHECK(!states, "ssd: decode state is host memory and this tape runs on ", d->name());
+    const Var<S> A = t.var(1, c.H);
+    d->neg_exp(al.value(), A.value());
+    for (Index s = 0; s < nseg; ++s) {
+      const Index r0 = detail::seg_row0(seg, T, s);
+      S* st = states ? states[s] : nullptr;
+      ops::SsdArgs<S> a{x.v + r0 * x.ld, dt.v + r0 * c.H, A.v, Bm.v + r0 * Bm.ld,
+                        Cm.v + r0 * Cm.ld, dv.v, st, y.v + r0 * ldy, st, x.ld, Bm.ld};
+      d->ssd(dims(detail::seg_len(seg, T, s)), c.chunk, c.path, a);
+    }
+    return y;
+  }
   S* A = t.scratch(c.H);
   S* dA = t.recording() ? t.scratch(c.H) : nullptr;  // the backward's sum over sequences
   for (int h = 0; h < c.H; ++h) A[h] = -std::exp(al.v[h]);
-  const Index ldy = Index(c.H) * c.P, nseg = detail::seg_count(seg, B);
-  auto dims = [c](Index len) { return ops::SsdDims{len, c.H, c.P, c.N, c.G}; };
   {  // the workspace is given back before anything else is taken from the tape
     Index need = 0;  // segments of different lengths may resolve to different paths
     for (Index s = 0; s < nseg; ++s)
@@ -185,8 +207,15 @@ Var<S> rope(Tape<S>& t, Var<S> x, int H, int hd, Index B, Index T, const Index* 
             int rot = 0, const Segments* seg = nullptr) {
   HYBRID_CHECK(!(pos0 && seg), "rope: packed documents start at position 0, not at given positions");
   Var<S> y = t.var(x.rows, x.cols);
-  ops::copy<S>(x.value(), y.value());
   const Index nseg = detail::seg_count(seg, B);
+  if (Backend<S>* d = t.backend()) {
+    d->copy(x.value(), y.value());
+    for (Index s = 0; s < nseg; ++s)
+      d->rope(y.row_range(detail::seg_row0(seg, T, s), detail::seg_len(seg, T, s)).value(), H, hd,
+              pos0 ? pos0[s] : 0, base, rot);
+    return y;
+  }
+  ops::copy<S>(x.value(), y.value());
   Index* p = t.scratch_index(nseg);
   for (Index s = 0; s < nseg; ++s) {
     p[s] = pos0 ? pos0[s] : 0;
@@ -213,10 +242,18 @@ Var<S> attention(Tape<S>& t, Var<S> q, Var<S> k, Var<S> v, int Hq, int Hkv, int 
   HYBRID_CHECK(q.contiguous() && k.contiguous() && v.contiguous(),
                "attention: q, k and v must be contiguous");
   Var<S> o = t.var(q.rows, q.cols);
-  S* lse = t.recording() ? t.scratch(B * T * Hq) : nullptr;
   const Index L = seg ? seg->max_len : T, nseg = detail::seg_count(seg, B);
   auto dims = [Hq, Hkv, hd](Index len) { return ops::AttnDims{len, len, Hq, Hkv, hd}; };
   const Index ldq = Index(Hq) * hd, ldk = Index(Hkv) * hd;
+  if (Backend<S>* d = t.backend()) {
+    for (Index s = 0; s < nseg; ++s) {
+      const Index r0 = detail::seg_row0(seg, T, s);
+      d->attention(q.v + r0 * ldq, k.v + r0 * ldk, v.v + r0 * ldk, o.v + r0 * ldq,
+                   dims(detail::seg_len(seg, T, s)), scale, 0, 0, window);
+    }
+    return o;
+  }
+  S* lse = t.recording() ? t.scratch(B * T * Hq) : nullptr;
   {  // the workspace is given back before anything else is taken from the tape
     const auto scores = t.workspace(ops::attention_scratch(dims(L), par::threads()));
     for (Index s = 0; s < nseg; ++s) {
@@ -253,6 +290,8 @@ Var<S> attention_cached(Tape<S>& t, Var<S> q, int Hq, int Hkv, int hd, Index B, 
                         int window) {
   HYBRID_CHECK(!t.recording(), "attention: decode state cannot be used while recording");
   HYBRID_CHECK(q.contiguous(), "attention: q must be contiguous");
+  HYBRID_CHECK(!t.backend(), "attention: the KV caches of decode state are host memory and this tape "
+               "runs on ", t.backend() ? t.backend()->name() : "", "; continue sequences on a host tape");
   Var<S> o = t.var(q.rows, q.cols);
   if (T == 1) {
     const ops::DecodeDims d{B, Hq, Hkv, hd};

@@ -19,6 +19,7 @@
 #include "../core/tensor.hpp"
 #include "../layers/param.hpp"
 #include "arena.hpp"
+#include "backend.hpp"
 #include "../ops/op_id.hpp"
 
 namespace hybrid {
@@ -109,7 +110,23 @@ class Tape {
   Tape& operator=(Tape&&) = default;
 
   bool recording() const { return recording_; }
-  void set_recording(bool r) { recording_ = r; }
+  void set_recording(bool r) {
+    HYBRID_CHECK(!(r && backend_), "tape: a tape on a backend (", backend_ ? backend_->name() : "",
+                 ") runs inference only and cannot record");
+    recording_ = r;
+  }
+  // Values in a backend's memory (autograd/backend.hpp) instead of host memory: var()
+  // takes from it and every ag:: function runs its op there; nullptr: the host (the CPU
+  // path). Inference only. Drops whatever the tape holds; scratch() stays host memory.
+  void set_backend(Backend<S>* b) {
+    HYBRID_CHECK(!(b && recording_), "tape: a recording tape cannot run on a backend (",
+                 b ? b->name() : "", "); backends run inference only");
+    rewind();
+    backend_ = b;
+    values_ = nullptr;
+    if (b) b->rewind();
+  }
+  Backend<S>* backend() const { return backend_; }
   void set_grads(GradStore<S>* g) { grads_ = g; }
   Arena& arena() { return arena_; }
   const Arena& arena() const { return arena_; }
@@ -127,6 +144,8 @@ class Tape {
                  "before training");
     HYBRID_CHECK((!packed || std::is_same_v<S, float>),
                  "tape: stored (bf16 / f16 / int8) weights compute in float, not in this scalar type");
+    HYBRID_CHECK(!(packed && backend_), "tape: the model's packed weights are host memory and the "
+                 "tape runs on ", backend_ ? backend_->name() : "", "; use float weights there");
     values_ = values;
     packed_ = packed;
   }
@@ -165,6 +184,10 @@ class Tape {
 
   // A new activation; its gradient (when recording) starts at zero.
   Var<S> var(Index rows, Index cols) {
+    if (backend_) {
+      usage_.values += sizeof(S) * std::size_t(rows * cols);
+      return Var<S>{backend_->alloc(rows * cols), nullptr, rows, cols, cols};
+    }
     Var<S> x{arena_.alloc_array<S>(std::size_t(rows * cols)), nullptr, rows, cols, cols};
     usage_.values += sizeof(S) * std::size_t(rows * cols);
     if (recording_) {
@@ -185,6 +208,7 @@ class Tape {
                   p.rows, p.cols, p.cols};
   }
   // Memory that lives until rewind(): values saved for the backward and per-call tables.
+  // Host memory, also on a tape with a backend (tables of ids, positions, pointers).
   S* scratch(Index n) { return scratch_as<S>(n); }
   Index* scratch_index(Index n) { return scratch_as<Index>(n); }
   int* scratch_int(Index n) { return scratch_as<int>(n); }
@@ -221,7 +245,8 @@ class Tape {
   // What must outlive the region is copied out before it ends.
   class Region {
    public:
-    explicit Region(Tape& t) : t_(t), mark_(t.arena_.mark()), before_(t.usage_) {
+    explicit Region(Tape& t)
+        : t_(t), mark_(t.arena_.mark()), dmark_(t.backend_ ? t.backend_->mark() : 0), before_(t.usage_) {
       HYBRID_CHECK(!t.recording_, "tape: a freed region needs a non-recording tape (a "
                    "recording tape keeps every activation for the backward)");
       t.usage_.workspace = 0;  // the largest op workspace inside the region
@@ -229,6 +254,7 @@ class Tape {
     ~Region() {
       const std::size_t inside = t_.usage_.total() - (before_.total() - before_.workspace);
       t_.arena_.release(mark_);
+      if (t_.backend_) t_.backend_->release(dmark_);
       t_.usage_ = before_;
       t_.usage_.workspace = std::max(before_.workspace, inside);
     }
@@ -238,6 +264,7 @@ class Tape {
    private:
     Tape& t_;
     Arena::Mark mark_;
+    std::size_t dmark_;
     Usage before_;
   };
 
@@ -283,6 +310,7 @@ class Tape {
   void rewind() {
     nodes_.clear();
     arena_.rewind();
+    if (backend_) backend_->rewind();
     peak_ = peak_usage();
     usage_ = Usage{};
   }
@@ -302,6 +330,7 @@ class Tape {
   GradStore<S>* grads_;
   const S* values_ = nullptr;
   const WeightStore* packed_ = nullptr;
+  Backend<S>* backend_ = nullptr;
   LinearObserver observer_;
   LinearAdapter adapter_;
   Usage usage_, peak_;
