@@ -21,6 +21,7 @@ namespace hybrid::ops {
   template void silu_forward<S>(const Context&, DCView<S>, DView<S>);                                   \
   template void sigmoid_gate_forward<S>(const Context&, DCView<S>, DCView<S>, DView<S>);                \
   template void copy<S>(const Context&, DCView<S>, DView<S>);                                           \
+  template void neg_exp_forward<S>(const Context&, DCView<S>, DView<S>);                                \
   template void add_row_bias<S>(const Context&, DCView<S>, DView<S>);                                   \
   template void scale_rows_forward<S>(const Context&, DCView<S>, const S*, DView<S>);                   \
   template void gather_rows_forward<S>(const Context&, DCView<S>, const Index*, Index, DView<S>);       \

@@ -142,6 +142,9 @@ TEST_CASE_TEMPLATE("element-wise ops and activations match the CPU ops on stride
   ops::copy<S>(hx, ref);
   ops::copy<S>(c, dx, out.v);
   check("copy");
+  ref = -emap(hx).array().exp();
+  ops::neg_exp_forward<S>(c, dx, out.v);
+  check("neg_exp");
   ref = emap(hx);
   ref.rowwise() += bias.row(0);
   ops::copy<S>(c, dx, out.v);

@@ -42,6 +42,8 @@ template <class S> void copy(const Context&, DCView<S> x, DView<S> y);
 template <class S> void scale_rows_forward(const Context&, DCView<S> x, const S* s, DView<S> y);
 // y[i] = x[idx[i]] for i < n; idx: n host indices, checked against [0, R) on the host.
 template <class S> void gather_rows_forward(const Context&, DCView<S> x, const Index* idx, Index n, DView<S> y);
+// y = -exp(x): Mamba-2's A from A_log, which ag::ssd computes on the host for the CPU scan.
+template <class S> void neg_exp_forward(const Context&, DCView<S> x, DView<S> y);
 // y[r] += bias[0] for every row (the bias of a linear layer). bias: (1, C).
 template <class S> void add_row_bias(const Context&, DCView<S> bias, DView<S> y);
 

@@ -118,6 +118,12 @@ struct DtSoftplusF {
   }
 };
 template <class S>
+struct NegExpF {
+  ops::DCView<S> x;
+  ops::DView<S> y;
+  __device__ void operator()(Index r, Index c) const { y(r, c) = -dev_exp(x(r, c)); }
+};
+template <class S>
 struct SoftcapF {
   ops::DView<S> l;
   S cap;
@@ -198,6 +204,11 @@ void dt_softplus_forward(const Context& ctx, DCView<S> raw, DCView<S> bias, S lo
   kernels::check_shape("dt_softplus", raw.rows, raw.cols, dt.rows, dt.cols);
   kernels::check_shape("dt_softplus bias", 1, raw.cols, bias.rows, bias.cols);
   kernels::launch_map(ctx, "dt_softplus", raw.rows, raw.cols, kernels::DtSoftplusF<S>{raw, bias, lo, hi, dt});
+}
+template <class S>
+void neg_exp_forward(const Context& ctx, DCView<S> x, DView<S> y) {
+  kernels::check_shape("neg_exp", x.rows, x.cols, y.rows, y.cols);
+  kernels::launch_map(ctx, "neg_exp", x.rows, x.cols, kernels::NegExpF<S>{x, y});
 }
 template <class S>
 void softcap_forward(const Context& ctx, DView<S> logits, S cap) {
