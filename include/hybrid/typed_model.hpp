@@ -6,6 +6,9 @@
 //   using Golf = Model<Config<ModelSpec{.vocab = 1024, .d_model = 512}>,
 //                      Repeat<12, M>, Repeat<3, A>, Repeat<3, M>>;
 //   Golf m(/*seed=*/1);   // Golf::n_params, Golf::layout == "MMMMMMMMMMMMAAAMMM"
+//
+// Config's third argument is where the model runs: Cpu (the default) or Cuda, which needs
+// <hybrid/cuda/model.hpp> (hybrid::cuda) and gives RuntimeModel<S, Cuda>'s interface.
 #pragma once
 #include <array>
 #include <string_view>
@@ -16,14 +19,17 @@
 
 namespace hybrid {
 
-template <ModelSpec Sp, class S = float>
+template <ModelSpec Sp, class S = float, class Dev = Cpu>
 struct Config {
   static_assert(std::is_same_v<S, float> || std::is_same_v<S, double>,
                 "Config: the scalar type must be float or double");
+  static_assert(std::is_same_v<Dev, Cpu> || std::is_same_v<Dev, Cuda>,
+                "Config: the device must be hybrid::Cpu or hybrid::Cuda");
   static constexpr ModelSpec spec = Sp;
   using Scalar = S;
+  using Device = Dev;
   template <class T>
-  using rebind = Config<Sp, T>;
+  using rebind = Config<Sp, T, Dev>;
 };
 
 namespace detail {
@@ -45,7 +51,7 @@ struct model_traits<Cfg, TypeList<Bs...>> {
 }  // namespace detail
 
 template <class Cfg, class... Layout>
-class Model : public RuntimeModel<typename Cfg::Scalar> {
+class Model : public RuntimeModel<typename Cfg::Scalar, typename Cfg::Device> {
   using traits = detail::model_traits<Cfg, flatten_t<Layout...>>;
   static_assert(traits::valid);
 
@@ -60,7 +66,8 @@ class Model : public RuntimeModel<typename Cfg::Scalar> {
   static constexpr std::string_view layout{traits::layout.data(), std::size_t(n_blocks)};
   static ModelDesc desc() { return traits::desc(); }
 
-  explicit Model(std::uint64_t seed = 0) : RuntimeModel<typename Cfg::Scalar>(desc(), seed) {}
+  explicit Model(std::uint64_t seed = 0)
+      : RuntimeModel<typename Cfg::Scalar, typename Cfg::Device>(desc(), seed) {}
 };
 
 }  // namespace hybrid
