@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check: build the CUDA kernels, their tests and benchmark, then run the kernel
-# tests (every kernel against its CPU op), the same tests under compute-sanitizer's
+# tests (every kernel against its CPU op, every Tiny layout against the CPU model), the same tests under compute-sanitizer's
 # memcheck and racecheck, and the benchmark. Output goes to stdout and, when LOG_DIR is set,
 # to files there. Needs nvcc and a CUDA device; exits non-zero on any failure.
 #   bash scripts/cuda_check.sh            # build in build-cuda/
