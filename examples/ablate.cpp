@@ -168,7 +168,7 @@ ModelDesc make_desc(const std::string& layout, const Shape& s, int vocab, const 
   HYBRID_CHECK(!attention || D % hd == 0, "d_model ", D, " is not a multiple of --head-dim ", hd);
   const ModelSpec m{.vocab = vocab, .d_model = D, .init_std = o.get<double>("init-std")};
   const Mamba2Spec mb{.d_state = o.get<int>("d-state"), .expand = expand_for(s.d_inner, D),
-                      .headdim = o.get<int>("headdim"), .chunk = 64};
+                      .headdim = o.get<int>("headdim")};
   const GqaSpec at{.n_heads = std::max(1, D / hd), .n_kv_heads = std::max(1, D / hd), .head_dim = hd,
                    .qk_norm = o.has("qk-norm")};
   const ChannelDesc mlp = SwiGluSpec{{s.hidden}};

@@ -539,7 +539,8 @@ int train_main(int argc, char** argv) {
       ("expand", "Mamba-2 expansion (d_inner = expand * d_model)", cxxopts::value<double>()->default_value("2"))
       ("headdim", "Mamba-2 head dim P", cxxopts::value<int>()->default_value("32"))
       ("groups", "Mamba-2 groups G", cxxopts::value<int>()->default_value("1"))
-      ("chunk", "Mamba-2 chunk length Q", cxxopts::value<int>()->default_value("64"))
+      ("chunk", "Mamba-2 chunk length Q of the SSD scan (0: the measured rule, 64 on the CPU)",
+       cxxopts::value<int>()->default_value("0"))
       ("heads", "attention heads", cxxopts::value<int>()->default_value("4"))
       ("kv-heads", "attention key/value heads", cxxopts::value<int>()->default_value("2"))
       ("head-dim", "attention head dim", cxxopts::value<int>()->default_value("32"))

@@ -146,6 +146,28 @@ TEST_CASE("scan path choice does not change the model") {
   CHECK(max_abs(a, b) < kTol);
 }
 
+TEST_CASE("chunk 0 runs the scan's measured rule: the same values as that chunk forced") {
+  auto make = [](int chunk) {
+    ModelDesc d = TinyMamba::desc();
+    for (auto& b : d.blocks) {
+      auto& m = std::get<Mamba2Spec>(b.mixer);
+      m.chunk = chunk;
+      m.scan = ScanPath::Chunked;
+    }
+    return RuntimeModel<double>(d, 9);
+  };
+  CHECK(Mamba2Spec{}.chunk == 0);
+  CHECK(ops::ssd_chunk(0) == ops::kSsdDefaultChunk);
+  CHECK(ops::ssd_chunk(8) == 8);
+  const Index T = 2 * ops::kSsdDefaultChunk + 5;  // three chunks at the rule's length
+  const auto toks = random_tokens(T, 258, 18);
+  const Mat<double> rule = make(0).forward(toks, 1, T);
+  CHECK(max_abs(rule, make(ops::kSsdDefaultChunk).forward(toks, 1, T)) == 0);
+  CHECK(max_abs(rule, make(8).forward(toks, 1, T)) < kTol);  // another chunk: rounding only
+  CHECK(max_abs(rule, make(8).forward(toks, 1, T)) > 0);     // and it did run another chunk
+  CHECK_THROWS_WITH_AS(make(-1), doctest::Contains("chunk must be >= 0"), Error);
+}
+
 TEST_CASE("run-time layout built from a list of block kinds equals the compile-time model") {
   ModelDesc d{tiny::model, {}};
   for (char c : std::string("MMMMMMMMMMMMAAAMMM")) d.blocks.push_back(c == 'M' ? tiny::M::desc() : tiny::A::desc());

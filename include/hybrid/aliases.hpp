@@ -56,7 +56,7 @@ using Lfm2Ssm1B2 = Model<
              Block<GQA<GqaSpec{.n_heads = 8, .n_kv_heads = 2, .head_dim = 192,
                                .rope_theta = 1e6, .window = 1024}>,
                    SwiGLU<6144>>,
-             Block<Mamba2<Mamba2Spec{.d_state = 256, .expand = 2, .headdim = 64, .chunk = 128}>,
+             Block<Mamba2<Mamba2Spec{.d_state = 256, .expand = 2, .headdim = 64}>,
                    SwiGLU<6144>>>>;
 
 namespace lfm2 {

@@ -17,9 +17,9 @@ struct Mamba2 {
   static constexpr MixerDesc desc() { return Sp; }
   template <int D>
   static constexpr bool check() {
-    static_assert(Sp.d_state > 0 && Sp.d_conv > 0 && Sp.headdim > 0 && Sp.ngroups > 0 &&
-                      Sp.chunk > 0,
-                  "Mamba2: d_state, d_conv, headdim, ngroups and chunk must be positive");
+    static_assert(Sp.d_state > 0 && Sp.d_conv > 0 && Sp.headdim > 0 && Sp.ngroups > 0,
+                  "Mamba2: d_state, d_conv, headdim and ngroups must be positive");
+    static_assert(Sp.chunk >= 0, "Mamba2: chunk must be >= 0 (0: the scan's measured rule)");
     static_assert(Sp.d_inner_exact(D) == double(Sp.d_inner(D)),
                   "Mamba2: expand * d_model must be a whole number (d_inner); change expand");
     static_assert(Sp.headdim > 0 && Sp.d_inner(D) % Sp.headdim == 0,

@@ -62,7 +62,8 @@ struct Mamba2Spec {
   double expand = 2;
   int headdim = 64;   // P
   int ngroups = 1;    // G
-  int chunk = 256;    // Q, chunk length of the SSD scan
+  int chunk = 0;      // Q, chunk length of the SSD scan; 0: the measured rule of the device
+                     // that runs it (ops::ssd_chunk on the CPU); > 0 forces Q
   bool conv_bias = true;
   bool bias = false;  // biases of in_proj / out_proj
   bool norm_whole_width = false;  // gated RMSNorm over all of d_inner instead of per group
@@ -127,8 +128,9 @@ struct MlpSpec {
 
 inline void validate(const Mamba2Spec& s, int d_model) {
   HYBRID_CHECK(d_model > 0, "Mamba2: d_model must be positive, got ", d_model);
-  HYBRID_CHECK(s.d_state > 0 && s.d_conv > 0 && s.headdim > 0 && s.ngroups > 0 && s.chunk > 0,
-               "Mamba2: d_state, d_conv, headdim, ngroups and chunk must be positive");
+  HYBRID_CHECK(s.d_state > 0 && s.d_conv > 0 && s.headdim > 0 && s.ngroups > 0,
+               "Mamba2: d_state, d_conv, headdim and ngroups must be positive");
+  HYBRID_CHECK(s.chunk >= 0, "Mamba2: chunk must be >= 0 (0: the scan's measured rule), got ", s.chunk);
   // Checked before d_inner() converts it to int, which is undefined for NaN or a value
   // outside int's range (found by fuzz/fuzz_desc_json with "expand": 1e99).
   HYBRID_CHECK(s.expand > 0 && s.d_inner_exact(d_model) <= std::numeric_limits<int>::max(),

@@ -125,7 +125,7 @@ Var<S> causal_conv1d(Tape<S>& t, Var<S> u, const Param& w, const Param& b, Index
 }
 
 struct SsdConfig {
-  int H, P, N, G, chunk;
+  int H, P, N, G, chunk;  // chunk 0: the device's rule (ops::ssd_chunk on the host)
   ScanPath path;
 };
 
@@ -158,13 +158,14 @@ Var<S> ssd(Tape<S>& t, Var<S> x, Var<S> dt, const Param& A_log, Var<S> Bm, Var<S
     }
     return y;
   }
+  const int Q = ops::ssd_chunk(c.chunk);
   S* A = t.scratch(c.H);
   S* dA = t.recording() ? t.scratch(c.H) : nullptr;  // the backward's sum over sequences
   for (int h = 0; h < c.H; ++h) A[h] = -std::exp(al.v[h]);
   {  // the workspace is given back before anything else is taken from the tape
     Index need = 0;  // segments of different lengths may resolve to different paths
     for (Index s = 0; s < nseg; ++s)
-      need = std::max(need, ops::ssd_forward_scratch(dims(detail::seg_len(seg, T, s)), c.chunk,
+      need = std::max(need, ops::ssd_forward_scratch(dims(detail::seg_len(seg, T, s)), Q,
                                                      c.path, sizeof(S), par::threads()));
     const auto work = t.workspace(need);
     for (Index s = 0; s < nseg; ++s) {
@@ -172,14 +173,14 @@ Var<S> ssd(Tape<S>& t, Var<S> x, Var<S> dt, const Param& A_log, Var<S> Bm, Var<S
       S* st = states ? states[s] : nullptr;
       ops::SsdArgs<S> a{x.v + r0 * x.ld, dt.v + r0 * c.H, A, Bm.v + r0 * Bm.ld,
                         Cm.v + r0 * Cm.ld, dv.v, st, y.v + r0 * ldy, st, x.ld, Bm.ld};
-      ops::ssd_forward<S>(dims(detail::seg_len(seg, T, s)), c.chunk, c.path, a, work.data);
+      ops::ssd_forward<S>(dims(detail::seg_len(seg, T, s)), Q, c.path, a, work.data);
     }
   }
   Tape<S>* tp = &t;
-  t.push(OpId::Ssd, [tp, x, dt, Bm, Cm, y, al, dv, A, dA, c, B, T, ldy, nseg, seg, dims] {
+  t.push(OpId::Ssd, [tp, x, dt, Bm, Cm, y, al, dv, A, dA, c, Q, B, T, ldy, nseg, seg, dims] {
     Index need = 0;
     for (Index s = 0; s < nseg; ++s)
-      need = std::max(need, ops::ssd_backward_scratch(dims(detail::seg_len(seg, T, s)), c.chunk));
+      need = std::max(need, ops::ssd_backward_scratch(dims(detail::seg_len(seg, T, s)), Q));
     const auto work = tp->workspace(need);
     // dA accumulates over sequences; A = -exp(A_log) so dA_log = dA * A.
     std::fill(dA, dA + c.H, S(0));
@@ -190,7 +191,7 @@ Var<S> ssd(Tape<S>& t, Var<S> x, Var<S> dt, const Param& A_log, Var<S> Bm, Var<S
       ops::SsdGrads<S> g{x.g ? x.g + r0 * x.ld : nullptr, dt.g ? dt.g + r0 * c.H : nullptr,
                          dA, Bm.g ? Bm.g + r0 * Bm.ld : nullptr,
                          Cm.g ? Cm.g + r0 * Cm.ld : nullptr, dv.g};
-      ops::ssd_backward<S>(dims(detail::seg_len(seg, T, s)), c.chunk, a, y.g + r0 * ldy, g,
+      ops::ssd_backward<S>(dims(detail::seg_len(seg, T, s)), Q, a, y.g + r0 * ldy, g,
                            work.data);
     }
     if (al.g)

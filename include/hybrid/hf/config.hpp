@@ -263,7 +263,10 @@ inline Mamba2Spec mamba(const Reader& r, Family f, int D, const HfOptions& o) {
   m.d_state = r.integer(key("mamba_d_state", "state_size"));
   m.d_conv = r.integer(key("mamba_d_conv", "conv_kernel"), 4);
   m.ngroups = r.integer(key("mamba_n_groups", "n_groups"), 1);
-  m.chunk = r.integer(key("mamba_chunk_size", "chunk_size"), 256);
+  // Read and type-checked, not kept: transformers' chunk_size is its kernel's tile, not part of
+  // the model's function; the scan here runs the measured rule of its device (chunk 0).
+  (void)r.integer(key("mamba_chunk_size", "chunk_size"), 256);
+  m.chunk = 0;
   m.conv_bias = r.boolean(key("mamba_conv_bias", "use_conv_bias"), true);
   m.bias = r.boolean(key("mamba_proj_bias", "use_bias"), false);
   m.norm_eps = r.number(key("rms_norm_eps", "layer_norm_epsilon"), 1e-5);

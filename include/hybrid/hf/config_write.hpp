@@ -91,6 +91,10 @@ inline void check_attention(const GqaSpec& a, int D, const Check& check, bool lf
   }
 }
 
+// chunk_size for transformers: the forced chunk, or its default 256 where the scan here
+// follows its device's rule (0).
+inline int hf_chunk(const Mamba2Spec& m) { return m.chunk > 0 ? m.chunk : 256; }
+
 inline void check_mamba(const Mamba2Spec& m, const ModelDesc& d, const Check& check) {
   check(m.expand == std::floor(m.expand), "Mamba-2 expand ", m.expand,
         " is not an integer (transformers' config takes an integer)");
@@ -200,7 +204,7 @@ inline nlohmann::json config_to_json(const ModelDesc& d, Family f, const HfConfi
         j["mamba_n_groups"] = mb->ngroups;
         j["mamba_d_conv"] = mb->d_conv;
         j["mamba_expand"] = int(mb->expand);
-        j["mamba_chunk_size"] = mb->chunk;
+        j["mamba_chunk_size"] = hf_chunk(*mb);
         j["mamba_conv_bias"] = mb->conv_bias;
         j["mamba_proj_bias"] = mb->bias;
         j["time_step_limit"] = {finite_or_marker(mb->dt_limit_lo), finite_or_marker(mb->dt_limit_hi)};
@@ -220,7 +224,7 @@ inline nlohmann::json config_to_json(const ModelDesc& d, Family f, const HfConfi
       j["n_groups"] = mb->ngroups;
       j["conv_kernel"] = mb->d_conv;
       j["expand"] = int(mb->expand);
-      j["chunk_size"] = mb->chunk;
+      j["chunk_size"] = hf_chunk(*mb);
       j["use_conv_bias"] = mb->conv_bias;
       j["use_bias"] = mb->bias;
       j["layer_norm_epsilon"] = m.norm_eps;

@@ -37,6 +37,10 @@ inline constexpr Index kSsdShortT = 8;
 // (2QP per token and head) at a lower GEMM efficiency; 64 is the best trade measured.
 inline constexpr int kSsdDefaultChunk = 64;
 
+// The chunk length the CPU scan runs: `requested` where a model forces one
+// (Mamba2Spec::chunk > 0), the measured rule above where it leaves it to the device (0).
+constexpr int ssd_chunk(int requested) { return requested > 0 ? requested : kSsdDefaultChunk; }
+
 namespace ssd_detail {
 
 template <class S>

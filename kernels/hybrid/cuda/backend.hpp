@@ -16,6 +16,11 @@
 
 namespace hybrid::cuda {
 
+// The chunk length of the device's SSD scan where a model leaves it to the device
+// (Mamba2Spec::chunk = 0). Not yet measured on a GPU: the CPU's measured value until the
+// kernel benchmark has timed the chunk lengths on one.
+inline constexpr int kSsdChunk = 64;
+
 template <class S>
 class CudaBackend final : public Backend<S> {
  public:
@@ -92,7 +97,7 @@ class CudaBackend final : public Backend<S> {
   void ssd(const ops::SsdDims& d, int chunk, ScanPath path, const ops::SsdArgs<S>& a) override {
     const bool recurrent = d.N <= 256 && (path == ScanPath::Recurrent || (path == ScanPath::Auto && d.T < 32));
     if (recurrent) ops::ssd_recurrent<S>(ctx_, d, a);
-    else ops::ssd_chunked<S>(ctx_, d, chunk, a);
+    else ops::ssd_chunked<S>(ctx_, d, chunk > 0 ? chunk : kSsdChunk, a);
   }
   void rope(View<S> x, int n_heads, int hd, Index pos0, double base, int rot) override {
     ops::rope_forward<S>(ctx_, dv(x), n_heads, hd, pos0, base, rot);
