@@ -148,20 +148,13 @@ std::unique_ptr<ProtectedBackend<S>> backend_for(const RuntimeModel<S>& m) {
   return b;
 }
 
-std::vector<int> tokens_for(int vocab, Index n, std::uint64_t seed) {
-  Rng rng(seed);
-  std::vector<int> t(static_cast<std::size_t>(n));
-  for (auto& v : t) v = int(rng.uniform() * vocab) % vocab;
-  return t;
-}
-
 template <class S>
 void check_layout(const ModelDesc& desc, const char* name) {
   CAPTURE(name);
   const RuntimeModel<S> m(desc, 3);
   auto dev = backend_for(m);
   const Index B = 2, T = 21;  // T above the Tiny chunk of 8, not a multiple of it
-  const std::vector<int> tok = tokens_for(m.vocab(), B * T, 5);
+  const std::vector<int> tok = test_util::random_tokens(B * T, m.vocab(), 5);
   const Mat<S> ref = m.forward(tok, B, T);
   Tape<S> t;
   t.set_backend(dev.get());
@@ -191,7 +184,7 @@ TEST_CASE("packed documents run on a backend as on the host") {
   const RuntimeModel<double> m(find_alias("TinyLfm2").desc(), 7);
   auto dev = backend_for(m);
   const Index B = 2, T = 24;
-  const std::vector<int> tok = tokens_for(m.vocab(), B * T, 9);
+  const std::vector<int> tok = test_util::random_tokens(B * T, m.vocab(), 9);
   const std::vector<Index> starts{5, 17, 24, 30};
   TrainingOptions o;
   o.doc_starts = starts;
@@ -229,7 +222,7 @@ TEST_CASE("a backend's memory faults outside its ops, so the equality above chec
 TEST_CASE("what a backend tape cannot do is an error naming it") {
   const RuntimeModel<float> m(find_alias("TinyHybrid18x6").desc(), 2);
   auto dev = backend_for(m);
-  const std::vector<int> tok = tokens_for(m.vocab(), 8, 3);
+  const std::vector<int> tok = test_util::random_tokens(8, m.vocab(), 3);
   {  // recording
     Tape<float> rec(true);
     CHECK(contains(error_of([&] { rec.set_backend(dev.get()); }), "cannot run on a backend"));

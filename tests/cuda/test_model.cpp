@@ -12,18 +12,13 @@
 #include <hybrid/cuda/model.hpp>
 #include <hybrid/model.hpp>
 
+#include "../test_util.hpp"
+
 using namespace hybrid;
 
 namespace hybrid_test_cuda_model {
 
 namespace {
-
-std::vector<int> tokens_for(int vocab, Index n, std::uint64_t seed) {
-  Rng rng(seed);
-  std::vector<int> t(static_cast<std::size_t>(n));
-  for (auto& v : t) v = int(rng.uniform() * vocab) % vocab;
-  return t;
-}
 
 // max |a - b| / max(1, max |b|), infinite on a NaN or a shape mismatch.
 template <class S>
@@ -72,7 +67,7 @@ TEST_CASE_TEMPLATE("every Tiny layout's logits on the GPU match the CPU model", 
     for (const auto& [B, T] : {std::pair<Index, Index>{1, 1}, {2, 21}, {1, 70}}) {
       CAPTURE(B);
       CAPTURE(T);
-      const std::vector<int> tok = tokens_for(cpu.vocab(), B * T, 5 + T);
+      const std::vector<int> tok = test_util::random_tokens(B * T, cpu.vocab(), 5 + T);
       const Mat<S> ref = cpu.forward(tok, B, T);
       const Mat<S> got = gpu.forward(tok, B, T);
       CHECK(rel_err<S>(got, ref) <= tol<S>());
@@ -87,7 +82,7 @@ TEST_CASE("packed documents on the GPU match the CPU model") {
   const RuntimeModel<float> cpu(find_alias("TinyLfm2").desc(), 7);
   RuntimeModel<float, Cuda> gpu(cpu);
   const Index B = 2, T = 24;
-  const std::vector<int> tok = tokens_for(cpu.vocab(), B * T, 9);
+  const std::vector<int> tok = test_util::random_tokens(B * T, cpu.vocab(), 9);
   const std::vector<Index> starts{5, 17, 24, 30};
   TrainingOptions o;
   o.doc_starts = starts;
@@ -103,7 +98,7 @@ TEST_CASE("a typed model with Config<spec, float, Cuda> runs on the GPU with the
   static_assert(std::is_same_v<Gpu::rebind<double>::Device, Cuda>);
   const Cpu cpu(11);
   Gpu gpu(11);  // the same seed, the same values
-  const std::vector<int> tok = tokens_for(tiny::model.vocab, 2 * 33, 4);
+  const std::vector<int> tok = test_util::random_tokens(2 * 33, tiny::model.vocab, 4);
   CHECK(rel_err<float>(gpu.forward(tok, 2, 33), cpu.forward(tok, 2, 33)) <= 2e-4);
 }
 
@@ -112,7 +107,7 @@ TEST_CASE("the bf16 GEMM mode stays near the float model, and new weights reach 
   RuntimeModel<float, Cuda>::Options o;
   o.context.gemm = cuda::GemmMode::Bf16;
   RuntimeModel<float, Cuda> gpu(cpu, o);
-  const std::vector<int> tok = tokens_for(cpu.vocab(), 40, 2);
+  const std::vector<int> tok = test_util::random_tokens(40, cpu.vocab(), 2);
   const Mat<float> ref = cpu.forward(tok, 1, 40);
   const double e = rel_err<float>(gpu.forward(tok, 1, 40), ref);
   CHECK(e > 0);  // bf16 inputs round
