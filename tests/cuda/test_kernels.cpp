@@ -32,7 +32,10 @@
 #include <hybrid/ops/ssd.hpp>
 #include <hybrid/infer/sampling.hpp>
 
+#include "compare.hpp"
+
 using namespace hybrid;
+using hybrid::cuda_test::rel_err;
 
 namespace {
 
@@ -67,23 +70,6 @@ Mat<S> host(View<const S, Cuda> v, const cuda::Context& ctx) {
 template <class S>
 double tol() { return std::is_same_v<S, float> ? 3e-5 : 1e-11; }
 
-// max |a - b| / max(1, max |b|); infinite where either side has a NaN (Eigen's maxCoeff
-// would skip it) or an infinity the other side does not have.
-template <class S>
-double rel_err(const Mat<S>& a, const Mat<S>& b) {
-  REQUIRE(a.rows() == b.rows());
-  REQUIRE(a.cols() == b.cols());
-  if (a.size() == 0) return 0;
-  for (Index i = 0; i < a.size(); ++i) {
-    const S x = a.data()[i], y = b.data()[i];
-    if (std::isnan(x) || std::isnan(y) || ((std::isinf(x) || std::isinf(y)) && x != y))
-      return std::numeric_limits<double>::infinity();
-  }
-  const Mat<S> d = (a - b).unaryExpr([](S v) { return std::isinf(v) || std::isnan(v) ? S(0) : std::abs(v); });
-  const Mat<S> m = b.unaryExpr([](S v) { return std::isinf(v) ? S(0) : std::abs(v); });
-  const double scale = std::max<double>(1.0, double(m.maxCoeff()));
-  return double(d.maxCoeff()) / scale;
-}
 
 // Puts the context back in its GEMM mode when a test leaves, by a throw too.
 struct GemmModeScope {

@@ -13,6 +13,7 @@
 #include <hybrid/model.hpp>
 
 #include "../test_util.hpp"
+#include "compare.hpp"
 
 using namespace hybrid;
 
@@ -20,19 +21,7 @@ namespace hybrid_test_cuda_model {
 
 namespace {
 
-// max |a - b| / max(1, max |b|), infinite on a NaN or a shape mismatch.
-template <class S>
-double rel_err(const Mat<S>& a, const Mat<S>& b) {
-  if (a.rows() != b.rows() || a.cols() != b.cols()) return std::numeric_limits<double>::infinity();
-  double d = 0, m = 1;
-  for (Index i = 0; i < a.size(); ++i) {
-    const double x = double(a.data()[i]), y = double(b.data()[i]);
-    if (std::isnan(x) || std::isnan(y)) return std::numeric_limits<double>::infinity();
-    d = std::max(d, std::abs(x - y));
-    m = std::max(m, std::abs(y));
-  }
-  return d / m;
-}
+using cuda_test::rel_err;
 
 // Rows whose largest logit leads the runner-up by more than `margin` pick the same id.
 template <class S>
