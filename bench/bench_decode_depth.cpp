@@ -1,7 +1,8 @@
 // Decode tokens/s of Golf15x3E2 at batch 1 at several context depths, with the KV cache
 // stored as f32 and as bf16, in one run. Beside each rate: the attention of the three GQA
-// layers alone (the decode kernel, and the blocked attention_forward it replaced, on the
-// same f32 cache) and a same-run reference: the time a plain streaming sum takes to read
+// layers alone (the decode kernel over the head-major caches; on the f32 cache also over a
+// row-major copy, the layout before, and the blocked attention_forward the kernel replaced)
+// and a same-run reference: the time a plain streaming sum takes to read
 // the bytes one step must read (weights + cache), so ratios hold on a noisy machine.
 // One JSON object per line.
 //   bench_decode_depth [--quick] [--threads N] [--tokens N] [--reps N] [--depths a,b,...]
@@ -30,18 +31,25 @@ using bench::stream_seconds;
 
 namespace {
 
+// The first len rows of a cache buffer as (len, heads*hd) row-major values.
+Mat<float> row_major(const KvRows<float>& r, Index len) {
+  Mat<float> m(len, r.cols());
+  for (Index i = 0; i < len; ++i)
+    for (Index c = 0; c < r.cols(); ++c) m(i, c) = r.at(i, c);
+  return m;
+}
+
 // The state with every KV cache stored as d (rows rounded once), room for `rows` rows.
 SequenceState<float> with_kv_dtype(const SequenceState<float>& s, DType d, Index rows) {
   SequenceState<float> out;
   out.pos = s.pos;
   for (const auto& l : s.layers) {
     if (const auto* c = std::get_if<KvCache<float>>(&l)) {
-      KvCache<float> n(d);
+      KvCache<float> n(d, c->k.heads(), c->k.head_dim());
       n.window = c->window;
       n.start_pos = c->start_pos;
-      n.reserve(std::max(rows, c->len), c->k.cols());
-      const CView<float> k(c->k.data(), c->len, c->k.cols()), v(c->v.data(), c->len, c->v.cols());
-      n.append(k, v);
+      n.reserve(std::max(rows, c->len));
+      n.append(row_major(c->k, c->len), row_major(c->v, c->len));
       out.layers.emplace_back(std::move(n));
     } else {
       out.layers.push_back(l);
@@ -58,17 +66,25 @@ std::size_t kv_bytes(const SequenceState<float>& s) {
   return n;
 }
 
+// How attention_seconds runs the GQA layers' attention over the caches.
+enum class AttnPath {
+  Decode,    // the decode kernel over the head-major caches
+  RowMajor,  // the decode kernel over (len, Hkv*hd) row-major copies (the layout before)
+  Blocked,   // attention_forward with one query row (the path before the decode kernel)
+};
+
 // The GQA layers' decode attention alone over the state's caches: seconds per step (best
-// of reps). blocked: attention_forward with one query row (the path before the decode
-// kernel; f32 caches only).
-double attention_seconds(const RuntimeModel<float>& m, const SequenceState<float>& s, bool blocked,
+// of reps). RowMajor and Blocked: f32 caches only.
+double attention_seconds(const RuntimeModel<float>& m, const SequenceState<float>& s, AttnPath path,
                          int reps) {
-  struct Layer { const GqaLayer<float>* g; const KvCache<float>* c; };
+  struct Layer { const GqaLayer<float>* g; const KvCache<float>* c; Mat<float> k, v; };
   std::vector<Layer> layers;
   for (int i = 0; i < m.n_blocks(); ++i)
     if (const auto* g = std::get_if<GqaLayer<float>>(&m.block(i).mixer()))
-      layers.push_back({g, &std::get<KvCache<float>>(s.layers[std::size_t(i)])});
+      layers.push_back({g, &std::get<KvCache<float>>(s.layers[std::size_t(i)]), {}, {}});
   if (layers.empty()) return 0;
+  for (Layer& l : layers)
+    if (path == AttnPath::RowMajor) l.k = row_major(l.c->k, l.c->len), l.v = row_major(l.c->v, l.c->len);
   const GqaSpec& sp = layers[0].g->spec();
   const Index ldq = Index(sp.n_heads) * sp.head_dim;
   Mat<float> q = Mat<float>::Random(1, ldq), o(1, ldq);
@@ -84,18 +100,18 @@ double attention_seconds(const RuntimeModel<float>& m, const SequenceState<float
     for (const Layer& l : layers) {
       const KvCache<float>& c = *l.c;
       const Index qpos = c.next_pos() - 1;
-      if (blocked) {
-        ops::attention_forward<float>(q.data(), c.k.data(), c.v.data(), o.data(),
-                                      ops::AttnDims{1, c.len, sp.n_heads, sp.n_kv_heads, sp.head_dim},
+      ops::KvSpan<float> kv = c.span();
+      if (path == AttnPath::Blocked) {
+        ops::attention_forward<float>(q.data(), kv.k, kv.v, o.data(),
+                                      ops::AttnDims{1, c.len, sp.n_heads, sp.n_kv_heads, sp.head_dim, kv.ld, kv.hs},
                                       l.g->scale(), qpos, c.start_pos, sp.window, nullptr, work.data());
-      } else {
-        ops::KvSpan<float> kv;
-        if (c.dtype() == DType::BF16) kv.kh = c.k.bf16(), kv.vh = c.v.bf16();
-        else kv.k = c.k.data(), kv.v = c.v.data();
-        kv.len = c.len;
-        kv.kpos0 = c.start_pos;
-        ops::attention_decode<float>(d, q.data(), &kv, &qpos, o.data(), l.g->scale(), sp.window, work.data());
+        continue;
       }
+      if (path == AttnPath::RowMajor) {
+        kv = ops::KvSpan<float>{};
+        kv.k = l.k.data(), kv.v = l.v.data(), kv.len = c.len, kv.kpos0 = c.start_pos;
+      }
+      ops::attention_decode<float>(d, q.data(), &kv, &qpos, o.data(), l.g->scale(), sp.window, work.data());
     }
     best = std::min(best, seconds_since(t0));
   }
@@ -196,8 +212,10 @@ int main(int argc, char** argv) {
       }
       rate[k] = n_tok / best;
       const SequenceState<float> s = with_kv_dtype(base, kd, rows);
-      const double attn = attention_seconds(model, s, false, reps * 3);
-      const double blocked = kd == DType::F32 ? attention_seconds(model, s, true, reps * 3) : 0.0;
+      const double attn = attention_seconds(model, s, AttnPath::Decode, reps * 3);
+      const bool f32 = kd == DType::F32;
+      const double rowmaj = f32 ? attention_seconds(model, s, AttnPath::RowMajor, reps * 3) : 0.0;
+      const double blocked = f32 ? attention_seconds(model, s, AttnPath::Blocked, reps * 3) : 0.0;
       // The bytes a step must read, streamed once by a plain sum: the reference rate.
       std::vector<float> buf((weight_bytes + kvb) / 4, 1.0f);
       const double ref = stream_seconds(buf, 3);
@@ -205,11 +223,11 @@ int main(int argc, char** argv) {
       const double ref_kv = stream_seconds(kvbuf, 5);
       std::printf("{\"case\":\"decode_depth\",\"model\":\"Golf15x3E2\",\"kv_dtype\":\"%s\",\"batch\":1,"
                   "\"threads\":%d,\"depth\":%d,\"tokens\":%d,\"reps\":%d,\"tokens_per_s\":%.2f,"
-                  "\"step_ms\":%.3f,\"attn_ms\":%.3f,\"attn_blocked_ms\":%.3f,\"kv_bytes\":%zu,"
+                  "\"step_ms\":%.3f,\"attn_ms\":%.3f,\"attn_row_major_ms\":%.3f,\"attn_blocked_ms\":%.3f,\"kv_bytes\":%zu,"
                   "\"weight_bytes\":%zu,\"stream_ms\":%.3f,\"stream_kv_ms\":%.3f,"
                   "\"step_vs_stream\":%.3f,\"attn_vs_stream_kv\":%.3f}\n",
                   dtype_name(kd), threads, depth, n_tok, reps, rate[k], 1e3 / rate[k], 1e3 * attn,
-                  1e3 * blocked, kvb, weight_bytes, 1e3 * ref, 1e3 * ref_kv,
+                  1e3 * rowmaj, 1e3 * blocked, kvb, weight_bytes, 1e3 * ref, 1e3 * ref_kv,
                   (1.0 / rate[k]) / ref, ref_kv > 0 ? attn / ref_kv : 0.0);
       std::fflush(stdout);
     }

@@ -45,10 +45,10 @@ void check_positions(const KvCache<float>& c, Index cols) {
 TEST_CASE("kv cache: reserve, in-place append, geometric growth keeping the rows") {
   for (DType d : {DType::F32, DType::BF16}) {
     CAPTURE(std::string(dtype_name(d)));
-    KvCache<float> c(d);
+    KvCache<float> c(d, 2, 3);  // 2 heads x 3: each head's rows contiguous
     CHECK(c.dtype() == d);
     const Index cols = 6;
-    c.reserve(10, cols);
+    c.reserve(10);
     CHECK(c.k.rows() == 10);
     CHECK(c.k.cols() == cols);
     CHECK(c.bytes() == std::size_t(2 * 10 * cols) * (d == DType::BF16 ? 2 : 4));
@@ -69,9 +69,9 @@ TEST_CASE("kv cache: reserve, in-place append, geometric growth keeping the rows
     CHECK(c.k.rows() == 20);
     CHECK(c.len == 11);
     check_positions(c, cols);
-    c.reserve(5, cols);  // smaller than held: nothing happens
+    c.reserve(5);  // smaller than held: nothing happens
     CHECK(c.k.rows() == 20);
-    c.reserve(64, cols);
+    c.reserve(64);
     CHECK(c.k.rows() == 64);
     check_positions(c, cols);
     const Mat<float> big = position_rows(11, 100, cols), nbig = -big;
@@ -87,30 +87,45 @@ TEST_CASE("kv cache: reserve, in-place append, geometric growth keeping the rows
 
 TEST_CASE("kv cache: bf16 rows are the rounded values, and each storage names its reader") {
   const Mat<float> r = random_mat<float>(3, 8, 4), nr = -r;
-  KvCache<float> h(DType::BF16), f;
+  KvCache<float> h(DType::BF16, 2, 4), f(DType::F32, 2, 4);
   h.append(r, nr);
   f.append(r, nr);
+  // Head-major: head c / 4's row i at (c / 4) * capacity * 4 + i * 4, as the span says.
+  const ops::KvSpan<float> hs = h.span(), fs = f.span();
+  CHECK(hs.bf16());
+  CHECK(!fs.bf16());
+  CHECK(hs.len == 3);
+  CHECK(fs.ld == 4);
+  CHECK(fs.hs == f.k.rows() * 4);
   for (Index i = 0; i < 3; ++i)
     for (Index c = 0; c < 8; ++c) {
+      const Index at = (c / 4) * fs.hs + i * fs.ld + c % 4;
       CHECK(h.k.at(i, c) == bf16_to_f32(f32_to_bf16(r(i, c))));
-      CHECK(h.k.bf16()[i * 8 + c] == f32_to_bf16(r(i, c)));
-      CHECK(f.k.data()[i * 8 + c] == r(i, c));
+      CHECK(hs.kh[at] == f32_to_bf16(r(i, c)));
+      CHECK(hs.vh[at] == f32_to_bf16(-r(i, c)));
+      CHECK(fs.k[at] == r(i, c));
+      CHECK(fs.v[at] == -r(i, c));
     }
   check_error([&] { (void)h.k.data(); }, {"bf16 cache", "bf16()"});
   check_error([&] { (void)f.k.bf16(); }, {"f32 cache", "data()"});
-  check_error([] { KvCache<float> c(DType::I8); }, {"int8", "f32 or bf16"});
+  check_error([] { KvCache<float> c(DType::I8, 1, 1); }, {"int8", "f32 or bf16"});
+  check_error([] { KvCache<float> c(DType::F32, 0, 4); }, {"(heads, head_dim) = (0, 4)", "positive"});
   check_error([&] {
     const Mat<float> w = random_mat<float>(1, 4, 1);
     f.append(w, w);
-  }, {"4 columns", "cache of 8"});
+  }, {"4 columns", "2 heads x 4 = 8"});
+  check_error([&] {
+    KvCache<float> none;
+    none.append(r, nr);
+  }, {"no layout", "make_state"});
 }
 
 TEST_CASE("kv cache: a window keeps at most two windows and drops to one, content intact") {
   for (DType d : {DType::F32, DType::BF16}) {
     CAPTURE(std::string(dtype_name(d)));
-    KvCache<float> c(d);
+    KvCache<float> c(d, 3, 2);
     c.window = 5;
-    const Index cols = 3;
+    const Index cols = 6;
     Index pos = 0;
     for (Index n : {1, 1, 4, 1, 3, 1, 1, 7, 1, 1, 1, 2, 1}) {
       const Mat<float> r = position_rows(pos, n, cols), nr = -r;
@@ -143,9 +158,11 @@ TEST_CASE("kv cache: GQA states in the chosen storage and their bytes per token"
 namespace {
 
 // Decode over B caches against attention_forward with one query row per sequence.
+// head_major: the spans of KvCaches (heads' rows contiguous, capacity above the length);
+// otherwise (len, Hkv*hd) row-major buffers with the span's default strides.
 template <class S>
 void check_decode(int Hq, int Hkv, int hd, const std::vector<Index>& lens, int window, bool bf16,
-                  Index splits, std::uint64_t seed) {
+                  Index splits, bool head_major, std::uint64_t seed) {
   const Index B = Index(lens.size()), ldq = Index(Hq) * hd, ldk = Index(Hkv) * hd;
   const Mat<S> q = random_mat<S>(B, ldq, seed);
   std::vector<Mat<S>> ks, vs;
@@ -173,6 +190,16 @@ void check_decode(int Hq, int Hkv, int hd, const std::vector<Index>& lens, int w
       kv[b].k = ks[b].data();
       kv[b].v = vs[b].data();
     }
+  }
+  std::vector<KvCache<S>> caches;
+  for (Index b = 0; head_major && b < B; ++b) {
+    caches.emplace_back(bf16 ? DType::BF16 : DType::F32, Hkv, hd);
+    caches.back().reserve(lens[b] + 5);
+    caches.back().append(ks[b], vs[b]);  // bf16: already rounded, so stored exactly
+  }
+  for (Index b = 0; head_major && b < B; ++b) {
+    kv[b] = caches[std::size_t(b)].span();
+    kv[b].kpos0 = 3 * b;
   }
   const S scale = S(1) / std::sqrt(S(hd));
   Mat<S> got(B, ldq), want(B, ldq);
@@ -203,7 +230,8 @@ TEST_CASE_TEMPLATE("attention_decode: matches attention_forward (lengths, window
     for (const auto& lens : batches)
       for (int window : {0, 1, 7, 200})
         for (Index splits : {0, 1, 3, 7})
-          for (bool bf16 : {false, true}) {
+          for (bool bf16 : {false, true})
+          for (bool head_major : {false, true}) {
             if (bf16 && std::is_same_v<S, double> && splits > 1) continue;  // covered in float
             CAPTURE(h.Hq);
             CAPTURE(h.Hkv);
@@ -212,9 +240,70 @@ TEST_CASE_TEMPLATE("attention_decode: matches attention_forward (lengths, window
             CAPTURE(window);
             CAPTURE(splits);
             CAPTURE(bf16);
-            check_decode<S>(h.Hq, h.Hkv, h.hd, lens, window, bf16, splits, seed++);
+            CAPTURE(head_major);
+            check_decode<S>(h.Hq, h.Hkv, h.hd, lens, window, bf16, splits, head_major, seed++);
           }
 }
+
+#ifdef HYBRID_DECODE_SIMD
+namespace {
+
+// One work item by the AVX-512 body against the Eigen body that specifies it: the partial
+// (max, sum, unnormalised o) of every query head.
+template <int W, class KT>
+void check_simd_item(int rep, Index n, Index ld, std::uint64_t seed) {
+  const int hd = 16 * W;
+  const Index pr = hd + 2 + 3;  // heads' partials apart by more than their size
+  const Mat<float> q = random_mat<float>(1, Index(rep) * hd, seed);
+  const Mat<float> k = random_mat<float>(n, ld, seed + 1), v = random_mat<float>(n, ld, seed + 2);
+  std::vector<std::uint16_t> kh(std::size_t(n * ld)), vh(std::size_t(n * ld));
+  for (Index i = 0; i < n * ld; ++i) kh[std::size_t(i)] = f32_to_bf16(k.data()[i]), vh[std::size_t(i)] = f32_to_bf16(v.data()[i]);
+  const ops::DecodeDims d{1, rep, 1, hd};
+  std::vector<float> work(std::size_t(ops::detail::decode_thread_scratch(d)));
+  std::vector<float> want(std::size_t(rep * pr), 9.f), got(std::size_t(rep * pr), 9.f);
+  const float scale = 1.f / std::sqrt(float(hd));
+  const KT* kp;
+  const KT* vp;
+  if constexpr (std::is_same_v<KT, float>) kp = k.data(), vp = v.data();
+  else kp = kh.data(), vp = vh.data();
+  ops::detail::decode_slice<float>(q.data(), kp, vp, ld, n, rep, hd, scale, want.data(), pr, work.data());
+  ops::detail::decode_slice_simd<W>(q.data(), kp, vp, ld, n, rep, scale, got.data(), pr, work.data(),
+                                    ops::detail::kDecodeTile);
+  for (int r = 0; r < rep; ++r) {
+    const float* a = want.data() + r * pr;
+    const float* b = got.data() + r * pr;
+    CHECK(b[0] == doctest::Approx(a[0]).epsilon(1e-5));  // running max
+    CHECK(b[1] == doctest::Approx(a[1]).epsilon(1e-5));  // sum of exp
+    double err = 0, mag = 1;
+    for (int c = 0; c < hd; ++c) err = std::max(err, double(std::abs(a[2 + c] - b[2 + c]))), mag = std::max(mag, double(std::abs(a[2 + c])));
+    CHECK(err <= 2e-5 * mag);
+    for (Index c = hd + 2; c < pr; ++c) CHECK(b[c] == 9.f);  // nothing written past the partial
+  }
+}
+
+template <int W>
+void check_simd_width() {
+  std::uint64_t seed = 100 + W;
+  for (int rep : {1, 2, 3, 4, 5, 8})
+    for (Index n : {1, 7, 16, 17, 127, 128, 129, 300})
+      for (Index ld : {Index(16 * W), Index(16 * W * 3)}) {
+        CAPTURE(rep);
+        CAPTURE(n);
+        CAPTURE(ld);
+        check_simd_item<W, float>(rep, n, ld, seed++);
+        check_simd_item<W, std::uint16_t>(rep, n, ld, seed++);
+      }
+}
+
+}  // namespace
+
+TEST_CASE("attention_decode: the AVX-512 work item equals the Eigen one (hd 16-128, rep, tails, strides)") {
+  check_simd_width<1>();
+  check_simd_width<2>();
+  check_simd_width<4>();
+  check_simd_width<8>();
+}
+#endif
 
 namespace {
 

@@ -31,6 +31,7 @@
 #include <hybrid/ops/rope.hpp>
 #include <hybrid/ops/ssd.hpp>
 #include <hybrid/infer/sampling.hpp>
+#include <hybrid/infer/state.hpp>
 
 #include "compare.hpp"
 
@@ -473,6 +474,43 @@ TEST_CASE_TEMPLATE("decode attention over the KV cache matches the CPU op: batch
     ops::attention_decode<S>(d, q.data(), hs.data(), qpos.data(), o.data(), scale, k.window);
     DMat<S> dq(q, c), dout(k.B, Index(k.Hq) * k.hd);
     ops::attention_decode<S>(c, d, dq.buf.data(), ds.data(), qpos.data(), dout.v.data, scale, k.window);
+    CHECK(rel_err<S>(host<S>(dout.cv(), c), o) <= tol<S>() * 10);
+  }
+}
+
+TEST_CASE_TEMPLATE("decode attention over head-major KV caches (KvCache's strides) matches the CPU op", S, float,
+                   double) {
+  auto& c = ctx();
+  for (bool bf16 : {false, true}) {
+    CAPTURE(bf16);
+    const int Hq = 8, Hkv = 2, hd = 64;
+    const Index len = 1500, W = Index(Hkv) * hd;
+    const ops::DecodeDims d{1, Hq, Hkv, hd};
+    KvCache<S> kc(bf16 ? DType::BF16 : DType::F32, Hkv, hd);
+    kc.reserve(len + 9);  // capacity above the length: the head stride is not len * hd
+    kc.append(rnd<S>(len, W, 61, -2, 2), rnd<S>(len, W, 62));
+    kc.start_pos = 4;
+    const ops::KvSpan<S> hsp = kc.span();
+    ops::KvSpan<S> dsp = hsp;
+    const Index n = kc.k.size();
+    Buffer<S, Cuda> dk(bf16 ? 1 : n), dv(bf16 ? 1 : n);
+    Buffer<std::uint16_t, Cuda> dkh(bf16 ? n : 1), dvh(bf16 ? n : 1);
+    if (bf16) {
+      cuda::upload<std::uint16_t>(CView<std::uint16_t>(hsp.kh, 1, n), dkh.view(1, n), c.stream());
+      cuda::upload<std::uint16_t>(CView<std::uint16_t>(hsp.vh, 1, n), dvh.view(1, n), c.stream());
+      dsp.kh = dkh.data(), dsp.vh = dvh.data();
+    } else {
+      cuda::upload<S>(CView<S>(hsp.k, 1, n), dk.view(1, n), c.stream());
+      cuda::upload<S>(CView<S>(hsp.v, 1, n), dv.view(1, n), c.stream());
+      dsp.k = dk.data(), dsp.v = dv.data();
+    }
+    const Index qpos = kc.next_pos() - 1;
+    const Mat<S> q = rnd<S>(1, Index(Hq) * hd, 63, -2, 2);
+    const S scale = S(1 / std::sqrt(double(hd)));
+    Mat<S> o(1, Index(Hq) * hd);
+    ops::attention_decode<S>(d, q.data(), &hsp, &qpos, o.data(), scale, 0);
+    DMat<S> dq(q, c), dout(1, Index(Hq) * hd);
+    ops::attention_decode<S>(c, d, dq.buf.data(), &dsp, &qpos, dout.v.data, scale, 0);
     CHECK(rel_err<S>(host<S>(dout.cv(), c), o) <= tol<S>() * 10);
   }
 }

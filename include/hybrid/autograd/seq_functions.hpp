@@ -279,12 +279,12 @@ Var<S> attention(Tape<S>& t, Var<S> q, Var<S> k, Var<S> v, int Hq, int Hkv, int 
 }
 
 // Attention of B decoding sequences over their KV caches: q: (B*T, Hq*hd) contiguous,
-// queries of sequence b at positions qpos0[b] + [0, T); kv[b]: the cache's (len, Hkv*hd)
-// keys and values (in S or bf16) from position kv[b].kpos0; cap: the largest cache
+// queries of sequence b at positions qpos0[b] + [0, T); kv[b]: the cache's keys and values
+// (in S or bf16, strided as the span says) from position kv[b].kpos0; cap: the largest cache
 // capacity, which sizes the workspace (a pre-sized cache keeps it constant from step to
 // step). T == 1 runs the decode kernel (split-K over long caches); T > 1 the blocked
-// attention_forward, over a bf16 cache after widening the keys the chunk can see into the
-// workspace (2 * cap * Hkv*hd values). Inference only (no node).
+// attention_forward on the cache's strides, over a bf16 cache after widening the keys the
+// chunk can see into the workspace (2 * cap * Hkv*hd values, row-major). Inference only (no node).
 template <class S>
 Var<S> attention_cached(Tape<S>& t, Var<S> q, int Hq, int Hkv, int hd, Index B, Index T,
                         const ops::KvSpan<S>* kv, const Index* qpos0, Index cap, S scale,
@@ -308,7 +308,7 @@ Var<S> attention_cached(Tape<S>& t, Var<S> q, int Hq, int Hkv, int hd, Index B, 
   for (Index b = 0; b < B; ++b) {
     const ops::KvSpan<S>& c = kv[b];
     if (!c.bf16()) {
-      const ops::AttnDims d{T, c.len, Hq, Hkv, hd};
+      const ops::AttnDims d{T, c.len, Hq, Hkv, hd, c.row_stride(Hkv, hd), c.head_stride(hd)};
       ops::attention_forward<S>(q.v + b * T * ldq, c.k, c.v, o.v + b * T * ldq, d, scale,
                                 qpos0[b], c.kpos0, window, nullptr, work.data);
       continue;
@@ -319,10 +319,16 @@ Var<S> attention_cached(Tape<S>& t, Var<S> q, int Hq, int Hkv, int hd, Index B, 
     j1 = std::max(j1, j0);
     S* kf = work.data + nscores;  // (j1 - j0, Hkv*hd)
     S* vf = kf + cap * ldk;       // (j1 - j0, Hkv*hd)
-    const std::uint16_t* ks = c.kh + j0 * ldk;
-    const std::uint16_t* vs = c.vh + j0 * ldk;
-    for (Index i = 0; i < (j1 - j0) * ldk; ++i) kf[i] = S(bf16_to_f32(ks[i]));
-    for (Index i = 0; i < (j1 - j0) * ldk; ++i) vf[i] = S(bf16_to_f32(vs[i]));
+    const Index ld = c.row_stride(Hkv, hd), hs = c.head_stride(hd);
+    for (int g = 0; g < Hkv; ++g)
+      for (Index j = j0; j < j1; ++j) {
+        const std::uint16_t* ks = c.kh + Index(g) * hs + j * ld;
+        const std::uint16_t* vs = c.vh + Index(g) * hs + j * ld;
+        S* kd = kf + (j - j0) * ldk + Index(g) * hd;
+        S* vd = vf + (j - j0) * ldk + Index(g) * hd;
+        for (int e = 0; e < hd; ++e) kd[e] = S(bf16_to_f32(ks[e]));
+        for (int e = 0; e < hd; ++e) vd[e] = S(bf16_to_f32(vs[e]));
+      }
     const ops::AttnDims d{T, j1 - j0, Hq, Hkv, hd};
     ops::attention_forward<S>(q.v + b * T * ldq, kf, vf, o.v + b * T * ldq, d, scale, qpos0[b],
                               c.kpos0 + j0, window, nullptr, work.data);

@@ -17,6 +17,7 @@
 #include "../core/dtype.hpp"
 #include "../core/error.hpp"
 #include "../core/tensor.hpp"
+#include "../ops/kv_span.hpp"
 
 namespace hybrid {
 
@@ -31,26 +32,34 @@ struct ShortConvState {
   Mat<S> conv;  // (D, L)
 };
 
-// One of a KV cache's two row buffers: (capacity, cols) values, row-major, stored as S
-// (DType::F32: the model's own scalar type, exact) or as bf16 bits (DType::BF16). Grows
+// One of a KV cache's two buffers: `heads` blocks of (capacity, head_dim) values, head-major
+// (each head's rows contiguous, so decode attention streams one head's keys instead of
+// striding across every head's), stored as S (DType::F32: the model's own scalar type, exact)
+// or as bf16 bits (DType::BF16). Row r, column c = head c / head_dim, dim c % head_dim. Grows
 // into a new buffer and copies the rows in use: the old and the new buffer are the peak.
 template <class S>
 class KvRows {
  public:
   KvRows() = default;
-  explicit KvRows(DType d) : dtype_(d) {
+  KvRows(DType d, int heads, int head_dim) : dtype_(d), heads_(heads), hd_(head_dim) {
     HYBRID_CHECK(d == DType::F32 || d == DType::BF16, "KV cache: storage type ", dtype_name(d),
                  " is not supported; use f32 or bf16");
+    HYBRID_CHECK(heads > 0 && head_dim > 0, "KV cache: (heads, head_dim) = (", heads, ", ", head_dim,
+                 ") must both be positive");
   }
 
   DType dtype() const { return dtype_; }
   Index rows() const { return cap_; }  // capacity
-  Index cols() const { return cols_; }
-  Index size() const { return cap_ * cols_; }
+  Index cols() const { return Index(heads_) * hd_; }
+  int heads() const { return heads_; }
+  int head_dim() const { return hd_; }
+  Index row_stride() const { return hd_; }           // between a head's consecutive rows
+  Index head_stride() const { return cap_ * hd_; }   // between heads' first rows
+  Index size() const { return cap_ * cols(); }
   std::size_t bytes() const { return std::size_t(size()) * elem_bytes(); }
   std::size_t elem_bytes() const { return dtype_ == DType::BF16 ? 2 : sizeof(S); }
 
-  // The rows as S (f32 storage) or as bf16 bits (bf16 storage); asking for the other throws.
+  // The values as S (f32 storage) or as bf16 bits (bf16 storage); asking for the other throws.
   const S* data() const {
     HYBRID_CHECK(dtype_ == DType::F32, "KV cache: data() of a bf16 cache; read it with bf16()");
     return f_.data();
@@ -62,90 +71,110 @@ class KvRows {
   }
   // Row r, column c as S, whatever the storage.
   S at(Index r, Index c) const {
-    return dtype_ == DType::BF16 ? S(bf16_to_f32(h_.data()[r * cols_ + c])) : f_.data()[r * cols_ + c];
+    const Index i = index(r, c);
+    return dtype_ == DType::BF16 ? S(bf16_to_f32(h_.data()[i])) : f_.data()[i];
   }
 
-  // A buffer of cap rows of cols holding the first `keep` rows of this one.
-  void regrow(Index cap, Index cols, Index keep) {
-    HYBRID_CHECK(cols_ == 0 || keep == 0 || cols == cols_, "KV cache: rows of ", cols,
-                 " columns appended to a cache of ", cols_);
-    const std::size_t n = std::size_t(keep * cols) * elem_bytes();
-    if (dtype_ == DType::BF16) {
-      Buffer<std::uint16_t> nb(cap * cols);
-      if (n) std::memcpy(nb.data(), h_.data(), n);
-      h_ = std::move(nb);
-    } else {
-      Buffer<S> nb(cap * cols);
-      if (n) std::memcpy(nb.data(), f_.data(), n);
-      f_ = std::move(nb);
-    }
+  // A buffer of cap rows holding the first `keep` rows of this one.
+  void regrow(Index cap, Index keep) {
+    HYBRID_CHECK(heads_ > 0, "KV cache: no layout; make it with KvCache(dtype, heads, head_dim) or "
+                 "the attention layer's make_state");
+    HYBRID_CHECK(keep <= cap_ && keep <= cap, "KV cache: keeping ", keep, " rows of ", cap_, " in ", cap);
+    const std::size_t e = elem_bytes(), n = std::size_t(keep * hd_) * e;
+    const auto move_heads = [&](auto& buf, auto tag) {
+      using T = decltype(tag);
+      Buffer<T> nb(cap * cols());
+      for (int h = 0; h < heads_ && n; ++h)
+        std::memcpy(nb.data() + Index(h) * cap * hd_, buf.data() + Index(h) * cap_ * hd_, n);
+      buf = std::move(nb);
+    };
+    if (dtype_ == DType::BF16) move_heads(h_, std::uint16_t{});
+    else move_heads(f_, S{});
     cap_ = cap;
-    cols_ = cols;
   }
-  // Rows [r0, r0 + src.rows) = src, rounded to bf16 for a bf16 cache.
+  // Rows [r0, r0 + src.rows) = src (rows of heads * head_dim), rounded to bf16 for a bf16 cache.
   void write(Index r0, CView<S> src) {
-    for (Index i = 0; i < src.rows; ++i) {
-      const S* in = src.data + i * src.ld;
-      if (dtype_ == DType::BF16) {
-        std::uint16_t* out = h_.data() + (r0 + i) * cols_;
-        for (Index c = 0; c < cols_; ++c) out[c] = f32_to_bf16(float(in[c]));
-      } else {
-        std::memcpy(f_.data() + (r0 + i) * cols_, in, std::size_t(cols_) * sizeof(S));
+    for (int h = 0; h < heads_; ++h) {
+      const Index base = Index(h) * cap_ * hd_;
+      for (Index i = 0; i < src.rows; ++i) {
+        const S* in = src.data + i * src.ld + Index(h) * hd_;
+        if (dtype_ == DType::BF16) {
+          std::uint16_t* out = h_.data() + base + (r0 + i) * hd_;
+          for (int c = 0; c < hd_; ++c) out[c] = f32_to_bf16(float(in[c]));
+        } else {
+          std::memcpy(f_.data() + base + (r0 + i) * hd_, in, std::size_t(hd_) * sizeof(S));
+        }
       }
     }
   }
-  // Rows [dst, dst + n) = rows [src, src + n) (the ranges may overlap).
+  // Rows [dst, dst + n) = rows [src, src + n) of every head (the ranges may overlap).
   void move_rows(Index dst, Index src, Index n) {
-    const std::size_t b = std::size_t(n * cols_) * elem_bytes(), e = std::size_t(cols_) * elem_bytes();
+    const std::size_t e = elem_bytes(), b = std::size_t(n * hd_) * e;
     unsigned char* p = dtype_ == DType::BF16 ? reinterpret_cast<unsigned char*>(h_.data())
                                              : reinterpret_cast<unsigned char*>(f_.data());
-    if (b) std::memmove(p + dst * e, p + src * e, b);
+    for (int h = 0; h < heads_ && b; ++h) {
+      unsigned char* head = p + std::size_t(Index(h) * cap_ * hd_) * e;
+      std::memmove(head + std::size_t(dst * hd_) * e, head + std::size_t(src * hd_) * e, b);
+    }
   }
 
  private:
+  Index index(Index r, Index c) const { return (c / hd_) * cap_ * hd_ + r * hd_ + c % hd_; }
+
   DType dtype_ = DType::F32;
-  Index cap_ = 0, cols_ = 0;
-  Buffer<S> f_;              // (cap, cols) when f32
-  Buffer<std::uint16_t> h_;  // (cap, cols) when bf16
+  int heads_ = 0, hd_ = 0;
+  Index cap_ = 0;
+  Buffer<S> f_;              // (heads, cap, hd) when f32
+  Buffer<std::uint16_t> h_;  // (heads, cap, hd) when bf16
 };
 
 // A sequence's keys and values for one attention layer, rows [0, len) in use, row 0 at
-// absolute position start_pos. The storage type is chosen when the cache is made (a
-// load-time option): f32 keeps S exactly, bf16 halves the bytes a decode step reads.
+// absolute position start_pos, each head's rows contiguous (KvRows). The storage type is
+// chosen when the cache is made (a load-time option): f32 keeps S exactly, bf16 halves the
+// bytes a decode step reads.
 template <class S>
 struct KvCache {
-  KvRows<S> k, v;       // (capacity, Hkv*hd)
+  KvRows<S> k, v;       // (heads, capacity, head_dim) each
   Index len = 0;        // rows in use
   Index start_pos = 0;  // absolute position of row 0
   int window = 0;       // 0: keep everything
 
   KvCache() = default;
-  explicit KvCache(DType d) : k(d), v(d) {}
+  KvCache(DType d, int heads, int head_dim) : k(d, heads, head_dim), v(d, heads, head_dim) {}
 
   DType dtype() const { return k.dtype(); }
   Index next_pos() const { return start_pos + len; }
   std::size_t bytes() const { return k.bytes() + v.bytes(); }
 
-  // Room for n rows before the next growth (a pre-sized cache: decode then allocates
-  // nothing). cols: Hkv*hd.
-  void reserve(Index n, Index cols) {
-    if (n <= k.rows()) return;
-    k.regrow(n, cols, len);
-    v.regrow(n, cols, len);
+  // The rows in use as decode attention reads them (valid until the next append or trim).
+  ops::KvSpan<S> span() const {
+    ops::KvSpan<S> s;
+    if (dtype() == DType::BF16) s.kh = k.bf16(), s.vh = v.bf16();
+    else s.k = k.data(), s.v = v.data();
+    s.len = len;
+    s.kpos0 = start_pos;
+    s.ld = k.row_stride();
+    s.hs = k.head_stride();
+    return s;
   }
 
-  // Appends T rows in place, growing geometrically when full.
+  // Room for n rows before the next growth (a pre-sized cache: decode then allocates nothing).
+  void reserve(Index n) {
+    if (n <= k.rows()) return;
+    k.regrow(n, len);
+    v.regrow(n, len);
+  }
+
+  // Appends T rows of heads * head_dim in place, growing geometrically when full.
   void append(CView<S> kn, CView<S> vn) {
     HYBRID_CHECK(kn.rows == vn.rows && kn.cols == vn.cols, "KV cache: keys (", kn.rows, ", ",
                  kn.cols, ") and values (", vn.rows, ", ", vn.cols, ") differ in shape");
-    HYBRID_CHECK(len == 0 || kn.cols == k.cols(), "KV cache: rows of ", kn.cols,
-                 " columns appended to a cache of ", k.cols());
+    HYBRID_CHECK(k.heads() > 0, "KV cache: no layout; make it with KvCache(dtype, heads, head_dim) or "
+                 "the attention layer's make_state");
+    HYBRID_CHECK(kn.cols == k.cols(), "KV cache: rows of ", kn.cols, " columns appended to a cache of ",
+                 k.heads(), " heads x ", k.head_dim(), " = ", k.cols());
     const Index need = len + kn.rows;
-    if (need > k.rows() || kn.cols != k.cols()) {
-      const Index cap = need > k.rows() ? std::max({need, Index(16), 2 * k.rows()}) : k.rows();
-      k.regrow(cap, kn.cols, len);
-      v.regrow(cap, vn.cols, len);
-    }
+    if (need > k.rows()) reserve(std::max({need, Index(16), 2 * k.rows()}));
     k.write(len, kn);
     v.write(len, vn);
     len = need;

@@ -62,11 +62,11 @@ class GqaLayer {
   // kv_dtype: the cache's storage, F32 (the scalar type S, exact) or BF16 (half the bytes
   // a decode step reads, keys and values rounded once when appended).
   State make_state(Index reserve_tokens = 0, DType kv_dtype = DType::F32) const {
-    State s(kv_dtype);
+    State s(kv_dtype, sp_.n_kv_heads, sp_.head_dim);
     s.window = sp_.window;
     const Index rows = sp_.window > 0 ? std::min<Index>(reserve_tokens, 2 * Index(sp_.window) + 1)
                                       : reserve_tokens;
-    s.reserve(rows, Index(sp_.n_kv_heads) * sp_.head_dim);
+    s.reserve(rows);
     return s;
   }
   // Decode state: nothing of constant size; KV bytes per token of context (bounded by the
@@ -103,12 +103,11 @@ class GqaLayer {
       Index cap = 0;
       for (Index b = 0; b < B; ++b) {
         State& st = *states[b];
+        HYBRID_CHECK(st.k.heads() == Hkv && st.k.head_dim() == hd, "attention: a KV cache of (heads, head_dim) = (",
+                     st.k.heads(), ", ", st.k.head_dim(), ") given to a layer of (", Hkv, ", ", hd,
+                     "); make the state with this model's make_state");
         st.append(k.row_range(b * T, T).value(), v.row_range(b * T, T).value());
-        kv[b] = ops::KvSpan<S>{};
-        if (st.dtype() == DType::BF16) kv[b].kh = st.k.bf16(), kv[b].vh = st.v.bf16();
-        else kv[b].k = st.k.data(), kv[b].v = st.v.data();
-        kv[b].len = st.len;
-        kv[b].kpos0 = st.start_pos;
+        kv[b] = st.span();
         cap = std::max(cap, st.k.rows());
       }
       o = ag::attention_cached(t, q, Hq, Hkv, hd, B, T, kv, pos0, cap, scale(), sp_.window);

@@ -36,9 +36,16 @@ auto attn_head_block(P* p, Index r0, Index rows, int head, int hd, Index ld) {
   return Eigen::Map<M, 0, Eigen::OuterStride<>>(p + r0 * ld + Index(head) * hd, rows, hd,
                                                 Eigen::OuterStride<>(ld));
 }
+// Key / value head `head`'s (rows, hd) slice from row r0, rows ld apart, heads hs apart.
+template <class P>
+auto attn_kv_block(P* p, Index r0, Index rows, int head, int hd, Index ld, Index hs) {
+  return Eigen::Map<const Mat<std::remove_const_t<P>>, 0, Eigen::OuterStride<>>(
+      p + r0 * ld + Index(head) * hs, rows, hd, Eigen::OuterStride<>(ld));
+}
 }  // namespace detail
 
-// q: (Tq, Hq*hd); k, v: (Tk, Hkv*hd); o: (Tq, Hq*hd) overwritten; lse: (Tq, Hq) overwritten
+// q: (Tq, Hq*hd); k, v: (Tk, Hkv*hd), or laid out as d.kv_ld / d.kv_hs say (a head-major KV
+// cache); o: (Tq, Hq*hd) overwritten; lse: (Tq, Hq) overwritten
 // with log sum_j exp(scale q_i.k_j) over visible keys (-inf where none), or nullptr.
 // Query i sits at position qpos0 + i, key j at kpos0 + j. Key j is visible from query i
 // iff kpos <= qpos and (window == 0 or qpos - kpos < window).
@@ -54,7 +61,7 @@ void attention_forward(const S* q, const S* k, const S* v, S* o, const AttnDims&
                        S* scratch = nullptr) {
   HYBRID_CHECK(d.Hq % d.Hkv == 0, "attention: Hkv ", d.Hkv, " does not divide Hq ", d.Hq);
   constexpr S kInf = std::numeric_limits<S>::infinity();
-  const Index ldq = Index(d.Hq) * d.hd, ldk = Index(d.Hkv) * d.hd;
+  const Index ldq = Index(d.Hq) * d.hd, kld = d.key_ld(), khs = d.key_hs();
   const int rep = d.Hq / d.Hkv;
   const Index nblk = (d.Tq + detail::kAttnBlock - 1) / detail::kAttnBlock;
   const Index per_thread = std::min<Index>(d.Tq, detail::kAttnBlock) * d.Tk;
@@ -78,8 +85,8 @@ void attention_forward(const S* q, const S* k, const S* v, S* o, const AttnDims&
       }
       const Index nk = j1 - j0;
       auto qb = detail::attn_head_block(q, i0, bq, h, d.hd, ldq);
-      auto kb = detail::attn_head_block(k, j0, nk, g, d.hd, ldk);
-      auto vb = detail::attn_head_block(v, j0, nk, g, d.hd, ldk);
+      auto kb = detail::attn_kv_block(k, j0, nk, g, d.hd, kld, khs);
+      auto vb = detail::attn_kv_block(v, j0, nk, g, d.hd, kld, khs);
       MatMap<S> s(scratch + par::thread_id() * per_thread, bq, nk);  // (bq, nk)
       s.noalias() = qb * kb.transpose();  // scaled apart: "(product) * scale" makes a temporary
       s *= scale;
@@ -123,6 +130,8 @@ void attention_backward(const S* q, const S* k, const S* v, const S* o, const S*
   if (!dq && !dk && !dv) return;
   HYBRID_CHECK(lse && dout, "attention_backward: lse and dout are required (lse: the one ",
                "attention_forward wrote for these inputs)");
+  HYBRID_CHECK(d.dense_kv(), "attention_backward: keys and values must be (Tk, Hkv*hd) row-major, not ",
+               "strided as a KV cache (kv_ld ", d.kv_ld, ", kv_hs ", d.kv_hs, ")");
   constexpr S kInf = std::numeric_limits<S>::infinity();
   const Index ldq = Index(d.Hq) * d.hd, ldk = Index(d.Hkv) * d.hd;
   const int rep = d.Hq / d.Hkv;

@@ -3,6 +3,9 @@
 // kv head, slice of keys): the rep query heads of a group share each key row they read, and
 // a long cache of a batch with few heads is cut into slices across threads (split-K, as
 // flash-decoding does), each slice giving a partial (max, sum, o) merged by log-sum-exp.
+// A work item reads one head's rows; a head-major KV cache (KvSpan's strides) makes that a
+// contiguous stream. Float items with head dim 16 / 32 / 64 / 128 run the AVX-512 body
+// (attention_decode_simd.hpp) where the build targets it, others the Eigen body below.
 //
 //   attention_decode(d, q, kv, qpos, o, scale, window, scratch)
 //   // o[b, h] = softmax_j(scale q[b, h] . k[b, j, h / rep]) v[b, j, h / rep], visible j only
@@ -19,6 +22,7 @@
 #include "../core/parallel.hpp"
 #include "../core/tensor.hpp"
 #include "attention.hpp"
+#include "attention_decode_simd.hpp"
 #include "kv_span.hpp"
 
 namespace hybrid::ops {
@@ -38,15 +42,17 @@ inline Index decode_max_splits(const DecodeDims& d, int threads) {
 inline Index decode_splits(const DecodeDims& d, Index keys, int threads) {
   return std::clamp<Index>(keys / kDecodeMinSlice, 1, decode_max_splits(d, threads));
 }
-// Per thread: one head's scores (tile) and a widened key and value tile (tile, hd) each.
+// Per thread: the Eigen body's one head's scores (tile) and widened key and value tiles
+// (tile, hd) each, or the SIMD body's rep heads' scores (rep, tile) and scaled queries.
 inline Index decode_thread_scratch(const DecodeDims& d) {
-  return kDecodeTile + 2 * kDecodeTile * d.hd;
+  const Index rep = d.Hkv > 0 ? d.Hq / d.Hkv : 1;
+  return std::max(kDecodeTile + 2 * kDecodeTile * d.hd, rep * (kDecodeTile + d.hd));
 }
 
 inline float widen(std::uint16_t h) { return bf16_to_f32(h); }
 
 // One work item: query heads q (rep, hd) contiguous against n keys and values whose first
-// rows are k, v (row stride ldk, the group's hd columns). part: rep runs of hd + 2 values,
+// rows are k, v (rows ldk apart, the group's hd values each). part: rep runs of hd + 2 values,
 // pr apart, receiving per head the max m, the sum l of exp(s - m) and the unnormalised o.
 // Per tile of keys: scores by one GEMV over the tile, an online-softmax update, and the
 // output by one GEMV over the value tile (per-key dot products cost twice as much: each
@@ -103,6 +109,24 @@ void decode_slice(const S* q, const KT* k, const KT* v, Index ldk, Index n, int 
     }
   }
 }
+
+// One work item by the fastest body this build has for S and hd (see the top of the file).
+template <class S, class KT>
+void decode_item(const S* q, const KT* k, const KT* v, Index ld, Index n, int rep, int hd, S scale,
+                 S* part, Index pr, S* work) {
+#ifdef HYBRID_DECODE_SIMD
+  if constexpr (std::is_same_v<S, float>) {
+    switch (hd) {
+      case 16: return decode_slice_simd<1>(q, k, v, ld, n, rep, scale, part, pr, work, kDecodeTile);
+      case 32: return decode_slice_simd<2>(q, k, v, ld, n, rep, scale, part, pr, work, kDecodeTile);
+      case 64: return decode_slice_simd<4>(q, k, v, ld, n, rep, scale, part, pr, work, kDecodeTile);
+      case 128: return decode_slice_simd<8>(q, k, v, ld, n, rep, scale, part, pr, work, kDecodeTile);
+      default: break;
+    }
+  }
+#endif
+  decode_slice<S>(q, k, v, ld, n, rep, hd, scale, part, pr, work);
+}
 }  // namespace detail
 
 // Scratch of attention_decode for these dims and thread count (independent of the cache
@@ -113,7 +137,7 @@ inline Index attention_decode_scratch(const DecodeDims& d, int threads, Index sp
 }
 
 // q: (B, Hq*hd) one query per sequence, sequence b's at position qpos[b]; kv: B spans of
-// (len_b, Hkv*hd) keys and values; o: (B, Hq*hd) overwritten (0 where no key is visible).
+// len_b keys and values of Hkv heads (row-major or head-major, as each span's strides say); o: (B, Hq*hd) overwritten (0 where no key is visible).
 // Key j of sequence b is visible iff kpos <= qpos[b] and (window == 0 or qpos[b] - kpos <
 // window), kpos = kv[b].kpos0 + j: the rule of attention_forward, which this matches.
 // scratch: attention_decode_scratch(d, par::threads(), splits) values, or nullptr to
@@ -125,7 +149,7 @@ void attention_decode(const DecodeDims& d, const S* q, const KvSpan<S>* kv, cons
   HYBRID_CHECK(d.Hq % d.Hkv == 0, "attention: Hkv ", d.Hkv, " does not divide Hq ", d.Hq);
   constexpr S kInf = std::numeric_limits<S>::infinity();
   const int rep = d.Hq / d.Hkv, hd = d.hd;
-  const Index ldq = Index(d.Hq) * hd, ldk = Index(d.Hkv) * hd, pstride = hd + 2;
+  const Index ldq = Index(d.Hq) * hd, pstride = hd + 2;
   Index kmax = 0;
   for (Index b = 0; b < d.B; ++b) kmax = std::max(kmax, kv[b].len);
   const bool parallel = double(d.B) * double(kmax) * d.Hq * hd >= detail::kAttnParallelWork;
@@ -150,9 +174,10 @@ void attention_decode(const DecodeDims& d, const S* q, const KvSpan<S>* kv, cons
     S* part = parts + ((b * d.Hq + Index(g) * rep) * splits + s) * pstride;
     S* w = work + par::thread_id() * detail::decode_thread_scratch(d);
     const S* qg = q + b * ldq + Index(g) * rep * hd;
-    const Index off = j0 * ldk + Index(g) * hd, pr = splits * pstride;
-    if (c.bf16()) detail::decode_slice<S>(qg, c.kh + off, c.vh + off, ldk, j1 - j0, rep, hd, scale, part, pr, w);
-    else detail::decode_slice<S>(qg, c.k + off, c.v + off, ldk, j1 - j0, rep, hd, scale, part, pr, w);
+    const Index ld = c.row_stride(d.Hkv, hd), off = j0 * ld + Index(g) * c.head_stride(hd);
+    const Index pr = splits * pstride;
+    if (c.bf16()) detail::decode_item<S>(qg, c.kh + off, c.vh + off, ld, j1 - j0, rep, hd, scale, part, pr, w);
+    else detail::decode_item<S>(qg, c.k + off, c.v + off, ld, j1 - j0, rep, hd, scale, part, pr, w);
   }
   // Merge the slices of each (sequence, head): o = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s.
   for (Index bh = 0; bh < d.B * d.Hq; ++bh) {

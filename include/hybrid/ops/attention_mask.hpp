@@ -11,6 +11,13 @@ namespace hybrid::ops {
 struct AttnDims {
   Index Tq, Tk;      // queries, keys
   int Hq, Hkv, hd;   // query heads, key/value heads, head dim
+  // Keys and values: head g's row j at g * kv_hs + j * kv_ld; 0 means (Tk, Hkv*hd) row-major
+  // (kv_ld = Hkv*hd, kv_hs = hd). A head-major KV cache has kv_ld = hd, kv_hs = capacity * hd.
+  Index kv_ld = 0, kv_hs = 0;
+
+  HYBRID_HOST_DEVICE Index key_ld() const { return kv_ld ? kv_ld : Index(Hkv) * hd; }
+  HYBRID_HOST_DEVICE Index key_hs() const { return kv_hs ? kv_hs : Index(hd); }
+  HYBRID_HOST_DEVICE bool dense_kv() const { return key_ld() == Index(Hkv) * hd && key_hs() == Index(hd); }
 };
 
 namespace detail {

@@ -8,17 +8,22 @@
 
 namespace hybrid::ops {
 
-// One sequence's cached keys and values: (len, Hkv*hd) rows, row j at position kpos0 + j,
-// either in S (k, v) or as bf16 bits (kh, vh); exactly one pair is set.
+// One sequence's cached keys and values, row j at position kpos0 + j, either in S (k, v) or
+// as bf16 bits (kh, vh); exactly one pair is set. Head g's row j is at g * hs + j * ld: the
+// defaults (0) mean (len, Hkv*hd) row-major rows (ld = Hkv*hd, hs = hd); a KvCache is
+// head-major (ld = hd, hs = capacity * hd).
 template <class S>
 struct KvSpan {
-  const S* k = nullptr;              // (len, Hkv*hd)
-  const S* v = nullptr;              // (len, Hkv*hd)
-  const std::uint16_t* kh = nullptr; // (len, Hkv*hd) bf16
-  const std::uint16_t* vh = nullptr; // (len, Hkv*hd) bf16
+  const S* k = nullptr;              // keys
+  const S* v = nullptr;              // values, laid out as the keys
+  const std::uint16_t* kh = nullptr; // keys as bf16
+  const std::uint16_t* vh = nullptr; // values as bf16
   Index len = 0, kpos0 = 0;
+  Index ld = 0, hs = 0;              // row and head strides (0: row-major defaults)
 
   HYBRID_HOST_DEVICE bool bf16() const { return kh != nullptr; }
+  HYBRID_HOST_DEVICE Index row_stride(int Hkv, int hd) const { return ld ? ld : Index(Hkv) * hd; }
+  HYBRID_HOST_DEVICE Index head_stride(int hd) const { return hs ? hs : Index(hd); }
 };
 
 struct DecodeDims {

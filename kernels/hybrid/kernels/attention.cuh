@@ -27,7 +27,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
   const int h = blockIdx.y, gkv = h / (d.Hq / d.Hkv);
   const Index i0 = Index(blockIdx.x) * kAttnRows;
   const Index i1 = i0 + kAttnRows < d.Tq ? i0 + kAttnRows : d.Tq;
-  const Index ldq = Index(d.Hq) * hd, ldk = Index(d.Hkv) * hd;
+  const Index ldq = Index(d.Hq) * hd, kld = d.key_ld(), khs = d.key_hs();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (Index e = threadIdx.x; e < Index(kAttnRows) * hd; e += blockDim.x) {
     const Index i = i0 + e / hd;
@@ -50,8 +50,8 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
       const Index j = kt + e / hd;
       const int dd = int(e % hd);
       const bool in = j < j1;
-      Ks[(e / hd) * kst + dd] = in ? k[j * ldk + Index(gkv) * hd + dd] : S(0);
-      Vs[e] = in ? v[j * ldk + Index(gkv) * hd + dd] : S(0);
+      Ks[(e / hd) * kst + dd] = in ? k[j * kld + Index(gkv) * khs + dd] : S(0);
+      Vs[e] = in ? v[j * kld + Index(gkv) * khs + dd] : S(0);
     }
     __syncthreads();
     const Index j = kt + lane;

@@ -33,7 +33,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
   ops::detail::attn_row_range(qpos[b], c.kpos0, c.len, window, lo, hi);
   const Index n = hi > lo ? hi - lo : 0;
   const Index j0 = lo + n * s / splits, j1 = lo + n * (s + 1) / splits;
-  const Index ldk = Index(d.Hkv) * hd;
+  const Index ld = c.row_stride(d.Hkv, hd), hs = c.head_stride(hd);
   const KT* K;
   const KT* V;
   if constexpr (std::is_same_v<KT, S>) {
@@ -53,8 +53,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
   constexpr S kInf = S(INFINITY);
   S m = -kInf, l = 0;
   for (Index j = j0 + warp; j < j1; j += kDecodeWarps) {
-    const KT* kr = K + j * ldk + Index(g) * hd;
-    const KT* vr = V + j * ldk + Index(g) * hd;
+    const KT* kr = K + j * ld + Index(g) * hs;
+    const KT* vr = V + j * ld + Index(g) * hs;
     S dot = 0;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
