@@ -22,8 +22,8 @@ namespace hybrid_test_kv_decode {
 
 namespace {
 
-// Rows of the row's position plus half the column (below 128: exact in bf16): what a grown or
-// trimmed cache must still hold.
+// Rows of the row's position plus half the column (below 128: exact in bf16; above, the
+// check rounds as the cache does): what a grown or trimmed cache must still hold.
 Mat<float> position_rows(Index p0, Index n, Index cols) {
   Mat<float> m(n, cols);
   for (Index i = 0; i < n; ++i)
@@ -34,7 +34,8 @@ Mat<float> position_rows(Index p0, Index n, Index cols) {
 void check_positions(const KvCache<float>& c, Index cols) {
   for (Index i = 0; i < c.len; ++i)
     for (Index col = 0; col < cols; ++col) {
-      const float want = float(c.start_pos + i) + 0.5f * float(col);
+      float want = float(c.start_pos + i) + 0.5f * float(col);
+      if (c.dtype() == DType::BF16) want = bf16_to_f32(f32_to_bf16(want));  // exact below 128
       REQUIRE(c.k.at(i, col) == want);
       REQUIRE(c.v.at(i, col) == -want);
     }
@@ -75,9 +76,14 @@ TEST_CASE("kv cache: reserve, in-place append, geometric growth keeping the rows
     CHECK(c.k.rows() == 64);
     check_positions(c, cols);
     const Mat<float> big = position_rows(11, 100, cols), nbig = -big;
-    c.append(big, nbig);  // more than twice the capacity at once: exactly what is needed
+    c.append(big, nbig);  // past the capacity: doubles
     CHECK(c.k.rows() == 128);
     CHECK(c.len == 111);
+    check_positions(c, cols);
+    const Mat<float> huge = position_rows(111, 200, cols), nhuge = -huge;
+    c.append(huge, nhuge);  // past twice the capacity at once: exactly what is needed
+    CHECK(c.k.rows() == 311);
+    CHECK(c.len == 311);
     check_positions(c, cols);
     KvCache<float> copy = c;  // states are values
     CHECK(copy.len == c.len);
@@ -245,6 +251,33 @@ TEST_CASE_TEMPLATE("attention_decode: matches attention_forward (lengths, window
           }
 }
 
+TEST_CASE_TEMPLATE("attention_forward over a head-major KV cache equals it over row-major keys", S, float, double) {
+  const int Hq = 6, Hkv = 3, hd = 8;
+  const Index len = 70, T = 9, W = Index(Hkv) * hd;
+  for (int window : {0, 5}) {
+    CAPTURE(window);
+    const Mat<S> k = random_mat<S>(len, W, 31), v = random_mat<S>(len, W, 32);
+    const Mat<S> q = random_mat<S>(T, Index(Hq) * hd, 33);
+    KvCache<S> c(DType::F32, Hkv, hd);
+    c.reserve(len + 13);  // the head stride is capacity * hd, not len * hd
+    c.append(k, v);
+    const ops::KvSpan<S> sp = c.span();
+    const Index qpos0 = len - T;  // the chunk's queries are the cache's last T rows
+    Mat<S> got(T, Index(Hq) * hd), want(T, Index(Hq) * hd);
+    ops::attention_forward<S>(q.data(), sp.k, sp.v, got.data(),
+                              ops::AttnDims{T, len, Hq, Hkv, hd, sp.ld, sp.hs}, S(0.3), qpos0, 0, window);
+    ops::attention_forward<S>(q.data(), k.data(), v.data(), want.data(), ops::AttnDims{T, len, Hq, Hkv, hd},
+                              S(0.3), qpos0, 0, window);
+    CHECK((got - want).cwiseAbs().maxCoeff() == S(0));  // the same sums in the same order
+  }
+  const ops::AttnDims strided{2, 2, 2, 1, 4, 4, 64};
+  std::vector<S> buf(256, S(0.5)), lse(4, S(0));
+  check_error([&] {
+    ops::attention_backward<S>(buf.data(), buf.data(), buf.data(), buf.data(), lse.data(), buf.data(),
+                               buf.data(), nullptr, nullptr, strided, S(1), 0, 0, 0);
+  }, {"attention_backward", "row-major", "kv_ld 4", "kv_hs 64"});
+}
+
 #ifdef HYBRID_DECODE_SIMD
 namespace {
 
@@ -284,7 +317,9 @@ void check_simd_item(int rep, Index n, Index ld, std::uint64_t seed) {
 template <int W>
 void check_simd_width() {
   std::uint64_t seed = 100 + W;
-  for (int rep : {1, 2, 3, 4, 5, 8})
+  std::vector<int> reps = {1, 2, 3, 4, 5, 8};
+  if (W == 1) reps.push_back(32);  // the SIMD item's own scratch term is the larger one
+  for (int rep : reps)
     for (Index n : {1, 7, 16, 17, 127, 128, 129, 300})
       for (Index ld : {Index(16 * W), Index(16 * W * 3)}) {
         CAPTURE(rep);

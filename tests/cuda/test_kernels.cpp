@@ -478,7 +478,7 @@ TEST_CASE_TEMPLATE("decode attention over the KV cache matches the CPU op: batch
   }
 }
 
-TEST_CASE_TEMPLATE("decode attention over head-major KV caches (KvCache's strides) matches the CPU op", S, float,
+TEST_CASE_TEMPLATE("decode and chunk attention over head-major KV caches (KvCache's strides) match the CPU ops", S, float,
                    double) {
   auto& c = ctx();
   for (bool bf16 : {false, true}) {
@@ -512,6 +512,16 @@ TEST_CASE_TEMPLATE("decode attention over head-major KV caches (KvCache's stride
     DMat<S> dq(q, c), dout(1, Index(Hq) * hd);
     ops::attention_decode<S>(c, d, dq.buf.data(), &dsp, &qpos, dout.v.data, scale, 0);
     CHECK(rel_err<S>(host<S>(dout.cv(), c), o) <= tol<S>() * 10);
+    if (bf16) continue;
+    // A chunk of T = 5 queries over the same cache: attention_forward on the cache's strides.
+    const Index T = 5;
+    const ops::AttnDims ad{T, len, Hq, Hkv, hd, hsp.ld, hsp.hs};
+    const Mat<S> qc = rnd<S>(T, Index(Hq) * hd, 64, -2, 2);
+    Mat<S> oc(T, Index(Hq) * hd);
+    ops::attention_forward<S>(qc.data(), hsp.k, hsp.v, oc.data(), ad, scale, len - T, 0, 0);
+    DMat<S> dqc(qc, c), doc(T, Index(Hq) * hd);
+    ops::attention_forward<S>(c, dqc.buf.data(), dsp.k, dsp.v, doc.v.data, ad, scale, len - T, 0, 0);
+    CHECK(rel_err<S>(host<S>(doc.cv(), c), oc) <= tol<S>() * 10);
   }
 }
 

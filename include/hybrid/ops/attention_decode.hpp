@@ -137,7 +137,8 @@ inline Index attention_decode_scratch(const DecodeDims& d, int threads, Index sp
 }
 
 // q: (B, Hq*hd) one query per sequence, sequence b's at position qpos[b]; kv: B spans of
-// len_b keys and values of Hkv heads (row-major or head-major, as each span's strides say); o: (B, Hq*hd) overwritten (0 where no key is visible).
+// len_b keys and values of Hkv heads (row-major or head-major, as each span's strides say);
+// o: (B, Hq*hd) overwritten (0 where no key is visible).
 // Key j of sequence b is visible iff kpos <= qpos[b] and (window == 0 or qpos[b] - kpos <
 // window), kpos = kv[b].kpos0 + j: the rule of attention_forward, which this matches.
 // scratch: attention_decode_scratch(d, par::threads(), splits) values, or nullptr to

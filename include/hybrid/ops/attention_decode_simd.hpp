@@ -21,9 +21,6 @@
 
 namespace hybrid::ops::detail {
 
-// Head dims the SIMD body takes (hd = 16 W): others run the Eigen body.
-inline constexpr bool decode_simd_hd(int hd) { return hd == 16 || hd == 32 || hd == 64 || hd == 128; }
-
 // Lane j of the result = the sum of v[j]'s sixteen lanes.
 inline __m512 decode_hsum16(const __m512* v) {
   __m512 t[8], u[4], w[2];
@@ -95,8 +92,8 @@ inline void decode_values(const KT* v, Index ld, Index nt, const float* p, Index
     for (int w = 0; w < W; ++w) _mm512_storeu_ps(acc + r * pr + w * 16, a[r][w]);
 }
 
-// decode_slice's contract (attention_decode.hpp) for hd = 16 W. work: tile * (rep + 1) +
-// rep * hd floats (the rep heads' scores and their scaled queries).
+// decode_slice's contract (attention_decode.hpp) for hd = 16 W. work: rep * (tile + hd)
+// floats (the rep heads' scores and their scaled queries).
 template <int W, class KT>
 void decode_slice_simd(const float* q, const KT* k, const KT* v, Index ld, Index n, int rep,
                        float scale, float* part, Index pr, float* work, Index tile) {
