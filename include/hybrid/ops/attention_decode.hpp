@@ -23,6 +23,7 @@
 #include "../core/tensor.hpp"
 #include "attention.hpp"
 #include "attention_decode_simd.hpp"
+#include "decode_partial.hpp"
 #include "kv_span.hpp"
 
 namespace hybrid::ops {
@@ -60,19 +61,13 @@ inline float widen(std::uint16_t h) { return bf16_to_f32(h); }
 template <class S, class KT>
 void decode_slice(const S* q, const KT* k, const KT* v, Index ldk, Index n, int rep, int hd,
                   S scale, S* part, Index pr, S* work) {
-  constexpr S kInf = std::numeric_limits<S>::infinity();
   constexpr bool widened = !std::is_same_v<KT, S>;
   using TileMap = Eigen::Map<const Mat<S>, 0, Eigen::OuterStride<>>;
   const Index tile = kDecodeTile;
   S* sc = work;              // (tile) scores of one head
   S* kt = work + tile;       // (tile, hd) widened keys
   S* vt = kt + tile * hd;    // (tile, hd) widened values
-  for (int r = 0; r < rep; ++r) {
-    S* p = part + r * pr;
-    p[0] = -kInf;
-    p[1] = 0;
-    std::fill(p + 2, p + 2 + hd, S(0));
-  }
+  decode_partial_init(part, pr, rep, hd);
   for (Index t0 = 0; t0 < n; t0 += tile) {
     const Index nt = std::min(tile, n - t0);
     const S* kr;
@@ -95,17 +90,10 @@ void decode_slice(const S* q, const KT* k, const KT* v, Index ldk, Index n, int 
     VecMap<S> sv(sc, nt);
     for (int r = 0; r < rep; ++r) {
       sv.noalias() = K * CVecMap<S>(q + Index(r) * hd, hd);
-      auto sa = sv.array();
-      sa *= scale;
+      sv *= scale;
       S* p = part + r * pr;
-      const S mnew = std::max(p[0], sa.maxCoeff());
-      const S alpha = std::exp(p[0] - mnew);  // 0 on the first tile (p[0] = -inf)
-      sa = (sa - mnew).exp();
-      p[0] = mnew;
-      p[1] = p[1] * alpha + sa.sum();
-      VecMap<S> acc(p + 2, hd);
-      acc *= alpha;
-      acc.noalias() += V.transpose() * sv;
+      decode_partial_step(sc, nt, p, hd);
+      VecMap<S>(p + 2, hd).noalias() += V.transpose() * sv;
     }
   }
 }

@@ -18,6 +18,7 @@
 #include <limits>
 
 #include "../core/tensor.hpp"
+#include "decode_partial.hpp"
 
 namespace hybrid::ops::detail {
 
@@ -98,33 +99,18 @@ template <int W, class KT>
 void decode_slice_simd(const float* q, const KT* k, const KT* v, Index ld, Index n, int rep,
                        float scale, float* part, Index pr, float* work, Index tile) {
   constexpr int hd = W * 16;
-  constexpr float kInf = std::numeric_limits<float>::infinity();
   constexpr int RV = W <= 4 ? 4 : 2;  // heads per value pass: RV * W accumulators in registers
   float* sc = work;                   // (rep, tile) scores
   float* qs = work + Index(rep) * tile;  // (rep, hd) queries times scale
   for (int i = 0; i < rep * hd; ++i) qs[i] = q[i] * scale;
-  for (int r = 0; r < rep; ++r) {
-    float* p = part + r * pr;
-    p[0] = -kInf;
-    p[1] = 0;
-    std::fill(p + 2, p + 2 + hd, 0.f);
-  }
+  decode_partial_init(part, pr, rep, hd);
   for (Index t0 = 0; t0 < n; t0 += tile) {
     const Index nt = std::min(tile, n - t0);
     const KT* kt = k + t0 * ld;
     int r = 0;
     for (; r + 2 <= rep; r += 2) decode_scores<W, 2>(qs + r * hd, kt, ld, nt, sc + r * tile, tile);
     for (; r < rep; ++r) decode_scores<W, 1>(qs + r * hd, kt, ld, nt, sc + r * tile, tile);
-    for (r = 0; r < rep; ++r) {  // online softmax: rescale what the earlier tiles summed
-      auto s = Eigen::Map<Eigen::ArrayXf>(sc + r * tile, nt);  // Eigen's vectorised exp
-      float* p = part + r * pr;
-      const float mnew = std::max(p[0], s.maxCoeff());
-      const float alpha = std::exp(p[0] - mnew);  // 0 on the first tile (p[0] = -inf)
-      s = (s - mnew).exp();
-      p[0] = mnew;
-      p[1] = p[1] * alpha + s.sum();
-      for (int c = 0; c < hd; ++c) p[2 + c] *= alpha;
-    }
+    for (r = 0; r < rep; ++r) decode_partial_step(sc + r * tile, nt, part + r * pr, hd);
     const KT* vt = v + t0 * ld;
     for (r = 0; r + RV <= rep; r += RV) decode_values<W, RV>(vt, ld, nt, sc + r * tile, tile, part + r * pr + 2, pr);
     for (; r < rep; ++r) decode_values<W, 1>(vt, ld, nt, sc + r * tile, tile, part + r * pr + 2, pr);
