@@ -31,7 +31,7 @@ using bench::stream_seconds;
 
 namespace {
 
-// The first len rows of a cache buffer as (len, heads*hd) row-major values.
+// The first len rows of a cache buffer as (len, heads*P) row-major values.
 Mat<float> row_major(const KvRows<float>& r, Index len) {
   Mat<float> m(len, r.cols());
   for (Index i = 0; i < len; ++i)
@@ -69,7 +69,7 @@ std::size_t kv_bytes(const SequenceState<float>& s) {
 // How attention_seconds runs the GQA layers' attention over the caches.
 enum class AttnPath {
   Decode,    // the decode kernel over the head-major caches
-  RowMajor,  // the decode kernel over (len, Hkv*hd) row-major copies (the layout before)
+  RowMajor,  // the decode kernel over (len, G*P) row-major copies (the layout before)
   Blocked,   // attention_forward with one query row (the path before the decode kernel)
 };
 

@@ -106,21 +106,21 @@ int main(int argc, char** argv) {
     }
   }
   {  // RoPE + attention (GQA 8/4 x 64)
-    const int Hq = 8, Hkv = 4, hd = 64;
-    Mat<float> q = rnd(T, Hq * hd), k = rnd(T, Hkv * hd), v = rnd(T, Hkv * hd), o(T, Hq * hd), dout = rnd(T, Hq * hd);
-    Mat<float> dq(T, Hq * hd), dk(T, Hkv * hd), dv(T, Hkv * hd), lse(T, Hq);
+    const int H = 8, G = 4, P = 64;
+    Mat<float> q = rnd(T, H * P), k = rnd(T, G * P), v = rnd(T, G * P), o(T, H * P), dout = rnd(T, H * P);
+    Mat<float> dq(T, H * P), dk(T, G * P), dv(T, G * P), lse(T, H);
     Mat<float> qr = q;
-    const double fr = best_of([&] { ops::rope_forward<float>(qr, Hq, hd, 0, 10000); });
-    const double br = best_of([&] { ops::rope_backward<float>(qr, Hq, hd, 0, 10000); });
+    const double fr = best_of([&] { ops::rope_forward<float>(qr, H, P, 0, 10000); });
+    const double br = best_of([&] { ops::rope_backward<float>(qr, H, P, 0, 10000); });
     std::snprintf(shape, sizeof shape, "(%lld, 8x64)", (long long)T);
     report("rope", shape, fr, br, 0, gemm);
-    const ops::AttnDims ad{T, T, Hq, Hkv, hd};
+    const ops::AttnDims ad{T, T, H, G, P};
     const double f = best_of([&] { ops::attention_forward<float>(q.data(), k.data(), v.data(), o.data(), ad, 0.125f, 0, 0, 0, lse.data()); });
     const double b = best_of([&] {
       ops::attention_backward<float>(q.data(), k.data(), v.data(), o.data(), lse.data(), dout.data(), dq.data(), dk.data(), dv.data(), ad, 0.125f, 0, 0, 0);
     });
     std::snprintf(shape, sizeof shape, "T=%lld GQA 8/4 x 64 causal", (long long)T);
-    report("attention", shape, f, b, 2.0 * 2 * T * T / 2 * hd * Hq, gemm);
+    report("attention", shape, f, b, 2.0 * 2 * T * T / 2 * P * H, gemm);
   }
   {  // activations, embedding, loss
     const Index Hd = 1024;

@@ -21,6 +21,8 @@
 // on every 2-D weight and the LM head at the same shapes: B*T rows for forward and
 // training, forward + both backward products for training, 1 row for decode), so the rest
 // of each measurement is scan, convolution, attention, norms, element-wise ops and tape.
+// The measurement and its projections alternate (--reps rounds; for decode, token by
+// token); "rest_seconds" is the median of the paired differences (min and max beside it).
 #include <algorithm>
 #include <array>
 #include <chrono>
@@ -148,47 +150,77 @@ void print_line(const Args& a, int threads, const char* what, Index B, Index T, 
   std::fflush(stdout);
 }
 
-// Seconds (median of reps) the projections of one measurement take on their own.
+// The model's projections on their own, one pass at a time.
 // mode 0: forward (R rows), 1: training (forward + dx + dW, R rows), 2: one decode token.
-// Every rep runs through all the weights in model order, so (as in the model) a weight is
-// not still in cache from its previous use when the model is larger than the cache.
-double projection_seconds(RuntimeModel<float>& model, Index R, int mode, int reps) {
-  std::vector<const MatMap<float>*> ws;
-  model.visit([&](const std::string& name, const MatMap<float>& t, ParamRole r) {
-    if (r == ParamRole::Matrix || name == "lm_head.weight" ||
-        (name == "embed.weight" && model.spec().tied))
-      ws.push_back(&t);
-  });
+// A pass runs through all the weights in model order, so (as in the model) a weight is not
+// still in cache from its previous use when the model is larger than the cache.
+class Projections {
+ public:
+  Projections(RuntimeModel<float>& model, Index R, int mode) : mode_(mode) {
+    model.visit([&](const std::string& name, const MatMap<float>& t, ParamRole r) {
+      if (r == ParamRole::Matrix || name == "lm_head.weight" ||
+          (name == "embed.weight" && model.spec().tied))
+        ws_.push_back(&t);
+    });
+    for (const MatMap<float>* w : ws_) {
+      const Index out = w->rows(), in = w->cols();
+      auto [it, fresh] = bufs_.try_emplace({out, in});
+      if (!fresh) continue;
+      Buffers& b = it->second;
+      b.x = Mat<float>::Random(R, in);
+      b.y.resize(R, out);
+      if (mode == 1) {
+        b.dy = Mat<float>::Random(R, out);
+        b.dx = Mat<float>::Zero(R, in);
+        b.dw = Mat<float>::Zero(out, in);
+      }
+    }
+    (void)pass();  // warm-up
+  }
+  // Seconds of one pass over every weight.
+  double pass() {
+    const auto t0 = Clock::now();
+    for (const MatMap<float>* w : ws_) {
+      Buffers& b = bufs_.at({w->rows(), w->cols()});
+      ops::linear_forward<float>(b.x, *w, none_, b.y);
+      if (mode_ == 1) ops::linear_backward<float>(b.x, *w, b.dy, b.dx, b.dw, nullptr);
+    }
+    return seconds_since(t0);
+  }
+
+ private:
   struct Buffers {
     Mat<float> x, dy, y, dx, dw;
   };
-  std::map<std::pair<Index, Index>, Buffers> bufs;  // one set per weight shape
-  for (const MatMap<float>* w : ws) {
-    const Index out = w->rows(), in = w->cols();
-    auto [it, fresh] = bufs.try_emplace({out, in});
-    if (!fresh) continue;
-    Buffers& b = it->second;
-    b.x = Mat<float>::Random(R, in);
-    b.y.resize(R, out);
-    if (mode == 1) {
-      b.dy = Mat<float>::Random(R, out);
-      b.dx = Mat<float>::Zero(R, in);
-      b.dw = Mat<float>::Zero(out, in);
-    }
+  int mode_;
+  std::vector<const MatMap<float>*> ws_;
+  std::map<std::pair<Index, Index>, Buffers> bufs_;  // one set per weight shape
+  const Mat<float> none_;
+};
+
+// A measurement and its projections timed in alternation, round by round, so that both
+// see the same state of a shared machine: medians of each and of the per-round difference
+// (the rest: everything outside the projections).
+struct Profile {
+  std::vector<double> whole, proj, rest;
+  void add(double w, double p) {
+    whole.push_back(w);
+    proj.push_back(p);
+    rest.push_back(w - p);
   }
-  const Mat<float> none;
-  std::vector<double> t;
-  for (int r = 0; r <= reps; ++r) {  // r == 0: warm-up, not counted
-    const auto t0 = Clock::now();
-    for (const MatMap<float>* w : ws) {
-      Buffers& b = bufs.at({w->rows(), w->cols()});
-      ops::linear_forward<float>(b.x, *w, none, b.y);
-      if (mode == 1) ops::linear_backward<float>(b.x, *w, b.dy, b.dx, b.dw, nullptr);
-    }
-    if (r > 0) t.push_back(seconds_since(t0));
+  std::string json(double per = 1) const {
+    std::vector<double> r = rest;
+    std::sort(r.begin(), r.end());
+    char buf[256];
+    std::snprintf(buf, sizeof buf,
+                  "\"seconds\":%.6f,\"projection_seconds\":%.6f,\"rest_seconds\":%.6f,"
+                  "\"rest_seconds_min\":%.6f,\"rest_seconds_max\":%.6f,"
+                  "\"projection_fraction\":%.3f,\"rounds\":%zu",
+                  median(whole) / per, median(proj) / per, median(rest) / per, r.front() / per,
+                  r.back() / per, median(proj) / median(whole), rest.size());
+    return buf;
   }
-  return median(t);
-}
+};
 
 struct TrainSplit {
   double forward = 0, backward = 0, optimizer = 0;
@@ -312,10 +344,16 @@ int main(int argc, char** argv) {
     const double s = median(t);
     print_line(a, threads, "forward", a.B, a.T, double(BT) / s, s);
     if (a.profile) {
-      const double pj = projection_seconds(model, BT, 0, a.reps);
-      std::printf("{\"side\":\"hybrid\",\"model\":\"%s\",\"what\":\"profile_forward\","
-                  "\"seconds\":%.5f,\"projection_seconds\":%.5f,\"projection_fraction\":%.3f}\n",
-                  a.model.c_str(), s, pj, pj / s);
+      Projections pj(model, BT, 0);
+      Profile pf;
+      for (int r = 0; r < a.reps; ++r) {
+        const auto t0 = Clock::now();
+        const Mat<float> logits = model.forward(tokens, a.B, a.T);
+        const double w = seconds_since(t0);
+        pf.add(w, pj.pass());
+      }
+      std::printf("{\"side\":\"hybrid\",\"model\":\"%s\",\"what\":\"profile_forward\",%s}\n",
+                  a.model.c_str(), pf.json().c_str());
     }
   }
 
@@ -348,13 +386,19 @@ int main(int argc, char** argv) {
     std::snprintf(extra, sizeof extra, ",\"loss_first\":%.4f,\"loss_last\":%.4f", loss0, loss);
     print_line(a, threads, "train", a.B, a.T, double(BT) / s, s, extra);
     if (a.profile) {
+      Projections pj(model, BT, 1);
+      Profile pf;
+      for (int r = 0; r < a.reps; ++r) {
+        const auto t0 = Clock::now();
+        (void)tr.step();
+        const double w = seconds_since(t0);
+        pf.add(w, pj.pass());
+      }
       const TrainSplit sp = train_split(model, tokens, targets, a.B, a.T, a.reps);
-      const double pj = projection_seconds(model, BT, 1, a.reps);
-      std::printf("{\"side\":\"hybrid\",\"model\":\"%s\",\"what\":\"profile_train\","
-                  "\"seconds\":%.5f,\"forward_loss_seconds\":%.5f,\"backward_seconds\":%.5f,"
-                  "\"optimizer_seconds\":%.5f,\"projection_seconds\":%.5f,"
-                  "\"projection_fraction\":%.3f}\n",
-                  a.model.c_str(), s, sp.forward, sp.backward, sp.optimizer, pj, pj / s);
+      std::printf("{\"side\":\"hybrid\",\"model\":\"%s\",\"what\":\"profile_train\",%s,"
+                  "\"forward_loss_seconds\":%.5f,\"backward_seconds\":%.5f,"
+                  "\"optimizer_seconds\":%.5f}\n",
+                  a.model.c_str(), pf.json().c_str(), sp.forward, sp.backward, sp.optimizer);
     }
   }
 
@@ -387,13 +431,23 @@ int main(int argc, char** argv) {
                   "\"prefill_tokens_per_s\":%.2f",
                   (long long)a.prefill, (long long)a.decode, sp, double(a.prefill) / sp);
     print_line(a, threads, "decode", 1, a.decode, double(a.decode) / s, s, extra);
-    if (a.profile) {
-      const double pj = projection_seconds(model, 1, 2, a.reps);
-      const double per_tok = s / double(a.decode);
-      std::printf("{\"side\":\"hybrid\",\"model\":\"%s\",\"what\":\"profile_decode\","
-                  "\"seconds_per_token\":%.6f,\"projection_seconds\":%.6f,"
-                  "\"projection_fraction\":%.3f,\"weight_bytes\":%lld}\n",
-                  a.model.c_str(), per_tok, pj, pj / per_tok,
+    if (a.profile) {  // token by token: each step against one projection pass
+      Projections pj(model, 1, 2);
+      Profile pf;
+      for (int r = 0; r < a.reps; ++r) {
+        std::vector<SequenceState<float>> st;
+        const auto l = model.prefill({prompt}, st);
+        int tok = argmax_row(l[0], 0);
+        for (Index i = 0; i < a.decode; ++i) {
+          const auto t0 = Clock::now();
+          tok = argmax_row(model.step(std::span<const int>(&tok, 1), st), 0);
+          const double w = seconds_since(t0);
+          pf.add(w, pj.pass());
+        }
+      }
+      std::printf("{\"side\":\"hybrid\",\"model\":\"%s\",\"what\":\"profile_decode\",%s,"
+                  "\"weight_bytes\":%lld}\n",
+                  a.model.c_str(), pf.json().c_str(),
                   (long long)(model.param_count() * 4));
     }
   }

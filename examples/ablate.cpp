@@ -163,13 +163,13 @@ double expand_for(int d_inner, int D) {
 
 // The description of `layout` at shape s; throws hybrid::Error when a spec is invalid.
 ModelDesc make_desc(const std::string& layout, const Shape& s, int vocab, const Options& o) {
-  const int D = s.d_model, hd = o.get<int>("head-dim");
+  const int D = s.d_model, P = o.get<int>("head-dim");
   const bool attention = layout.find('A') != std::string::npos;
-  HYBRID_CHECK(!attention || D % hd == 0, "d_model ", D, " is not a multiple of --head-dim ", hd);
+  HYBRID_CHECK(!attention || D % P == 0, "d_model ", D, " is not a multiple of --head-dim ", P);
   const ModelSpec m{.vocab = vocab, .d_model = D, .init_std = o.get<double>("init-std")};
   const Mamba2Spec mb{.d_state = o.get<int>("d-state"), .expand = expand_for(s.d_inner, D),
                       .headdim = o.get<int>("headdim")};
-  const GqaSpec at{.n_heads = std::max(1, D / hd), .n_kv_heads = std::max(1, D / hd), .head_dim = hd,
+  const GqaSpec at{.n_heads = std::max(1, D / P), .n_kv_heads = std::max(1, D / P), .head_dim = P,
                    .qk_norm = o.has("qk-norm")};
   const ChannelDesc mlp = SwiGluSpec{{s.hidden}};
   const ChannelDesc mamba_mlp = o.get<std::string>("mamba-mlp") == "swiglu" ? mlp : NoChannelSpec{};

@@ -112,9 +112,9 @@ class ProtectedBackend final : public Backend<S> {
     Open o(*this);
     ops::ssd_forward<S>(d, chunk, path, a);
   }
-  void rope(View<S> x, int n_heads, int hd, Index pos0, double base, int rot) override {
+  void rope(View<S> x, int n_heads, int P, Index pos0, double base, int rot) override {
     Open o(*this);
-    ops::rope_forward<S>(x, n_heads, hd, pos0, base, rot);
+    ops::rope_forward<S>(x, n_heads, P, pos0, base, rot);
   }
   void attention(const S* q, const S* k, const S* v, S* out, const ops::AttnDims& d, S scale, Index qpos0,
                  Index kpos0, int window) override {

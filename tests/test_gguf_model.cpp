@@ -160,7 +160,7 @@ TEST_CASE("GGUF export: neutral scales are not written; RoPE rows are permuted t
     CHECK_FALSE(r.has(std::string("llama.") + k));
   CHECK(r.u32("llama.attention.head_count_kv") == 2);
   CHECK(r.f32("llama.rope.freq_base") == 500000.f);
-  // File row 2j + s of a head is our row s * hd/2 + j (hd = 8).
+  // File row 2j + s of a head is our row s * P/2 + j (P = 8).
   const GgufTensor* q = r.find("blk.0.attn_q.weight");
   REQUIRE(q);
   std::vector<float> fq(std::size_t(q->numel()));

@@ -369,27 +369,27 @@ TEST_CASE("golf options: with every option off the model is the one it was") {
 }
 
 TEST_CASE("golf options: partial RoPE rotates the first k dims of each head as a k-dim RoPE") {
-  const int H = 3, hd = 10, k = 4;
+  const int H = 3, P = 10, k = 4;
   const double base = 500;
-  const Mat<double> x = testing::random_normal(6, H * hd, 21);
+  const Mat<double> x = testing::random_normal(6, H * P, 21);
   Mat<double> y = x;
-  ops::rope_forward<double>(y, H, hd, 9, base, k);
+  ops::rope_forward<double>(y, H, P, 9, base, k);
   for (int h = 0; h < H; ++h) {
-    Mat<double> sub = x.middleCols(h * hd, k);  // the rotated dims as heads of their own
+    Mat<double> sub = x.middleCols(h * P, k);  // the rotated dims as heads of their own
     ops::rope_forward<double>(sub, 1, k, 9, base);  // theta_i = base^(-2i/k)
-    CHECK(max_abs(y.middleCols(h * hd, k), sub) < 1e-14);
-    CHECK(y.middleCols(h * hd + k, hd - k) == x.middleCols(h * hd + k, hd - k));
+    CHECK(max_abs(y.middleCols(h * P, k), sub) < 1e-14);
+    CHECK(y.middleCols(h * P + k, P - k) == x.middleCols(h * P + k, P - k));
   }
-  // The backward is the inverse rotation; k = hd and k = 0 are the same whole-head RoPE.
-  ops::rope_backward<double>(y, H, hd, 9, base, k);
+  // The backward is the inverse rotation; k = P and k = 0 are the same whole-head RoPE.
+  ops::rope_backward<double>(y, H, P, 9, base, k);
   CHECK(max_abs(y, x) < 1e-14);
   Mat<double> a = x, b = x;
-  ops::rope_forward<double>(a, H, hd, 9, base, hd);
-  ops::rope_forward<double>(b, H, hd, 9, base);
+  ops::rope_forward<double>(a, H, P, 9, base, P);
+  ops::rope_forward<double>(b, H, P, 9, base);
   CHECK(a == b);
   Mat<double> bad = x;
-  CHECK_THROWS_WITH_AS(ops::rope_forward<double>(bad, H, hd, 0, base, 3), doctest::Contains("must be even"), Error);
-  CHECK_THROWS_WITH_AS(ops::rope_forward<double>(bad, H, hd, 0, base, 12), doctest::Contains("at most the head dim 10"), Error);
+  CHECK_THROWS_WITH_AS(ops::rope_forward<double>(bad, H, P, 0, base, 3), doctest::Contains("must be even"), Error);
+  CHECK_THROWS_WITH_AS(ops::rope_forward<double>(bad, H, P, 0, base, 12), doctest::Contains("at most the head dim 10"), Error);
 }
 
 TEST_CASE("golf options: the forward is the definition (skip pairing, bigram hash, projection)") {

@@ -32,7 +32,7 @@ constexpr double kStep = 3e-5;
 
 struct AttnCase {
   Index Tq, Tk;
-  int Hq, Hkv, hd;
+  int H, G, P;
   Index qpos0 = 0, kpos0 = 0;
   int window = 0;
 };
@@ -44,15 +44,15 @@ struct AttnProblem {
   double scale;
   Mat<double> q, k, v, r;
   explicit AttnProblem(const AttnCase& cs, std::uint64_t seed = 1)
-      : c(cs), d{cs.Tq, cs.Tk, cs.Hq, cs.Hkv, cs.hd}, scale(1 / std::sqrt(double(cs.hd))),
-        q(random_normal(cs.Tq, Index(cs.Hq) * cs.hd, seed)),
-        k(random_normal(cs.Tk, Index(cs.Hkv) * cs.hd, seed + 1)),
-        v(random_normal(cs.Tk, Index(cs.Hkv) * cs.hd, seed + 2)),
-        r(random_weights(cs.Tq, Index(cs.Hq) * cs.hd, seed + 3)) {}
+      : c(cs), d{cs.Tq, cs.Tk, cs.H, cs.G, cs.P}, scale(1 / std::sqrt(double(cs.P))),
+        q(random_normal(cs.Tq, Index(cs.H) * cs.P, seed)),
+        k(random_normal(cs.Tk, Index(cs.G) * cs.P, seed + 1)),
+        v(random_normal(cs.Tk, Index(cs.G) * cs.P, seed + 2)),
+        r(random_weights(cs.Tq, Index(cs.H) * cs.P, seed + 3)) {}
 
   Mat<double> forward(Mat<double>* lse = nullptr) const {
-    Mat<double> o(c.Tq, Index(c.Hq) * c.hd);
-    if (lse) lse->resize(c.Tq, c.Hq);
+    Mat<double> o(c.Tq, Index(c.H) * c.P);
+    if (lse) lse->resize(c.Tq, c.H);
     ops::attention_forward<double>(q.data(), k.data(), v.data(), o.data(), d, scale, c.qpos0,
                                    c.kpos0, c.window, lse ? lse->data() : nullptr);
     return o;
@@ -80,17 +80,17 @@ void check_attention(const AttnCase& c) {
     CHECK(std::isfinite(g->sum()));
     worst = std::max(worst, res.max_rel_err);
   }
-  CAPTURE(c.Tq); CAPTURE(c.Tk); CAPTURE(c.Hq); CAPTURE(c.Hkv); CAPTURE(c.hd);
+  CAPTURE(c.Tq); CAPTURE(c.Tk); CAPTURE(c.H); CAPTURE(c.G); CAPTURE(c.P);
   CAPTURE(c.qpos0); CAPTURE(c.kpos0); CAPTURE(c.window);
   CHECK(worst < kTol);
 }
 
 }  // namespace
 
-TEST_CASE("grad: attention MHA and GQA groupings (Hq/Hkv = 1, 2, 4; Hkv = 1)") {
-  for (auto [Hq, Hkv, T] : std::vector<std::array<int, 3>>{
+TEST_CASE("grad: attention MHA and GQA groupings (H/G = 1, 2, 4; G = 1)") {
+  for (auto [H, G, T] : std::vector<std::array<int, 3>>{
            {3, 3, 9}, {4, 2, 20}, {8, 2, 20}, {4, 1, 12}, {1, 1, 7}})
-    check_attention({T, T, Hq, Hkv, 8});
+    check_attention({T, T, H, G, 8});
 }
 
 TEST_CASE("grad: attention lengths 1, 70 and 130 (crossing the 64-row query block)") {
@@ -135,16 +135,16 @@ TEST_CASE("grad: attention lse equals a direct log-sum-exp of the scaled scores"
     AttnProblem p(c);
     Mat<double> lse;
     p.forward(&lse);
-    const int rep = c.Hq / c.Hkv;
+    const int rep = c.H / c.G;
     double err = 0;
     for (Index i = 0; i < c.Tq; ++i)
-      for (int h = 0; h < c.Hq; ++h) {
+      for (int h = 0; h < c.H; ++h) {
         double sum = 0;
         for (Index j = 0; j < c.Tk; ++j) {
           const Index qp = c.qpos0 + i, kp = c.kpos0 + j;
           if (kp > qp || (c.window > 0 && qp - kp >= c.window)) continue;
-          const double s = p.q.row(i).segment(h * c.hd, c.hd).dot(
-              p.k.row(j).segment((h / rep) * c.hd, c.hd));
+          const double s = p.q.row(i).segment(h * c.P, c.P).dot(
+              p.k.row(j).segment((h / rep) * c.P, c.P));
           sum += std::exp(s * p.scale);
         }
         err = std::max(err, std::abs(lse(i, h) - std::log(sum)));
@@ -192,39 +192,39 @@ TEST_CASE("grad: attention backward in float agrees with double") {
 
 TEST_CASE("grad: RoPE backward matches finite differences") {
   for (Index pos0 : {0, 3, 17, 1000, 123456})
-    for (auto [H, hd] : std::vector<std::array<int, 2>>{{1, 2}, {3, 8}, {2, 64}})
+    for (auto [H, P] : std::vector<std::array<int, 2>>{{1, 2}, {3, 8}, {2, 64}})
       for (double base : {10000.0, 1e6}) {
         const Index T = 5;
-        Mat<double> x = random_normal(T, Index(H) * hd, 20 + pos0);
-        const Mat<double> r = random_weights(T, Index(H) * hd, 21);
+        Mat<double> x = random_normal(T, Index(H) * P, 20 + pos0);
+        const Mat<double> r = random_weights(T, Index(H) * P, 21);
         Mat<double> dx = r;
-        ops::rope_backward<double>(dx, H, hd, pos0, base);
+        ops::rope_backward<double>(dx, H, P, pos0, base);
         auto loss = [&] {
           Mat<double> y = x;
-          ops::rope_forward<double>(y, H, hd, pos0, base);
+          ops::rope_forward<double>(y, H, P, pos0, base);
           return (r.array() * y.array()).sum();
         };
         const auto res = fd_check(x.data(), dx.data(), x.size(), loss, 96, kStep);
-        CAPTURE(pos0); CAPTURE(H); CAPTURE(hd); CAPTURE(base);
+        CAPTURE(pos0); CAPTURE(H); CAPTURE(P); CAPTURE(base);
         CHECK(res.max_rel_err < kTol);
       }
 }
 
 TEST_CASE("grad: RoPE backward inverts the forward (the rotation is orthogonal)") {
-  const int H = 3, hd = 16;
+  const int H = 3, P = 16;
   for (Index pos0 : {0, 7, 4096}) {
-    const Mat<double> g = random_normal(9, H * hd, 30);
+    const Mat<double> g = random_normal(9, H * P, 30);
     Mat<double> a = g, b = g;
-    ops::rope_forward<double>(a, H, hd, pos0, 10000);
-    ops::rope_backward<double>(a, H, hd, pos0, 10000);
-    ops::rope_backward<double>(b, H, hd, pos0, 10000);
+    ops::rope_forward<double>(a, H, P, pos0, 10000);
+    ops::rope_backward<double>(a, H, P, pos0, 10000);
+    ops::rope_backward<double>(b, H, P, pos0, 10000);
     CHECK(std::abs(b.norm() - g.norm()) < 1e-12 * g.norm());
-    ops::rope_forward<double>(b, H, hd, pos0, 10000);
+    ops::rope_forward<double>(b, H, P, pos0, 10000);
     CHECK((a - g).cwiseAbs().maxCoeff() < 1e-13);
     CHECK((b - g).cwiseAbs().maxCoeff() < 1e-13);
     Mat<float> f = g.cast<float>();
-    ops::rope_forward<float>(f, H, hd, pos0, 10000);
-    ops::rope_backward<float>(f, H, hd, pos0, 10000);
+    ops::rope_forward<float>(f, H, P, pos0, 10000);
+    ops::rope_backward<float>(f, H, P, pos0, 10000);
     CHECK((f.cast<double>() - g).cwiseAbs().maxCoeff() < 1e-5);
   }
 }

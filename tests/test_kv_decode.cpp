@@ -165,11 +165,11 @@ namespace {
 
 // Decode over B caches against attention_forward with one query row per sequence.
 // head_major: the spans of KvCaches (heads' rows contiguous, capacity above the length);
-// otherwise (len, Hkv*hd) row-major buffers with the span's default strides.
+// otherwise (len, G*P) row-major buffers with the span's default strides.
 template <class S>
-void check_decode(int Hq, int Hkv, int hd, const std::vector<Index>& lens, int window, bool bf16,
+void check_decode(int H, int G, int P, const std::vector<Index>& lens, int window, bool bf16,
                   Index splits, bool head_major, std::uint64_t seed) {
-  const Index B = Index(lens.size()), ldq = Index(Hq) * hd, ldk = Index(Hkv) * hd;
+  const Index B = Index(lens.size()), ldq = Index(H) * P, ldk = Index(G) * P;
   const Mat<S> q = random_mat<S>(B, ldq, seed);
   std::vector<Mat<S>> ks, vs;
   std::vector<std::vector<std::uint16_t>> kh(B), vh(B);
@@ -199,7 +199,7 @@ void check_decode(int Hq, int Hkv, int hd, const std::vector<Index>& lens, int w
   }
   std::vector<KvCache<S>> caches;
   for (Index b = 0; head_major && b < B; ++b) {
-    caches.emplace_back(bf16 ? DType::BF16 : DType::F32, Hkv, hd);
+    caches.emplace_back(bf16 ? DType::BF16 : DType::F32, G, P);
     caches.back().reserve(lens[b] + 5);
     caches.back().append(ks[b], vs[b]);  // bf16: already rounded, so stored exactly
   }
@@ -207,16 +207,16 @@ void check_decode(int Hq, int Hkv, int hd, const std::vector<Index>& lens, int w
     kv[b] = caches[std::size_t(b)].span();
     kv[b].kpos0 = 3 * b;
   }
-  const S scale = S(1) / std::sqrt(S(hd));
+  const S scale = S(1) / std::sqrt(S(P));
   Mat<S> got(B, ldq), want(B, ldq);
   got.setConstant(S(7));
-  const ops::DecodeDims d{B, Hq, Hkv, hd};
+  const ops::DecodeDims d{B, H, G, P};
   Buffer<S> work(ops::attention_decode_scratch(d, par::threads(), splits));
   ops::attention_decode<S>(d, q.data(), kv.data(), qpos.data(), got.data(), scale, window,
                            work.data(), splits);
   for (Index b = 0; b < B; ++b)
     ops::attention_forward<S>(q.data() + b * ldq, ks[b].data(), vs[b].data(), want.data() + b * ldq,
-                              ops::AttnDims{1, lens[b], Hq, Hkv, hd}, scale, qpos[b], kv[b].kpos0,
+                              ops::AttnDims{1, lens[b], H, G, P}, scale, qpos[b], kv[b].kpos0,
                               window);
   const double tol = std::is_same_v<S, double> ? 1e-13 : 2e-6;
   const double err = double((got - want).cwiseAbs().maxCoeff());
@@ -228,7 +228,7 @@ void check_decode(int Hq, int Hkv, int hd, const std::vector<Index>& lens, int w
 
 TEST_CASE_TEMPLATE("attention_decode: matches attention_forward (lengths, windows, GQA, B, splits)",
                    S, float, double) {
-  struct Heads { int Hq, Hkv, hd; };
+  struct Heads { int H, G, P; };
   const Heads heads[] = {{4, 4, 8}, {8, 2, 16}, {6, 1, 64}};
   const std::vector<std::vector<Index>> batches = {{1}, {2}, {65}, {777}, {1, 130, 64}, {300, 5, 1025}};
   std::uint64_t seed = 1;
@@ -239,34 +239,34 @@ TEST_CASE_TEMPLATE("attention_decode: matches attention_forward (lengths, window
           for (bool bf16 : {false, true})
           for (bool head_major : {false, true}) {
             if (bf16 && std::is_same_v<S, double> && splits > 1) continue;  // covered in float
-            CAPTURE(h.Hq);
-            CAPTURE(h.Hkv);
+            CAPTURE(h.H);
+            CAPTURE(h.G);
             CAPTURE(lens.size());
             CAPTURE(lens.back());
             CAPTURE(window);
             CAPTURE(splits);
             CAPTURE(bf16);
             CAPTURE(head_major);
-            check_decode<S>(h.Hq, h.Hkv, h.hd, lens, window, bf16, splits, head_major, seed++);
+            check_decode<S>(h.H, h.G, h.P, lens, window, bf16, splits, head_major, seed++);
           }
 }
 
 TEST_CASE_TEMPLATE("attention_forward over a head-major KV cache equals it over row-major keys", S, float, double) {
-  const int Hq = 6, Hkv = 3, hd = 8;
-  const Index len = 70, T = 9, W = Index(Hkv) * hd;
+  const int H = 6, G = 3, P = 8;
+  const Index len = 70, T = 9, W = Index(G) * P;
   for (int window : {0, 5}) {
     CAPTURE(window);
     const Mat<S> k = random_mat<S>(len, W, 31), v = random_mat<S>(len, W, 32);
-    const Mat<S> q = random_mat<S>(T, Index(Hq) * hd, 33);
-    KvCache<S> c(DType::F32, Hkv, hd);
-    c.reserve(len + 13);  // the head stride is capacity * hd, not len * hd
+    const Mat<S> q = random_mat<S>(T, Index(H) * P, 33);
+    KvCache<S> c(DType::F32, G, P);
+    c.reserve(len + 13);  // the head stride is capacity * P, not len * P
     c.append(k, v);
     const ops::KvSpan<S> sp = c.span();
     const Index qpos0 = len - T;  // the chunk's queries are the cache's last T rows
-    Mat<S> got(T, Index(Hq) * hd), want(T, Index(Hq) * hd);
+    Mat<S> got(T, Index(H) * P), want(T, Index(H) * P);
     ops::attention_forward<S>(q.data(), sp.k, sp.v, got.data(),
-                              ops::AttnDims{T, len, Hq, Hkv, hd, sp.ld, sp.hs}, S(0.3), qpos0, 0, window);
-    ops::attention_forward<S>(q.data(), k.data(), v.data(), want.data(), ops::AttnDims{T, len, Hq, Hkv, hd},
+                              ops::AttnDims{T, len, H, G, P, sp.ld, sp.hs}, S(0.3), qpos0, 0, window);
+    ops::attention_forward<S>(q.data(), k.data(), v.data(), want.data(), ops::AttnDims{T, len, H, G, P},
                               S(0.3), qpos0, 0, window);
     CHECK((got - want).cwiseAbs().maxCoeff() == S(0));  // the same sums in the same order
   }
@@ -285,21 +285,21 @@ namespace {
 // (max, sum, unnormalised o) of every query head.
 template <int W, class KT>
 void check_simd_item(int rep, Index n, Index ld, std::uint64_t seed) {
-  const int hd = 16 * W;
-  const Index pr = hd + 2 + 3;  // heads' partials apart by more than their size
-  const Mat<float> q = random_mat<float>(1, Index(rep) * hd, seed);
+  const int P = 16 * W;
+  const Index pr = P + 2 + 3;  // heads' partials apart by more than their size
+  const Mat<float> q = random_mat<float>(1, Index(rep) * P, seed);
   const Mat<float> k = random_mat<float>(n, ld, seed + 1), v = random_mat<float>(n, ld, seed + 2);
   std::vector<std::uint16_t> kh(std::size_t(n * ld)), vh(std::size_t(n * ld));
   for (Index i = 0; i < n * ld; ++i) kh[std::size_t(i)] = f32_to_bf16(k.data()[i]), vh[std::size_t(i)] = f32_to_bf16(v.data()[i]);
-  const ops::DecodeDims d{1, rep, 1, hd};
+  const ops::DecodeDims d{1, rep, 1, P};
   std::vector<float> work(std::size_t(ops::detail::decode_thread_scratch(d)));
   std::vector<float> want(std::size_t(rep * pr), 9.f), got(std::size_t(rep * pr), 9.f);
-  const float scale = 1.f / std::sqrt(float(hd));
+  const float scale = 1.f / std::sqrt(float(P));
   const KT* kp;
   const KT* vp;
   if constexpr (std::is_same_v<KT, float>) kp = k.data(), vp = v.data();
   else kp = kh.data(), vp = vh.data();
-  ops::detail::decode_slice<float>(q.data(), kp, vp, ld, n, rep, hd, scale, want.data(), pr, work.data());
+  ops::detail::decode_slice<float>(q.data(), kp, vp, ld, n, rep, P, scale, want.data(), pr, work.data());
   ops::detail::decode_slice_simd<W>(q.data(), kp, vp, ld, n, rep, scale, got.data(), pr, work.data(),
                                     ops::detail::kDecodeTile);
   for (int r = 0; r < rep; ++r) {
@@ -308,9 +308,9 @@ void check_simd_item(int rep, Index n, Index ld, std::uint64_t seed) {
     CHECK(b[0] == doctest::Approx(a[0]).epsilon(1e-5));  // running max
     CHECK(b[1] == doctest::Approx(a[1]).epsilon(1e-5));  // sum of exp
     double err = 0, mag = 1;
-    for (int c = 0; c < hd; ++c) err = std::max(err, double(std::abs(a[2 + c] - b[2 + c]))), mag = std::max(mag, double(std::abs(a[2 + c])));
+    for (int c = 0; c < P; ++c) err = std::max(err, double(std::abs(a[2 + c] - b[2 + c]))), mag = std::max(mag, double(std::abs(a[2 + c])));
     CHECK(err <= 2e-5 * mag);
-    for (Index c = hd + 2; c < pr; ++c) CHECK(b[c] == 9.f);  // nothing written past the partial
+    for (Index c = P + 2; c < pr; ++c) CHECK(b[c] == 9.f);  // nothing written past the partial
   }
 }
 
@@ -332,7 +332,7 @@ void check_simd_width() {
 
 }  // namespace
 
-TEST_CASE("attention_decode: the AVX-512 work item equals the Eigen one (hd 16-128, rep, tails, strides)") {
+TEST_CASE("attention_decode: the AVX-512 work item equals the Eigen one (P 16-128, rep, tails, strides)") {
   check_simd_width<1>();
   check_simd_width<2>();
   check_simd_width<4>();

@@ -17,18 +17,18 @@ using hybrid::test_util::random_mat;
 
 // Naive causal softmax attention, one head at a time, full (T x T) score matrix.
 Mat<double> naive_attention(const Mat<double>& q, const Mat<double>& k, const Mat<double>& v,
-                            int Hq, int Hkv, int hd, double scale, int window) {
+                            int H, int G, int P, double scale, int window) {
   const Index T = q.rows();
-  Mat<double> o = Mat<double>::Zero(T, Index(Hq) * hd);
-  for (int h = 0; h < Hq; ++h) {
-    const int g = h / (Hq / Hkv);
+  Mat<double> o = Mat<double>::Zero(T, Index(H) * P);
+  for (int h = 0; h < H; ++h) {
+    const int g = h / (H / G);
     for (Index i = 0; i < T; ++i) {
       std::vector<double> p(T, 0.0);
       double mx = -1e300, sum = 0;
       for (Index j = 0; j <= i; ++j) {
         if (window > 0 && i - j >= window) continue;
         double s = 0;
-        for (int d = 0; d < hd; ++d) s += q(i, h * hd + d) * k(j, g * hd + d);
+        for (int d = 0; d < P; ++d) s += q(i, h * P + d) * k(j, g * P + d);
         p[j] = s * scale;
         mx = std::max(mx, p[j]);
       }
@@ -38,7 +38,7 @@ Mat<double> naive_attention(const Mat<double>& q, const Mat<double>& k, const Ma
         sum += p[j];
       }
       for (Index j = 0; j <= i; ++j)
-        for (int d = 0; d < hd; ++d) o(i, h * hd + d) += p[j] / sum * v(j, g * hd + d);
+        for (int d = 0; d < P; ++d) o(i, h * P + d) += p[j] / sum * v(j, g * P + d);
     }
   }
   return o;
@@ -46,67 +46,67 @@ Mat<double> naive_attention(const Mat<double>& q, const Mat<double>& k, const Ma
 }  // namespace
 
 TEST_CASE("attention equals a naive softmax reference (GQA grouping, windows)") {
-  for (auto [Hq, Hkv, window, T] : std::vector<std::array<int, 4>>{
+  for (auto [H, G, window, T] : std::vector<std::array<int, 4>>{
            {4, 4, 0, 9}, {4, 2, 0, 70}, {6, 1, 0, 130}, {4, 2, 5, 70}, {2, 1, 1, 10}}) {
-    const int hd = 8;
-    auto q = random_mat(T, Hq * hd, 1), k = random_mat(T, Hkv * hd, 2), v = random_mat(T, Hkv * hd, 3);
-    Mat<double> o(T, Hq * hd);
+    const int P = 8;
+    auto q = random_mat(T, H * P, 1), k = random_mat(T, G * P, 2), v = random_mat(T, G * P, 3);
+    Mat<double> o(T, H * P);
     ops::attention_forward<double>(q.data(), k.data(), v.data(), o.data(),
-                                   ops::AttnDims{T, T, Hq, Hkv, hd}, 0.3, 0, 0, window);
-    const auto ref = naive_attention(q, k, v, Hq, Hkv, hd, 0.3, window);
-    CAPTURE(Hq); CAPTURE(Hkv); CAPTURE(window); CAPTURE(T);
+                                   ops::AttnDims{T, T, H, G, P}, 0.3, 0, 0, window);
+    const auto ref = naive_attention(q, k, v, H, G, P, 0.3, window);
+    CAPTURE(H); CAPTURE(G); CAPTURE(window); CAPTURE(T);
     CHECK((o - ref).cwiseAbs().maxCoeff() < 1e-12);
   }
 }
 
 TEST_CASE("attention: GQA equals MHA with key/value heads repeated") {
-  const int T = 20, Hq = 6, Hkv = 2, hd = 4;
-  auto q = random_mat(T, Hq * hd, 4), k = random_mat(T, Hkv * hd, 5), v = random_mat(T, Hkv * hd, 6);
-  Mat<double> k_rep(T, Hq * hd), v_rep(T, Hq * hd);
-  for (int h = 0; h < Hq; ++h) {  // head h reads kv head h / (Hq/Hkv): contiguous blocks
-    k_rep.middleCols(h * hd, hd) = k.middleCols((h / 3) * hd, hd);
-    v_rep.middleCols(h * hd, hd) = v.middleCols((h / 3) * hd, hd);
+  const int T = 20, H = 6, G = 2, P = 4;
+  auto q = random_mat(T, H * P, 4), k = random_mat(T, G * P, 5), v = random_mat(T, G * P, 6);
+  Mat<double> k_rep(T, H * P), v_rep(T, H * P);
+  for (int h = 0; h < H; ++h) {  // head h reads kv head h / (H/G): contiguous blocks
+    k_rep.middleCols(h * P, P) = k.middleCols((h / 3) * P, P);
+    v_rep.middleCols(h * P, P) = v.middleCols((h / 3) * P, P);
   }
-  Mat<double> o1(T, Hq * hd), o2(T, Hq * hd);
-  ops::attention_forward<double>(q.data(), k.data(), v.data(), o1.data(), {T, T, Hq, Hkv, hd}, 0.5, 0, 0, 0);
-  ops::attention_forward<double>(q.data(), k_rep.data(), v_rep.data(), o2.data(), {T, T, Hq, Hq, hd}, 0.5, 0, 0, 0);
+  Mat<double> o1(T, H * P), o2(T, H * P);
+  ops::attention_forward<double>(q.data(), k.data(), v.data(), o1.data(), {T, T, H, G, P}, 0.5, 0, 0, 0);
+  ops::attention_forward<double>(q.data(), k_rep.data(), v_rep.data(), o2.data(), {T, T, H, H, P}, 0.5, 0, 0, 0);
   CHECK((o1 - o2).cwiseAbs().maxCoeff() < 1e-14);
 }
 
 TEST_CASE("attention over a cache with offset positions equals the full computation") {
-  const int T = 30, Hq = 4, Hkv = 2, hd = 8, window = 7;
-  auto q = random_mat(T, Hq * hd, 7), k = random_mat(T, Hkv * hd, 8), v = random_mat(T, Hkv * hd, 9);
-  const auto ref = naive_attention(q, k, v, Hq, Hkv, hd, 0.2, window);
+  const int T = 30, H = 4, G = 2, P = 8, window = 7;
+  auto q = random_mat(T, H * P, 7), k = random_mat(T, G * P, 8), v = random_mat(T, G * P, 9);
+  const auto ref = naive_attention(q, k, v, H, G, P, 0.2, window);
   // Last 3 queries against keys 10..29 (positions 10..), as a trimmed windowed cache holds.
-  Mat<double> o(3, Hq * hd);
-  ops::attention_forward<double>(q.data() + 27 * Hq * hd, k.data() + 10 * Hkv * hd,
-                                 v.data() + 10 * Hkv * hd, o.data(), {3, 20, Hq, Hkv, hd}, 0.2,
+  Mat<double> o(3, H * P);
+  ops::attention_forward<double>(q.data() + 27 * H * P, k.data() + 10 * G * P,
+                                 v.data() + 10 * G * P, o.data(), {3, 20, H, G, P}, 0.2,
                                  27, 10, window);
   CHECK((o - ref.bottomRows(3)).cwiseAbs().maxCoeff() < 1e-12);
 }
 
 TEST_CASE("RoPE equals the direct rotate_half formula") {
-  const int T = 5, H = 3, hd = 8;
+  const int T = 5, H = 3, P = 8;
   const double base = 10000;
-  auto x = random_mat(T, H * hd, 10);
+  auto x = random_mat(T, H * P, 10);
   Mat<double> y = x;
-  ops::rope_forward<double>(y, H, hd, 17, base);
+  ops::rope_forward<double>(y, H, P, 17, base);
   for (Index t = 0; t < T; ++t)
     for (int h = 0; h < H; ++h)
-      for (int d = 0; d < hd; ++d) {
+      for (int d = 0; d < P; ++d) {
         // out = x * cos + rotate_half(x) * sin, rotate_half(x) = [-x2, x1]
-        const int i = d % (hd / 2);
-        const double ang = double(17 + t) * std::pow(base, -2.0 * i / hd);
-        const double xd = x(t, h * hd + d);
-        const double rot = d < hd / 2 ? -x(t, h * hd + d + hd / 2) : x(t, h * hd + d - hd / 2);
-        CHECK(std::abs(y(t, h * hd + d) - (xd * std::cos(ang) + rot * std::sin(ang))) < 1e-12);
+        const int i = d % (P / 2);
+        const double ang = double(17 + t) * std::pow(base, -2.0 * i / P);
+        const double xd = x(t, h * P + d);
+        const double rot = d < P / 2 ? -x(t, h * P + d + P / 2) : x(t, h * P + d - P / 2);
+        CHECK(std::abs(y(t, h * P + d) - (xd * std::cos(ang) + rot * std::sin(ang))) < 1e-12);
       }
   // Relative-position property: <R(p)q, R(p+s)k> depends only on s.
-  auto q = random_mat(1, hd, 11), k = random_mat(1, hd, 12);
+  auto q = random_mat(1, P, 11), k = random_mat(1, P, 12);
   auto dot_at = [&](Index p, Index s) {
     Mat<double> a = q, b = k;
-    ops::rope_forward<double>(a, 1, hd, p, base);
-    ops::rope_forward<double>(b, 1, hd, p + s, base);
+    ops::rope_forward<double>(a, 1, P, p, base);
+    ops::rope_forward<double>(b, 1, P, p + s, base);
     return a.row(0).dot(b.row(0));
   };
   CHECK(std::abs(dot_at(0, 5) - dot_at(100, 5)) < 1e-10);
@@ -133,6 +133,46 @@ TEST_CASE("causal depthwise conv equals the direct sum and carries its history")
   CHECK((y1 - y.topRows(2)).cwiseAbs().maxCoeff() < 1e-12);
   CHECK((y2 - y.bottomRows(T - 2)).cwiseAbs().maxCoeff() < 1e-12);
   CHECK((hist.transpose() - u.bottomRows(K)).cwiseAbs().maxCoeff() == 0);
+}
+
+TEST_CASE("causal conv decode steps (T = 1) equal one call: cache in place, apart, none, no bias") {
+  const Index T = 7, C = 6;
+  for (Index K = 1; K <= 4; ++K)
+    for (bool bias : {true, false}) {
+      CAPTURE(K);
+      CAPTURE(bias);
+      auto u = random_mat(T, C, 20 + K), w = random_mat(C, K, 30 + K), b = random_mat(1, C, 40);
+      const Mat<double> none;
+      const Mat<double>& bb = bias ? b : none;
+      Mat<double> y(T, C);
+      ops::causal_conv1d_forward<double>(u, w, bb, nullptr, y, nullptr);
+      // In place (the decode cache), and from one cache into another (ping-pong).
+      Mat<double> h = Mat<double>::Zero(C, K), ha = Mat<double>::Zero(C, K), hb(C, K), yt(1, C);
+      for (Index t = 0; t < T; ++t) {
+        ops::causal_conv1d_forward<double>(Mat<double>(u.row(t)), w, bb, h, yt, h);
+        CHECK((yt - y.row(t)).cwiseAbs().maxCoeff() < 1e-12);
+        Mat<double>& from = t % 2 ? hb : ha;
+        Mat<double>& to = t % 2 ? ha : hb;
+        ops::causal_conv1d_forward<double>(Mat<double>(u.row(t)), w, bb, from, yt, to);
+        CHECK((yt - y.row(t)).cwiseAbs().maxCoeff() < 1e-12);
+      }
+      const Mat<double>& last = T % 2 ? hb : ha;
+      for (Index k = 0; k < K; ++k) {  // oldest first: the last K inputs
+        CHECK((h.col(k).transpose() - u.row(T - K + k)).cwiseAbs().maxCoeff() == 0);
+        CHECK((last.col(k).transpose() - u.row(T - K + k)).cwiseAbs().maxCoeff() == 0);
+      }
+      // No history: the first step of a sequence, zeros before it; the new history is
+      // zero-padded on the left.
+      Mat<double> h0 = Mat<double>::Constant(C, K, 9.0);
+      ops::causal_conv1d_forward<double>(Mat<double>(u.row(0)), w, bb, nullptr, yt, h0);
+      CHECK((yt - y.row(0)).cwiseAbs().maxCoeff() < 1e-12);
+      if (K > 1) CHECK(h0.leftCols(K - 1).cwiseAbs().maxCoeff() == 0);
+      CHECK((h0.col(K - 1).transpose() - u.row(0)).cwiseAbs().maxCoeff() == 0);
+      // A wrong history shape is an error, not a write out of bounds.
+      Mat<double> bad(C, K + 1);
+      CHECK_THROWS_WITH(ops::causal_conv1d_forward<double>(Mat<double>(u.row(0)), w, bb, nullptr, yt, bad),
+                        doctest::Contains("expected (C, K)"));
+    }
 }
 
 TEST_CASE("norms equal their formulas") {

@@ -242,18 +242,18 @@ TEST_CASE("packed: mark_documents finds the BOS positions") {
 TEST_CASE("packed: RoPE positions restart at each document start") {
   // Attention scores depend on position differences only, so the model tests cannot see
   // where positions start: check the rotation itself.
-  const int H = 2, hd = 8;
-  const Mat<double> xin = testing::random_weights(kB * kT, H * hd, 41);
+  const int H = 2, P = 8;
+  const Mat<double> xin = testing::random_weights(kB * kT, H * P, 41);
   Tape<double> t(false);
   const ag::Segments* seg = ag::make_segments(t, kStarts, kB, kT);
   REQUIRE(seg->n == Index(kDocs.size()) - 1);
-  Var<double> x = t.var(kB * kT, H * hd);
+  Var<double> x = t.var(kB * kT, H * P);
   std::copy(xin.data(), xin.data() + xin.size(), x.v);
-  const Mat<double> packed = ag::rope(t, x, H, hd, kB, kT, nullptr, 10000.0, 0, seg).val();
+  const Mat<double> packed = ag::rope(t, x, H, P, kB, kT, nullptr, 10000.0, 0, seg).val();
   for (std::size_t k = 0; k + 1 < kDocs.size(); ++k) {
     CHECK(seg->row0(Index(k)) == kDocs[k]);
     Mat<double> one = xin.middleRows(kDocs[k], kDocs[k + 1] - kDocs[k]);
-    ops::rope_forward<double>(one, H, hd, 0, 10000.0);
+    ops::rope_forward<double>(one, H, P, 0, 10000.0);
     CHECK(one == packed.middleRows(kDocs[k], kDocs[k + 1] - kDocs[k]));
   }
 }

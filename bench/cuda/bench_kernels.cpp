@@ -181,21 +181,21 @@ int main(int argc, char** argv) {
     row_mem("ssd_recurrent_step", "T=1 H=64 P=64 N=128", time_ms(c, [&] { ops::ssd_recurrent<float>(c, d1, a); }),
             2.0 * H * P * N * 4);
   }
-  {  // attention: 8K causal, 32 query heads, 8 kv heads, hd 128
-    const int Hq = 32, Hkv = 8, hd = 128;
+  {  // attention: 8K causal, 32 query heads, 8 kv heads, P 128
+    const int H = 32, G = 8, P = 128;
     const Index Ta = 4096;
-    auto q = filled(Ta * Hq * hd, c), kv = filled(Ta * Hkv * hd, c);
-    Buffer<float, Cuda> o(Ta * Hq * hd);
-    const ops::AttnDims d{Ta, Ta, Hq, Hkv, hd};
-    const float scale = 1.f / std::sqrt(float(hd));
-    row_flops("attention_causal", "T=4096 Hq=32 Hkv=8 hd=128",
+    auto q = filled(Ta * H * P, c), kv = filled(Ta * G * P, c);
+    Buffer<float, Cuda> o(Ta * H * P);
+    const ops::AttnDims d{Ta, Ta, H, G, P};
+    const float scale = 1.f / std::sqrt(float(P));
+    row_flops("attention_causal", "T=4096 H=32 G=8 P=128",
               time_ms(c, [&] {
                 ops::attention_forward<float>(c, q.data(), kv.data(), kv.data(), o.data(), d, scale, 0, 0, 0, nullptr);
               }),
-              2.0 * 2.0 * Ta * Ta * Hq * hd / 2);
+              2.0 * 2.0 * Ta * Ta * H * P / 2);
     // decode: batch 1 and 8 over a 32K cache
     const Index L = 32768;
-    auto cache = filled(L * Hkv * hd, c);
+    auto cache = filled(L * G * P, c);
     for (const Index B : {Index(1), Index(8)}) {
       std::vector<ops::KvSpan<float>> spans(static_cast<std::size_t>(B));
       std::vector<Index> pos(static_cast<std::size_t>(B), L - 1);
@@ -204,12 +204,12 @@ int main(int argc, char** argv) {
         s.v = cache.data();
         s.len = L;
       }
-      const ops::DecodeDims dd{B, Hq, Hkv, hd};
-      row_mem("attention_decode", "B=" + std::to_string(B) + " cache 32768 Hq=32 Hkv=8 hd=128",
+      const ops::DecodeDims dd{B, H, G, P};
+      row_mem("attention_decode", "B=" + std::to_string(B) + " cache 32768 H=32 G=8 P=128",
               time_ms(c, [&] {
                 ops::attention_decode<float>(c, dd, q.data(), spans.data(), pos.data(), o.data(), scale, 0);
               }),
-              2.0 * B * L * Hkv * hd * 4);
+              2.0 * B * L * G * P * 4);
     }
   }
   c.sync();

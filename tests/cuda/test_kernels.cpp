@@ -358,7 +358,7 @@ TEST_CASE_TEMPLATE("the chunked SSD scan matches the CPU scan: any T, G > 1, ini
 namespace {
 struct AttnCase {
   Index Tq, Tk;
-  int Hq, Hkv, hd, window;
+  int H, G, P, window;
   Index qpos0, kpos0;
 };
 }  // namespace
@@ -374,16 +374,16 @@ TEST_CASE_TEMPLATE("flash attention matches the CPU attention: GQA, windows, off
   for (const auto& k : cases) {
     CAPTURE(k.Tq);
     CAPTURE(k.Tk);
-    CAPTURE(k.hd);
+    CAPTURE(k.P);
     CAPTURE(k.window);
-    const ops::AttnDims d{k.Tq, k.Tk, k.Hq, k.Hkv, k.hd};
-    const Mat<S> q = rnd<S>(k.Tq, Index(k.Hq) * k.hd, 30, -2, 2), kk = rnd<S>(k.Tk, Index(k.Hkv) * k.hd, 31, -2, 2),
-                 v = rnd<S>(k.Tk, Index(k.Hkv) * k.hd, 32);
-    const S scale = S(1 / std::sqrt(double(k.hd)));
-    Mat<S> o(k.Tq, Index(k.Hq) * k.hd), lse(k.Tq, k.Hq);
+    const ops::AttnDims d{k.Tq, k.Tk, k.H, k.G, k.P};
+    const Mat<S> q = rnd<S>(k.Tq, Index(k.H) * k.P, 30, -2, 2), kk = rnd<S>(k.Tk, Index(k.G) * k.P, 31, -2, 2),
+                 v = rnd<S>(k.Tk, Index(k.G) * k.P, 32);
+    const S scale = S(1 / std::sqrt(double(k.P)));
+    Mat<S> o(k.Tq, Index(k.H) * k.P), lse(k.Tq, k.H);
     ops::attention_forward<S>(q.data(), kk.data(), v.data(), o.data(), d, scale, k.qpos0, k.kpos0, k.window,
                               lse.data());
-    DMat<S> dq(q, c), dk(kk, c), dv(v, c), dout(k.Tq, Index(k.Hq) * k.hd), dlse(k.Tq, k.Hq);
+    DMat<S> dq(q, c), dk(kk, c), dv(v, c), dout(k.Tq, Index(k.H) * k.P), dlse(k.Tq, k.H);
     ops::attention_forward<S>(c, dq.buf.data(), dk.buf.data(), dv.buf.data(), dout.v.data, d, scale, k.qpos0,
                               k.kpos0, k.window, dlse.v.data);
     CHECK(rel_err<S>(host<S>(dout.cv(), c), o) <= tol<S>() * 10);
@@ -405,7 +405,7 @@ TEST_CASE_TEMPLATE("flash attention matches the CPU attention: GQA, windows, off
 namespace {
 struct DecodeCase {
   Index B;
-  int Hq, Hkv, hd, window;
+  int H, G, P, window;
   Index len;  // cache length of sequence 0; sequence b holds len - 7 b (at least 1)
   bool bf16;
   Index len1 = -1;      // sequence 1's length instead (a short one: slices with no key)
@@ -426,9 +426,9 @@ TEST_CASE_TEMPLATE("decode attention over the KV cache matches the CPU op: batch
     CAPTURE(k.B);
     CAPTURE(k.len);
     CAPTURE(k.bf16);
-    const ops::DecodeDims d{k.B, k.Hq, k.Hkv, k.hd};
-    const Index W = Index(k.Hkv) * k.hd;
-    const Mat<S> q = rnd<S>(k.B, Index(k.Hq) * k.hd, 40, -2, 2);
+    const ops::DecodeDims d{k.B, k.H, k.G, k.P};
+    const Index W = Index(k.G) * k.P;
+    const Mat<S> q = rnd<S>(k.B, Index(k.H) * k.P, 40, -2, 2);
     std::vector<Mat<S>> K, V;
     std::vector<std::vector<std::uint16_t>> Kh, Vh;
     std::vector<std::unique_ptr<DMat<S>>> dK, dV;
@@ -469,10 +469,10 @@ TEST_CASE_TEMPLATE("decode attention over the KV cache matches the CPU op: batch
       hs[b].len = ds[b].len = len;
       hs[b].kpos0 = ds[b].kpos0 = kpos0;
     }
-    const S scale = S(1 / std::sqrt(double(k.hd)));
-    Mat<S> o(k.B, Index(k.Hq) * k.hd);
+    const S scale = S(1 / std::sqrt(double(k.P)));
+    Mat<S> o(k.B, Index(k.H) * k.P);
     ops::attention_decode<S>(d, q.data(), hs.data(), qpos.data(), o.data(), scale, k.window);
-    DMat<S> dq(q, c), dout(k.B, Index(k.Hq) * k.hd);
+    DMat<S> dq(q, c), dout(k.B, Index(k.H) * k.P);
     ops::attention_decode<S>(c, d, dq.buf.data(), ds.data(), qpos.data(), dout.v.data, scale, k.window);
     CHECK(rel_err<S>(host<S>(dout.cv(), c), o) <= tol<S>() * 10);
   }
@@ -483,11 +483,11 @@ TEST_CASE_TEMPLATE("decode and chunk attention over head-major KV caches (KvCach
   auto& c = ctx();
   for (bool bf16 : {false, true}) {
     CAPTURE(bf16);
-    const int Hq = 8, Hkv = 2, hd = 64;
-    const Index len = 1500, W = Index(Hkv) * hd;
-    const ops::DecodeDims d{1, Hq, Hkv, hd};
-    KvCache<S> kc(bf16 ? DType::BF16 : DType::F32, Hkv, hd);
-    kc.reserve(len + 9);  // capacity above the length: the head stride is not len * hd
+    const int H = 8, G = 2, P = 64;
+    const Index len = 1500, W = Index(G) * P;
+    const ops::DecodeDims d{1, H, G, P};
+    KvCache<S> kc(bf16 ? DType::BF16 : DType::F32, G, P);
+    kc.reserve(len + 9);  // capacity above the length: the head stride is not len * P
     kc.append(rnd<S>(len, W, 61, -2, 2), rnd<S>(len, W, 62));
     kc.start_pos = 4;
     const ops::KvSpan<S> hsp = kc.span();
@@ -505,21 +505,21 @@ TEST_CASE_TEMPLATE("decode and chunk attention over head-major KV caches (KvCach
       dsp.k = dk.data(), dsp.v = dv.data();
     }
     const Index qpos = kc.next_pos() - 1;
-    const Mat<S> q = rnd<S>(1, Index(Hq) * hd, 63, -2, 2);
-    const S scale = S(1 / std::sqrt(double(hd)));
-    Mat<S> o(1, Index(Hq) * hd);
+    const Mat<S> q = rnd<S>(1, Index(H) * P, 63, -2, 2);
+    const S scale = S(1 / std::sqrt(double(P)));
+    Mat<S> o(1, Index(H) * P);
     ops::attention_decode<S>(d, q.data(), &hsp, &qpos, o.data(), scale, 0);
-    DMat<S> dq(q, c), dout(1, Index(Hq) * hd);
+    DMat<S> dq(q, c), dout(1, Index(H) * P);
     ops::attention_decode<S>(c, d, dq.buf.data(), &dsp, &qpos, dout.v.data, scale, 0);
     CHECK(rel_err<S>(host<S>(dout.cv(), c), o) <= tol<S>() * 10);
     if (bf16) continue;
     // A chunk of T = 5 queries over the same cache: attention_forward on the cache's strides.
     const Index T = 5;
-    const ops::AttnDims ad{T, len, Hq, Hkv, hd, hsp.ld, hsp.hs};
-    const Mat<S> qc = rnd<S>(T, Index(Hq) * hd, 64, -2, 2);
-    Mat<S> oc(T, Index(Hq) * hd);
+    const ops::AttnDims ad{T, len, H, G, P, hsp.ld, hsp.hs};
+    const Mat<S> qc = rnd<S>(T, Index(H) * P, 64, -2, 2);
+    Mat<S> oc(T, Index(H) * P);
     ops::attention_forward<S>(qc.data(), hsp.k, hsp.v, oc.data(), ad, scale, len - T, 0, 0);
-    DMat<S> dqc(qc, c), doc(T, Index(Hq) * hd);
+    DMat<S> dqc(qc, c), doc(T, Index(H) * P);
     ops::attention_forward<S>(c, dqc.buf.data(), dsp.k, dsp.v, doc.v.data, ad, scale, len - T, 0, 0);
     CHECK(rel_err<S>(host<S>(doc.cv(), c), oc) <= tol<S>() * 10);
   }
@@ -609,18 +609,18 @@ Mat<S> cuda_forward(OpCaseRun<S>& run, const cuda::Context& c) {
       break;
     }
     case OpId::Rope:
-      y.emplace(out(R, Index(d.H) * d.hd));
+      y.emplace(out(R, Index(d.H) * d.P));
       ops::copy<S>(c, act(0), y->v);
       for (Index b = 0; b < d.B; ++b)
-        ops::rope_forward<S>(c, y->v.row_range(b * d.T, d.T), d.H, d.hd, 3 + 5 * b, 100.0, d.rope_dims);
+        ops::rope_forward<S>(c, y->v.row_range(b * d.T, d.T), d.H, d.P, 3 + 5 * b, 100.0, d.rope_dims);
       break;
     case OpId::Attention: {
-      const Index ldq = Index(d.H) * d.hd, ldk = Index(d.Hkv) * d.hd;
+      const Index ldq = Index(d.H) * d.P, ldk = Index(d.G) * d.P;
       y.emplace(out(R, ldq));
       for (Index b = 0; b < d.B; ++b)
         ops::attention_forward<S>(c, par(0).data + b * d.T * ldq, par(1).data + b * d.T * ldk,
                                   par(2).data + b * d.T * ldk, y->v.data + b * d.T * ldq,
-                                  ops::AttnDims{d.T, d.T, d.H, d.Hkv, d.hd}, S(1) / std::sqrt(S(d.hd)), 0, 0,
+                                  ops::AttnDims{d.T, d.T, d.H, d.G, d.P}, S(1) / std::sqrt(S(d.P)), 0, 0,
                                   d.window);
       break;
     }

@@ -78,9 +78,9 @@ class Backend {
   // The SSD scan of one sequence; every SsdArgs pointer in the backend's memory. path and
   // chunk as ops::ssd_forward (the backend may choose its own kernel for Auto).
   virtual void ssd(const ops::SsdDims& d, int chunk, ScanPath path, const ops::SsdArgs<S>& a) = 0;
-  // In place on x: (T, n_heads*hd), the first row at position pos0.
-  virtual void rope(View<S> x, int n_heads, int hd, Index pos0, double base, int rot) = 0;
-  // Causal GQA attention: q, o (Tq, Hq*hd); k, v (Tk, Hkv*hd), contiguous.
+  // In place on x: (T, n_heads*P), the first row at position pos0.
+  virtual void rope(View<S> x, int n_heads, int P, Index pos0, double base, int rot) = 0;
+  // Causal GQA attention: q, o (Tq, H*P); k, v (Tk, G*P), contiguous.
   virtual void attention(const S* q, const S* k, const S* v, S* o, const ops::AttnDims& d, S scale,
                          Index qpos0, Index kpos0, int window) = 0;
 };

@@ -26,12 +26,13 @@ struct OpDims {
   Index B = 1, T = 5;      // sequences, tokens per sequence (rows R = B*T)
   int C = 6;               // width (channels, in-features)
   int O = 5;               // out-features (linear), vocabulary (embedding, loss)
-  int H = 2, P = 3, N = 4, G = 1;  // SSD heads, head dim, state, groups
+  // Heads, head dim, state, groups. SSD: G groups of B/C; attention: H query heads in G
+  // groups, one key/value head each; RoPE: H heads of P dims.
+  int H = 2, P = 3, N = 4, G = 1;
   int K = 3;               // conv width
-  int Hkv = 1, hd = 4;     // attention kv heads and head dim (Hq = H)
   int chunk = 4;           // SSD chunk
   int window = 0;          // attention window
-  int rope_dims = 0;       // RoPE: rotated dims of each head (0 = all hd; fewer: partial)
+  int rope_dims = 0;       // RoPE: rotated dims of each head (0 = all P; fewer: partial)
   bool strided = false;    // activations are column ranges of wider tensors
   ScanPath path = ScanPath::Chunked;
   // head_loss: its chunk is `chunk` (0: the op's own choice); logits divisor, soft-cap,
@@ -125,16 +126,16 @@ inline std::vector<OpCase> op_cases() {
   add(OpId::Ssd, "recurrent, B=2 strided", OpDims{.B = 2, .T = 5, .H = 2, .G = 2, .strided = true,
                                                   .path = ScanPath::Recurrent});
 
-  add(OpId::Rope, "base", OpDims{.T = 4, .H = 2, .hd = 4});
-  add(OpId::Rope, "B=2", OpDims{.B = 2, .T = 3, .H = 1, .hd = 6});
-  add(OpId::Rope, "partial, 2 of 6 dims", OpDims{.T = 4, .H = 2, .hd = 6, .rope_dims = 2});
-  add(OpId::Rope, "partial B=2 strided", OpDims{.B = 2, .T = 3, .H = 2, .hd = 8, .rope_dims = 4,
+  add(OpId::Rope, "base", OpDims{.T = 4, .H = 2, .P = 4});
+  add(OpId::Rope, "B=2", OpDims{.B = 2, .T = 3, .H = 1, .P = 6});
+  add(OpId::Rope, "partial, 2 of 6 dims", OpDims{.T = 4, .H = 2, .P = 6, .rope_dims = 2});
+  add(OpId::Rope, "partial B=2 strided", OpDims{.B = 2, .T = 3, .H = 2, .P = 8, .rope_dims = 4,
                                                 .strided = true});
 
-  add(OpId::Attention, "MHA", OpDims{.T = 5, .H = 2, .Hkv = 2, .hd = 3});
-  add(OpId::Attention, "GQA B=2", OpDims{.B = 2, .T = 4, .H = 4, .Hkv = 2, .hd = 2});
-  add(OpId::Attention, "window", OpDims{.T = 6, .H = 2, .Hkv = 1, .hd = 3, .window = 2});
-  add(OpId::Attention, "T = 1", OpDims{.T = 1, .H = 2, .Hkv = 1, .hd = 3});
+  add(OpId::Attention, "MHA", OpDims{.T = 5, .H = 2, .P = 3, .G = 2});
+  add(OpId::Attention, "GQA B=2", OpDims{.B = 2, .T = 4, .H = 4, .P = 2, .G = 2});
+  add(OpId::Attention, "window", OpDims{.T = 6, .H = 2, .P = 3, .G = 1, .window = 2});
+  add(OpId::Attention, "T = 1", OpDims{.T = 1, .H = 2, .P = 3, .G = 1});
 
   // Targets: row 1 is ignored (-1) in every case.
   add(OpId::HeadLoss, "R % chunk != 0", OpDims{.T = 7, .chunk = 3});
@@ -169,7 +170,7 @@ inline std::vector<OpCase> op_bench_cases(bool quick = false) {
       case OpId::CausalConv1d: d.C = 832, d.K = 4; break;
       case OpId::Ssd: d.H = 12, d.P = 64, d.N = 32, d.G = 1, d.chunk = 64, d.path = ScanPath::Auto; break;
       case OpId::DtSoftplus: d.H = 12; break;
-      case OpId::Rope: case OpId::Attention: d.H = 8, d.Hkv = 4, d.hd = 64; break;
+      case OpId::Rope: case OpId::Attention: d.H = 8, d.G = 4, d.P = 64; break;
       case OpId::Swiglu: case OpId::Relu2: d.C = 1024; break;
       case OpId::Checkpoint: case OpId::kCount: continue;
       default: break;
@@ -242,11 +243,11 @@ class OpCaseRun {
       case OpId::Rope: {
         Index* pos = t.scratch_index(d.B);
         for (Index b = 0; b < d.B; ++b) pos[b] = 3 + 5 * b;
-        return ag::rope(t, act(0), d.H, d.hd, d.B, d.T, pos, 100.0, d.rope_dims);
+        return ag::rope(t, act(0), d.H, d.P, d.B, d.T, pos, 100.0, d.rope_dims);
       }
       case OpId::Attention:
-        return ag::attention(t, act(0), act(1), act(2), d.H, d.Hkv, d.hd, d.B, d.T,
-                             S(1) / std::sqrt(S(d.hd)), d.window);
+        return ag::attention(t, act(0), act(1), act(2), d.H, d.G, d.P, d.B, d.T,
+                             S(1) / std::sqrt(S(d.P)), d.window);
       case OpId::Swiglu: return ag::swiglu(t, act(0), act(1));
       case OpId::Relu2: return ag::relu2(t, act(0));
       case OpId::DtSoftplus:
@@ -330,10 +331,10 @@ class OpCaseRun {
       case OpId::Ssd:
         act(Index(d.H) * d.P + 2 * Index(d.G) * d.N), in(R, d.H, true), in(1, d.H), in(1, d.H);
         break;
-      case OpId::Rope: act(Index(d.H) * d.hd); break;
+      case OpId::Rope: act(Index(d.H) * d.P); break;
       case OpId::Attention:
         HYBRID_CHECK(!d.strided, "op case: attention takes contiguous q, k, v");
-        act(Index(d.H) * d.hd), act(Index(d.Hkv) * d.hd), act(Index(d.Hkv) * d.hd);
+        act(Index(d.H) * d.P), act(Index(d.G) * d.P), act(Index(d.G) * d.P);
         break;
       case OpId::Swiglu: case OpId::SigmoidGate: case OpId::Add: case OpId::Mul: case OpId::Mse:
         act(d.C), act(d.C);

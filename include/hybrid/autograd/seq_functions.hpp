@@ -200,11 +200,11 @@ Var<S> ssd(Tape<S>& t, Var<S> x, Var<S> dt, const Param& A_log, Var<S> Bm, Var<S
   return y;
 }
 
-// RoPE on x: (B*T, H*hd); sequence s starts at position pos0[s] (nullptr: all at 0). rot:
-// the rotated dims of each head (0 = all hd; fewer is partial RoPE, ops/rope.hpp). seg:
+// RoPE on x: (B*T, H*P); sequence s starts at position pos0[s] (nullptr: all at 0). rot:
+// the rotated dims of each head (0 = all P; fewer is partial RoPE, ops/rope.hpp). seg:
 // packed documents (positions restart at 0 in each; pos0 must then be nullptr), or nullptr.
 template <class S>
-Var<S> rope(Tape<S>& t, Var<S> x, int H, int hd, Index B, Index T, const Index* pos0, double base,
+Var<S> rope(Tape<S>& t, Var<S> x, int H, int P, Index B, Index T, const Index* pos0, double base,
             int rot = 0, const Segments* seg = nullptr) {
   HYBRID_CHECK(!(pos0 && seg), "rope: packed documents start at position 0, not at given positions");
   Var<S> y = t.var(x.rows, x.cols);
@@ -212,7 +212,7 @@ Var<S> rope(Tape<S>& t, Var<S> x, int H, int hd, Index B, Index T, const Index* 
   if (Backend<S>* d = t.backend()) {
     d->copy(x.value(), y.value());
     for (Index s = 0; s < nseg; ++s)
-      d->rope(y.row_range(detail::seg_row0(seg, T, s), detail::seg_len(seg, T, s)).value(), H, hd,
+      d->rope(y.row_range(detail::seg_row0(seg, T, s), detail::seg_len(seg, T, s)).value(), H, P,
               pos0 ? pos0[s] : 0, base, rot);
     return y;
   }
@@ -221,31 +221,31 @@ Var<S> rope(Tape<S>& t, Var<S> x, int H, int hd, Index B, Index T, const Index* 
   for (Index s = 0; s < nseg; ++s) {
     p[s] = pos0 ? pos0[s] : 0;
     ops::rope_forward<S>(y.row_range(detail::seg_row0(seg, T, s), detail::seg_len(seg, T, s)).value(),
-                         H, hd, p[s], base, rot);
+                         H, P, p[s], base, rot);
   }
-  t.push(OpId::Rope, [x, y, H, hd, T, nseg, seg, p, base, rot] {
+  t.push(OpId::Rope, [x, y, H, P, T, nseg, seg, p, base, rot] {
     if (!x.g) return;
     for (Index s = 0; s < nseg; ++s)  // y's gradient is consumed here only: rotate it in place
       ops::rope_backward<S>(
-          y.row_range(detail::seg_row0(seg, T, s), detail::seg_len(seg, T, s)).gradient(), H, hd,
+          y.row_range(detail::seg_row0(seg, T, s), detail::seg_len(seg, T, s)).gradient(), H, P,
           p[s], base, rot);
     ops::add_backward<S>(y.gradient(), S(1), x.gradient(), View<S>());
   });
   return y;
 }
 
-// Causal (optionally windowed) attention of B fresh sequences. q: (B*T, Hq*hd);
-// k, v: (B*T, Hkv*hd); all contiguous. seg: packed documents (a block-diagonal causal mask:
+// Causal (optionally windowed) attention of B fresh sequences. q: (B*T, H*P);
+// k, v: (B*T, G*P); all contiguous. seg: packed documents (a block-diagonal causal mask:
 // each attends within itself only, the window too), or nullptr.
 template <class S>
-Var<S> attention(Tape<S>& t, Var<S> q, Var<S> k, Var<S> v, int Hq, int Hkv, int hd, Index B,
+Var<S> attention(Tape<S>& t, Var<S> q, Var<S> k, Var<S> v, int H, int G, int P, Index B,
                  Index T, S scale, int window, const Segments* seg = nullptr) {
   HYBRID_CHECK(q.contiguous() && k.contiguous() && v.contiguous(),
                "attention: q, k and v must be contiguous");
   Var<S> o = t.var(q.rows, q.cols);
   const Index L = seg ? seg->max_len : T, nseg = detail::seg_count(seg, B);
-  auto dims = [Hq, Hkv, hd](Index len) { return ops::AttnDims{len, len, Hq, Hkv, hd}; };
-  const Index ldq = Index(Hq) * hd, ldk = Index(Hkv) * hd;
+  auto dims = [H, G, P](Index len) { return ops::AttnDims{len, len, H, G, P}; };
+  const Index ldq = Index(H) * P, ldk = Index(G) * P;
   if (Backend<S>* d = t.backend()) {
     for (Index s = 0; s < nseg; ++s) {
       const Index r0 = detail::seg_row0(seg, T, s);
@@ -254,23 +254,23 @@ Var<S> attention(Tape<S>& t, Var<S> q, Var<S> k, Var<S> v, int Hq, int Hkv, int 
     }
     return o;
   }
-  S* lse = t.recording() ? t.scratch(B * T * Hq) : nullptr;
+  S* lse = t.recording() ? t.scratch(B * T * H) : nullptr;
   {  // the workspace is given back before anything else is taken from the tape
     const auto scores = t.workspace(ops::attention_scratch(dims(L), par::threads()));
     for (Index s = 0; s < nseg; ++s) {
       const Index r0 = detail::seg_row0(seg, T, s);
       ops::attention_forward<S>(q.v + r0 * ldq, k.v + r0 * ldk, v.v + r0 * ldk, o.v + r0 * ldq,
                                 dims(detail::seg_len(seg, T, s)), scale, 0, 0, window,
-                                lse ? lse + r0 * Hq : nullptr, scores.data);
+                                lse ? lse + r0 * H : nullptr, scores.data);
     }
   }
   Tape<S>* tp = &t;
-  t.push(OpId::Attention, [tp, q, k, v, o, lse, dims, L, nseg, seg, T, scale, window, ldq, ldk, Hq] {
+  t.push(OpId::Attention, [tp, q, k, v, o, lse, dims, L, nseg, seg, T, scale, window, ldq, ldk, H] {
     const auto work = tp->workspace(ops::attention_backward_scratch(dims(L), par::threads()));
     for (Index s = 0; s < nseg; ++s) {
       const Index r0 = detail::seg_row0(seg, T, s);
       ops::attention_backward<S>(q.v + r0 * ldq, k.v + r0 * ldk, v.v + r0 * ldk, o.v + r0 * ldq,
-                                 lse + r0 * Hq, o.g + r0 * ldq, q.g ? q.g + r0 * ldq : nullptr,
+                                 lse + r0 * H, o.g + r0 * ldq, q.g ? q.g + r0 * ldq : nullptr,
                                  k.g ? k.g + r0 * ldk : nullptr, v.g ? v.g + r0 * ldk : nullptr,
                                  dims(detail::seg_len(seg, T, s)), scale, 0, 0, window, work.data);
     }
@@ -278,15 +278,15 @@ Var<S> attention(Tape<S>& t, Var<S> q, Var<S> k, Var<S> v, int Hq, int Hkv, int 
   return o;
 }
 
-// Attention of B decoding sequences over their KV caches: q: (B*T, Hq*hd) contiguous,
+// Attention of B decoding sequences over their KV caches: q: (B*T, H*P) contiguous,
 // queries of sequence b at positions qpos0[b] + [0, T); kv[b]: the cache's keys and values
 // (in S or bf16, strided as the span says) from position kv[b].kpos0; cap: the largest cache
 // capacity, which sizes the workspace (a pre-sized cache keeps it constant from step to
 // step). T == 1 runs the decode kernel (split-K over long caches); T > 1 the blocked
 // attention_forward on the cache's strides, over a bf16 cache after widening the keys the
-// chunk can see into the workspace (2 * cap * Hkv*hd values, row-major). Inference only (no node).
+// chunk can see into the workspace (2 * cap * G*P values, row-major). Inference only (no node).
 template <class S>
-Var<S> attention_cached(Tape<S>& t, Var<S> q, int Hq, int Hkv, int hd, Index B, Index T,
+Var<S> attention_cached(Tape<S>& t, Var<S> q, int H, int G, int P, Index B, Index T,
                         const ops::KvSpan<S>* kv, const Index* qpos0, Index cap, S scale,
                         int window) {
   HYBRID_CHECK(!t.recording(), "attention: decode state cannot be used while recording");
@@ -295,41 +295,41 @@ Var<S> attention_cached(Tape<S>& t, Var<S> q, int Hq, int Hkv, int hd, Index B, 
                "runs on ", t.backend() ? t.backend()->name() : "", "; continue sequences on a host tape");
   Var<S> o = t.var(q.rows, q.cols);
   if (T == 1) {
-    const ops::DecodeDims d{B, Hq, Hkv, hd};
+    const ops::DecodeDims d{B, H, G, P};
     const auto work = t.workspace(ops::attention_decode_scratch(d, par::threads()));
     ops::attention_decode<S>(d, q.v, kv, qpos0, o.v, scale, window, work.data);
     return o;
   }
-  const Index ldq = Index(Hq) * hd, ldk = Index(Hkv) * hd;
+  const Index ldq = Index(H) * P, ldk = Index(G) * P;
   bool any_bf16 = false;
   for (Index b = 0; b < B; ++b) any_bf16 = any_bf16 || kv[b].bf16();
-  const Index nscores = ops::attention_scratch(ops::AttnDims{T, cap, Hq, Hkv, hd}, par::threads());
+  const Index nscores = ops::attention_scratch(ops::AttnDims{T, cap, H, G, P}, par::threads());
   const auto work = t.workspace(nscores + (any_bf16 ? 2 * cap * ldk : 0));
   for (Index b = 0; b < B; ++b) {
     const ops::KvSpan<S>& c = kv[b];
     if (!c.bf16()) {
-      const ops::AttnDims d{T, c.len, Hq, Hkv, hd, c.row_stride(Hkv, hd), c.head_stride(hd)};
+      const ops::AttnDims d{T, c.len, H, G, P, c.row_stride(G, P), c.head_stride(P)};
       ops::attention_forward<S>(q.v + b * T * ldq, c.k, c.v, o.v + b * T * ldq, d, scale,
                                 qpos0[b], c.kpos0, window, nullptr, work.data);
       continue;
     }
     Index j0, j1;  // keys some query of the chunk sees, widened to S
-    ops::detail::attn_key_range(ops::AttnDims{T, c.len, Hq, Hkv, hd}, 0, T, qpos0[b], c.kpos0,
+    ops::detail::attn_key_range(ops::AttnDims{T, c.len, H, G, P}, 0, T, qpos0[b], c.kpos0,
                                 window, j0, j1);
     j1 = std::max(j1, j0);
-    S* kf = work.data + nscores;  // (j1 - j0, Hkv*hd)
-    S* vf = kf + cap * ldk;       // (j1 - j0, Hkv*hd)
-    const Index ld = c.row_stride(Hkv, hd), hs = c.head_stride(hd);
-    for (int g = 0; g < Hkv; ++g)
+    S* kf = work.data + nscores;  // (j1 - j0, G*P)
+    S* vf = kf + cap * ldk;       // (j1 - j0, G*P)
+    const Index ld = c.row_stride(G, P), hs = c.head_stride(P);
+    for (int g = 0; g < G; ++g)
       for (Index j = j0; j < j1; ++j) {
         const std::uint16_t* ks = c.kh + Index(g) * hs + j * ld;
         const std::uint16_t* vs = c.vh + Index(g) * hs + j * ld;
-        S* kd = kf + (j - j0) * ldk + Index(g) * hd;
-        S* vd = vf + (j - j0) * ldk + Index(g) * hd;
-        for (int e = 0; e < hd; ++e) kd[e] = S(bf16_to_f32(ks[e]));
-        for (int e = 0; e < hd; ++e) vd[e] = S(bf16_to_f32(vs[e]));
+        S* kd = kf + (j - j0) * ldk + Index(g) * P;
+        S* vd = vf + (j - j0) * ldk + Index(g) * P;
+        for (int e = 0; e < P; ++e) kd[e] = S(bf16_to_f32(ks[e]));
+        for (int e = 0; e < P; ++e) vd[e] = S(bf16_to_f32(vs[e]));
       }
-    const ops::AttnDims d{T, j1 - j0, Hq, Hkv, hd};
+    const ops::AttnDims d{T, j1 - j0, H, G, P};
     ops::attention_forward<S>(q.v + b * T * ldq, kf, vf, o.v + b * T * ldq, d, scale, qpos0[b],
                               c.kpos0 + j0, window, nullptr, work.data);
   }

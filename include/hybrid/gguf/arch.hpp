@@ -54,7 +54,7 @@ inline std::optional<Arch> parse_arch(std::string_view s) {
   return std::nullopt;
 }
 
-// llama.cpp's RoPE for the architecture pairs dims (2i, 2i + 1); ours pairs (i, i + hd/2).
+// llama.cpp's RoPE for the architecture pairs dims (2i, 2i + 1); ours pairs (i, i + P/2).
 inline bool rotates_adjacent_pairs(Arch a) { return a == Arch::GraniteHybrid || a == Arch::Llama; }
 
 // The architecture a model is written as: any ShortConv block → lfm2; only mixer-only
@@ -249,12 +249,12 @@ inline Slot slot_for(const std::string& ours, Index rows, Index cols, const Mode
   return s;
 }
 
-// Row r of a permuted (rows = heads x hd) q/k matrix in adjacent-pair order comes from row
+// Row r of a permuted (rows = heads x P) q/k matrix in adjacent-pair order comes from row
 // perm_source(r) of ours: within a head, pair member s of pair j (row 2j + s) is our row
-// s * hd/2 + j.
-inline Index rope_pair_source(Index r, int hd) {
-  const Index h = r / hd, k = r % hd, half = hd / 2;
-  return h * hd + (k % 2) * half + k / 2;
+// s * P/2 + j.
+inline Index rope_pair_source(Index r, int P) {
+  const Index h = r / P, k = r % P, half = P / 2;
+  return h * P + (k % 2) * half + k / 2;
 }
 
 }  // namespace hybrid::gguf

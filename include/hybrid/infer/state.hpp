@@ -124,8 +124,8 @@ class KvRows {
   DType dtype_ = DType::F32;
   int heads_ = 0, hd_ = 0;
   Index cap_ = 0;
-  Buffer<S> f_;              // (heads, cap, hd) when f32
-  Buffer<std::uint16_t> h_;  // (heads, cap, hd) when bf16
+  Buffer<S> f_;              // (heads, cap, P) when f32
+  Buffer<std::uint16_t> h_;  // (heads, cap, P) when bf16
 };
 
 // A sequence's keys and values for one attention layer, rows [0, len) in use, row 0 at

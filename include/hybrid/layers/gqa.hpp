@@ -83,19 +83,19 @@ class GqaLayer {
   Var<S> forward(Tape<S>& t, Var<S> x, Index B, Index T, State* const* states,
                  const ag::Segments* seg = nullptr) const {
     HYBRID_CHECK(!(states && seg), "attention: packed documents run without decode state");
-    const int Hq = sp_.n_heads, Hkv = sp_.n_kv_heads, hd = sp_.head_dim;
-    Var<S> q = ag::linear(t, x, wq_, bq_);  // (B*T, Hq*hd)
-    Var<S> k = ag::linear(t, x, wk_, bk_);  // (B*T, Hkv*hd)
+    const int H = sp_.n_heads, G = sp_.n_kv_heads, P = sp_.head_dim;
+    Var<S> q = ag::linear(t, x, wq_, bq_);  // (B*T, H*P)
+    Var<S> k = ag::linear(t, x, wk_, bk_);  // (B*T, G*P)
     const Var<S> v = ag::linear(t, x, wv_, bv_);
-    if (sp_.qk_norm) {  // per-head RMSNorm: view (B*T*H, hd)
-      q = ag::rmsnorm(t, q.reshape(q.size() / hd, hd), qn_, S(eps_)).reshape(B * T, Index(Hq) * hd);
-      k = ag::rmsnorm(t, k.reshape(k.size() / hd, hd), kn_, S(eps_)).reshape(B * T, Index(Hkv) * hd);
+    if (sp_.qk_norm) {  // per-head RMSNorm: view (B*T*H, P)
+      q = ag::rmsnorm(t, q.reshape(q.size() / P, P), qn_, S(eps_)).reshape(B * T, Index(H) * P);
+      k = ag::rmsnorm(t, k.reshape(k.size() / P, P), kn_, S(eps_)).reshape(B * T, Index(G) * P);
     }
     Index* pos0 = seg ? nullptr : t.scratch_index(B);
     for (Index b = 0; pos0 && b < B; ++b) pos0[b] = states ? states[b]->next_pos() : 0;
     if (sp_.rope) {
-      q = ag::rope(t, q, Hq, hd, B, T, pos0, sp_.rope_theta, sp_.rope_dims, seg);
-      k = ag::rope(t, k, Hkv, hd, B, T, pos0, sp_.rope_theta, sp_.rope_dims, seg);
+      q = ag::rope(t, q, H, P, B, T, pos0, sp_.rope_theta, sp_.rope_dims, seg);
+      k = ag::rope(t, k, G, P, B, T, pos0, sp_.rope_theta, sp_.rope_dims, seg);
     }
     Var<S> o;
     if (states) {  // extend each cache, attend over it, then drop what the window hides
@@ -103,17 +103,17 @@ class GqaLayer {
       Index cap = 0;
       for (Index b = 0; b < B; ++b) {
         State& st = *states[b];
-        HYBRID_CHECK(st.k.heads() == Hkv && st.k.head_dim() == hd, "attention: a KV cache of (heads, head_dim) = (",
-                     st.k.heads(), ", ", st.k.head_dim(), ") given to a layer of (", Hkv, ", ", hd,
+        HYBRID_CHECK(st.k.heads() == G && st.k.head_dim() == P, "attention: a KV cache of (heads, head_dim) = (",
+                     st.k.heads(), ", ", st.k.head_dim(), ") given to a layer of (", G, ", ", P,
                      "); make the state with this model's make_state");
         st.append(k.row_range(b * T, T).value(), v.row_range(b * T, T).value());
         kv[b] = st.span();
         cap = std::max(cap, st.k.rows());
       }
-      o = ag::attention_cached(t, q, Hq, Hkv, hd, B, T, kv, pos0, cap, scale(), sp_.window);
+      o = ag::attention_cached(t, q, H, G, P, B, T, kv, pos0, cap, scale(), sp_.window);
       for (Index b = 0; b < B; ++b) states[b]->trim();
     } else {
-      o = ag::attention(t, q, k, v, Hq, Hkv, hd, B, T, scale(), sp_.window, seg);
+      o = ag::attention(t, q, k, v, H, G, P, B, T, scale(), sp_.window, seg);
     }
     if (sp_.output_gate) o = ag::sigmoid_gate(t, o, ag::linear(t, x, wg_, bg_));
     return ag::linear(t, o, wo_, bo_);  // (B*T, D)

@@ -93,24 +93,24 @@ inline void decode_values(const KT* v, Index ld, Index nt, const float* p, Index
     for (int w = 0; w < W; ++w) _mm512_storeu_ps(acc + r * pr + w * 16, a[r][w]);
 }
 
-// decode_slice's contract (attention_decode.hpp) for hd = 16 W. work: rep * (tile + hd)
+// decode_slice's contract (attention_decode.hpp) for P = 16 W. work: rep * (tile + P)
 // floats (the rep heads' scores and their scaled queries).
 template <int W, class KT>
 void decode_slice_simd(const float* q, const KT* k, const KT* v, Index ld, Index n, int rep,
                        float scale, float* part, Index pr, float* work, Index tile) {
-  constexpr int hd = W * 16;
+  constexpr int P = W * 16;
   constexpr int RV = W <= 4 ? 4 : 2;  // heads per value pass: RV * W accumulators in registers
   float* sc = work;                   // (rep, tile) scores
-  float* qs = work + Index(rep) * tile;  // (rep, hd) queries times scale
-  for (int i = 0; i < rep * hd; ++i) qs[i] = q[i] * scale;
-  decode_partial_init(part, pr, rep, hd);
+  float* qs = work + Index(rep) * tile;  // (rep, P) queries times scale
+  for (int i = 0; i < rep * P; ++i) qs[i] = q[i] * scale;
+  decode_partial_init(part, pr, rep, P);
   for (Index t0 = 0; t0 < n; t0 += tile) {
     const Index nt = std::min(tile, n - t0);
     const KT* kt = k + t0 * ld;
     int r = 0;
-    for (; r + 2 <= rep; r += 2) decode_scores<W, 2>(qs + r * hd, kt, ld, nt, sc + r * tile, tile);
-    for (; r < rep; ++r) decode_scores<W, 1>(qs + r * hd, kt, ld, nt, sc + r * tile, tile);
-    for (r = 0; r < rep; ++r) decode_partial_step(sc + r * tile, nt, part + r * pr, hd);
+    for (; r + 2 <= rep; r += 2) decode_scores<W, 2>(qs + r * P, kt, ld, nt, sc + r * tile, tile);
+    for (; r < rep; ++r) decode_scores<W, 1>(qs + r * P, kt, ld, nt, sc + r * tile, tile);
+    for (r = 0; r < rep; ++r) decode_partial_step(sc + r * tile, nt, part + r * pr, P);
     const KT* vt = v + t0 * ld;
     for (r = 0; r + RV <= rep; r += RV) decode_values<W, RV>(vt, ld, nt, sc + r * tile, tile, part + r * pr + 2, pr);
     for (; r < rep; ++r) decode_values<W, 1>(vt, ld, nt, sc + r * tile, tile, part + r * pr + 2, pr);

@@ -10,14 +10,14 @@ namespace hybrid::ops {
 
 struct AttnDims {
   Index Tq, Tk;      // queries, keys
-  int Hq, Hkv, hd;   // query heads, key/value heads, head dim
-  // Keys and values: head g's row j at g * kv_hs + j * kv_ld; 0 means (Tk, Hkv*hd) row-major
-  // (kv_ld = Hkv*hd, kv_hs = hd). A head-major KV cache has kv_ld = hd, kv_hs = capacity * hd.
+  int H, G, P;       // query heads, key/value heads (G groups of H / G queries), head dim
+  // Keys and values: head g's row j at g * kv_hs + j * kv_ld; 0 means (Tk, G*P) row-major
+  // (kv_ld = G*P, kv_hs = P). A head-major KV cache has kv_ld = P, kv_hs = capacity * P.
   Index kv_ld = 0, kv_hs = 0;
 
-  HYBRID_HOST_DEVICE Index key_ld() const { return kv_ld ? kv_ld : Index(Hkv) * hd; }
-  HYBRID_HOST_DEVICE Index key_hs() const { return kv_hs ? kv_hs : Index(hd); }
-  HYBRID_HOST_DEVICE bool dense_kv() const { return key_ld() == Index(Hkv) * hd && key_hs() == Index(hd); }
+  HYBRID_HOST_DEVICE Index key_ld() const { return kv_ld ? kv_ld : Index(G) * P; }
+  HYBRID_HOST_DEVICE Index key_hs() const { return kv_hs ? kv_hs : Index(P); }
+  HYBRID_HOST_DEVICE bool dense_kv() const { return key_ld() == Index(G) * P && key_hs() == Index(P); }
 };
 
 namespace detail {

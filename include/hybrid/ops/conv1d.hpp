@@ -8,6 +8,7 @@
 // Channels are independent, so both directions split the channels across threads.
 #pragma once
 #include <algorithm>
+#include <cstring>
 
 #include "../core/buffer.hpp"
 #include "../core/error.hpp"
@@ -31,6 +32,44 @@ void causal_conv1d_forward(CView<S> uv, CView<S> wv, CView<S> biasv, CView<S> hi
   const auto w = emap(wv);
   auto y = emap(yv);
   const bool has_bias = !biasv.empty();
+  if (T == 1) {  // a decode step: one pass over each channel's taps and history, no transpose
+    HYBRID_CHECK(!hist_out || (hist_out.rows == C && hist_out.cols == K), "causal_conv1d: history is (",
+                 hist_out.rows, ", ", hist_out.cols, "), expected (C, K) = (", C, ", ", K, ")");
+    const S* u0 = uv.data;
+    S* y0 = yv.data;
+    if (hist && hist_out && hist.data == hist_out.data && hist.ld == K && hist_out.ld == K &&
+        wv.ld == K) {
+      // The decode cache updated in place: shift the whole (C, K) block left by one value,
+      // write u over each row's last column (which the shift filled with the next row's
+      // first value); each output is then its row of taps times its row of the cache.
+      S* h = hist_out.data;
+      std::memmove(h, h + 1, std::size_t(C * K - 1) * sizeof(S));
+      for (Index c = 0; c < C; ++c) h[c * K + K - 1] = u0[c];
+      for (Index c = 0; c < C; ++c) {
+        const S* wc = wv.data + c * K;
+        const S* hc = h + c * K;
+        S acc = has_bias ? biasv.data[c] : S(0);  // the order of the general path below
+        for (Index k = 0; k < K; ++k) acc += wc[k] * hc[k];
+        y0[c] = acc;
+      }
+      return;
+    }
+    for (Index c = 0; c < C; ++c) {
+      const S* wc = wv.data + c * wv.ld;
+      const S* hc = hist ? hist.data + c * hist.ld : nullptr;
+      S acc = has_bias ? biasv.data[c] : S(0);  // the order of the general path below
+      if (hc)
+        for (Index k = 0; k + 1 < K; ++k) acc += wc[k] * hc[k + 1];
+      acc += wc[K - 1] * u0[c];
+      y0[c] = acc;
+      if (hist_out) {  // shift left by one; may alias hist (column k reads k + 1 first)
+        S* ho = hist_out.data + c * hist_out.ld;
+        for (Index k = 0; k + 1 < K; ++k) ho[k] = hc ? hc[k + 1] : S(0);
+        ho[K - 1] = u0[c];
+      }
+    }
+    return;
+  }
   // window(t, j) = raw sample at time t - (K-1) + j, j in [0, K)
   auto sample = [&](Index t, Index c) -> S {
     if (t >= 0) return u(t, c);

@@ -10,8 +10,8 @@ namespace hybrid::ops {
 
 // One sequence's cached keys and values, row j at position kpos0 + j, either in S (k, v) or
 // as bf16 bits (kh, vh); exactly one pair is set. Head g's row j is at g * hs + j * ld: the
-// defaults (0) mean (len, Hkv*hd) row-major rows (ld = Hkv*hd, hs = hd); a KvCache is
-// head-major (ld = hd, hs = capacity * hd).
+// defaults (0) mean (len, G*P) row-major rows (ld = G*P, hs = P); a KvCache is
+// head-major (ld = P, hs = capacity * P).
 template <class S>
 struct KvSpan {
   const S* k = nullptr;              // keys
@@ -22,13 +22,13 @@ struct KvSpan {
   Index ld = 0, hs = 0;              // row and head strides (0: row-major defaults)
 
   HYBRID_HOST_DEVICE bool bf16() const { return kh != nullptr; }
-  HYBRID_HOST_DEVICE Index row_stride(int Hkv, int hd) const { return ld ? ld : Index(Hkv) * hd; }
-  HYBRID_HOST_DEVICE Index head_stride(int hd) const { return hs ? hs : Index(hd); }
+  HYBRID_HOST_DEVICE Index row_stride(int G, int P) const { return ld ? ld : Index(G) * P; }
+  HYBRID_HOST_DEVICE Index head_stride(int P) const { return hs ? hs : Index(P); }
 };
 
 struct DecodeDims {
   Index B;          // sequences, one query row each
-  int Hq, Hkv, hd;  // query heads, key/value heads, head dim
+  int H, G, P;  // query heads, key/value heads, head dim
 };
 
 }  // namespace hybrid::ops

@@ -99,8 +99,8 @@ class CudaBackend final : public Backend<S> {
     if (recurrent) ops::ssd_recurrent<S>(ctx_, d, a);
     else ops::ssd_chunked<S>(ctx_, d, chunk > 0 ? chunk : kSsdChunk, a);
   }
-  void rope(View<S> x, int n_heads, int hd, Index pos0, double base, int rot) override {
-    ops::rope_forward<S>(ctx_, dv(x), n_heads, hd, pos0, base, rot);
+  void rope(View<S> x, int n_heads, int P, Index pos0, double base, int rot) override {
+    ops::rope_forward<S>(ctx_, dv(x), n_heads, P, pos0, base, rot);
   }
   void attention(const S* q, const S* k, const S* v, S* o, const ops::AttnDims& d, S scale, Index qpos0,
                  Index kpos0, int window) override {

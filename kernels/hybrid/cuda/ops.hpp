@@ -78,7 +78,7 @@ void causal_conv1d_forward(const Context&, DCView<S> u, DCView<S> w, DCView<S> b
                            DView<S> y, DView<S> hist_out);
 
 // ---- rotary embedding (ops/rope.hpp) ----------------------------------------------------
-template <class S> void rope_forward(const Context&, DView<S> x, int n_heads, int hd, Index pos0, double base, int rot = 0);
+template <class S> void rope_forward(const Context&, DView<S> x, int n_heads, int P, Index pos0, double base, int rot = 0);
 
 // ---- linear (ops/linear.hpp): y = x W^T (+ b) through cuBLASLt ---------------------------
 // x: (R, in); W: (out, in); bias: (1, out) or empty; y: (R, out). Float in the context's
@@ -97,14 +97,14 @@ template <class S> void ssd_recurrent(const Context&, const SsdDims& d, const Ss
 // ---- causal GQA attention (ops/attention.hpp) -------------------------------------------
 // Flash-attention style: key tiles stream through shared memory with an online softmax; no
 // (Tq, Tk) matrix exists. Device pointers, shapes and the visibility rule as the CPU op;
-// lse: (Tq, Hq) device values or nullptr.
+// lse: (Tq, H) device values or nullptr.
 template <class S>
 void attention_forward(const Context&, const S* q, const S* k, const S* v, S* o, const AttnDims& d, S scale,
                        Index qpos0, Index kpos0, int window, S* lse = nullptr);
 
 // ---- decode attention over the KV cache (ops/attention_decode.hpp) ---------------------
-// q: (B, Hq*hd) device; kv: B host spans whose k/v (or bf16 kh/vh) are device pointers;
-// qpos: B host positions; o: (B, Hq*hd) device, 0 where no key is visible. A long cache is
+// q: (B, H*P) device; kv: B host spans whose k/v (or bf16 kh/vh) are device pointers;
+// qpos: B host positions; o: (B, H*P) device, 0 where no key is visible. A long cache is
 // cut into slices (split-K) merged by log-sum-exp, as on the CPU.
 template <class S>
 void attention_decode(const Context&, const DecodeDims& d, const S* q, const KvSpan<S>* kv, const Index* qpos, S* o,

@@ -24,16 +24,16 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
     decode_kernel(ops::DecodeDims d, const S* q, const ops::KvSpan<S>* kv, const Index* qpos, S* parts, int splits,
                   S scale, int window) {
   extern __shared__ unsigned char smem_raw[];
-  const int hd = d.hd, rep = d.Hq / d.Hkv;
-  const Index bh = blockIdx.x, b = bh / d.Hq;
-  const int h = int(bh % d.Hq), g = h / rep, s = blockIdx.y;
+  const int P = d.P, rep = d.H / d.G;
+  const Index bh = blockIdx.x, b = bh / d.H;
+  const int h = int(bh % d.H), g = h / rep, s = blockIdx.y;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const ops::KvSpan<S> c = kv[b];
   Index lo, hi;
   ops::detail::attn_row_range(qpos[b], c.kpos0, c.len, window, lo, hi);
   const Index n = hi > lo ? hi - lo : 0;
   const Index j0 = lo + n * s / splits, j1 = lo + n * (s + 1) / splits;
-  const Index ld = c.row_stride(d.Hkv, hd), hs = c.head_stride(hd);
+  const Index ld = c.row_stride(d.G, P), hs = c.head_stride(P);
   const KT* K;
   const KT* V;
   if constexpr (std::is_same_v<KT, S>) {
@@ -47,7 +47,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
 #pragma unroll
   for (int u = 0; u < U; ++u) {
     const int dd = lane + 32 * u;
-    qr[u] = dd < hd ? q[b * Index(d.Hq) * hd + Index(h) * hd + dd] : S(0);
+    qr[u] = dd < P ? q[b * Index(d.H) * P + Index(h) * P + dd] : S(0);
     acc[u] = 0;
   }
   constexpr S kInf = S(INFINITY);
@@ -59,7 +59,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int dd = lane + 32 * u;
-      if (dd < hd) {
+      if (dd < P) {
         if constexpr (std::is_same_v<KT, S>) dot += qr[u] * kr[dd];
         else dot += qr[u] * widen_bf16<S>(kr[dd]);
       }
@@ -71,7 +71,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int dd = lane + 32 * u;
-      if (dd < hd) {
+      if (dd < P) {
         S vv;
         if constexpr (std::is_same_v<KT, S>) vv = vr[dd];
         else vv = widen_bf16<S>(vr[dd]);
@@ -80,8 +80,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
     }
     m = mnew;
   }
-  // Merge the warps: (m, l, acc) of each in shared memory, runs of hd + 2.
-  S* wp = reinterpret_cast<S*>(smem_raw) + Index(warp) * (hd + 2);
+  // Merge the warps: (m, l, acc) of each in shared memory, runs of P + 2.
+  S* wp = reinterpret_cast<S*>(smem_raw) + Index(warp) * (P + 2);
   if (lane == 0) {
     wp[0] = m;
     wp[1] = l;
@@ -89,46 +89,46 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
 #pragma unroll
   for (int u = 0; u < U; ++u) {
     const int dd = lane + 32 * u;
-    if (dd < hd) wp[2 + dd] = acc[u];
+    if (dd < P) wp[2 + dd] = acc[u];
   }
   __syncthreads();
   const S* all = reinterpret_cast<const S*>(smem_raw);
   S M = -kInf;
   for (int w = 0; w < kDecodeWarps; ++w)
-    if (all[w * (hd + 2) + 1] > S(0) && all[w * (hd + 2)] > M) M = all[w * (hd + 2)];
-  S* out = parts + (bh * splits + s) * Index(hd + 2);
-  for (int dd = threadIdx.x; dd < hd + 2; dd += blockDim.x) {
+    if (all[w * (P + 2) + 1] > S(0) && all[w * (P + 2)] > M) M = all[w * (P + 2)];
+  S* out = parts + (bh * splits + s) * Index(P + 2);
+  for (int dd = threadIdx.x; dd < P + 2; dd += blockDim.x) {
     S v = 0;
     if (dd == 0) v = M;
     else if (M != -kInf)
       for (int w = 0; w < kDecodeWarps; ++w) {
-        const S* pw = all + w * (hd + 2);
+        const S* pw = all + w * (P + 2);
         if (pw[1] > S(0)) v += dev_exp(pw[0] - M) * pw[dd];  // dd = 1: the sums; dd >= 2: o
       }
     out[dd] = v;
   }
 }
 
-// grid (B * Hq): o[b, h] = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s, 0 where nothing is visible.
+// grid (B * H): o[b, h] = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s, 0 where nothing is visible.
 template <class S>
 __global__ void decode_merge_kernel(ops::DecodeDims d, const S* parts, int splits, S* o) {
   const Index bh = blockIdx.x;
-  const int hd = d.hd;
-  const S* p = parts + bh * splits * Index(hd + 2);
+  const int P = d.P;
+  const S* p = parts + bh * splits * Index(P + 2);
   constexpr S kInf = S(INFINITY);
   S M = -kInf;
   for (int s = 0; s < splits; ++s)
-    if (p[s * (hd + 2) + 1] > S(0) && p[s * (hd + 2)] > M) M = p[s * (hd + 2)];
+    if (p[s * (P + 2) + 1] > S(0) && p[s * (P + 2)] > M) M = p[s * (P + 2)];
   S L = 0;
   if (M != -kInf)
     for (int s = 0; s < splits; ++s)
-      if (p[s * (hd + 2) + 1] > S(0)) L += dev_exp(p[s * (hd + 2)] - M) * p[s * (hd + 2) + 1];
-  S* orow = o + (bh / d.Hq) * Index(d.Hq) * hd + (bh % d.Hq) * hd;
-  for (int dd = threadIdx.x; dd < hd; dd += blockDim.x) {
+      if (p[s * (P + 2) + 1] > S(0)) L += dev_exp(p[s * (P + 2)] - M) * p[s * (P + 2) + 1];
+  S* orow = o + (bh / d.H) * Index(d.H) * P + (bh % d.H) * P;
+  for (int dd = threadIdx.x; dd < P; dd += blockDim.x) {
     S v = 0;
     if (M != -kInf) {
       for (int s = 0; s < splits; ++s)
-        if (p[s * (hd + 2) + 1] > S(0)) v += dev_exp(p[s * (hd + 2)] - M) * p[s * (hd + 2) + 2 + dd];
+        if (p[s * (P + 2) + 1] > S(0)) v += dev_exp(p[s * (P + 2)] - M) * p[s * (P + 2) + 2 + dd];
       v /= L;
     }
     orow[dd] = v;
@@ -138,8 +138,8 @@ __global__ void decode_merge_kernel(ops::DecodeDims d, const S* parts, int split
 template <class S, class KT, int U, class Shapes>
 void launch_decode(const cuda::Context& ctx, const ops::DecodeDims& d, const S* q, const ops::KvSpan<S>* kv,
                    const Index* qpos, S* parts, int splits, S scale, int window, const Shapes& shapes) {
-  const std::size_t smem = std::size_t(kDecodeWarps) * (d.hd + 2) * sizeof(S);
-  decode_kernel<S, KT, U><<<dim3(unsigned(d.B * d.Hq), unsigned(splits)), kDecodeWarps * 32, smem,
+  const std::size_t smem = std::size_t(kDecodeWarps) * (d.P + 2) * sizeof(S);
+  decode_kernel<S, KT, U><<<dim3(unsigned(d.B * d.H), unsigned(splits)), kDecodeWarps * 32, smem,
                             ctx.raw_stream()>>>(d, q, kv, qpos, parts, splits, scale, window);
   HYBRID_CUDA_LAUNCHED("decode_kernel", shapes());
 }
@@ -151,11 +151,11 @@ namespace hybrid::ops {
 template <class S>
 void attention_decode(const Context& ctx, const DecodeDims& d, const S* q, const KvSpan<S>* kv, const Index* qpos,
                       S* o, S scale, int window) {
-  HYBRID_CHECK(d.Hq > 0 && d.Hkv > 0 && d.Hq % d.Hkv == 0, "attention: (Hq, Hkv) = (", d.Hq, ", ", d.Hkv,
-               "); expected positive head counts with Hkv dividing Hq");
-  HYBRID_CHECK(d.hd > 0 && d.hd <= 256, "attention decode (CUDA): head dim ", d.hd, " outside [1, 256]");
+  HYBRID_CHECK(d.H > 0 && d.G > 0 && d.H % d.G == 0, "attention: (H, G) = (", d.H, ", ", d.G,
+               "); expected positive head counts with G dividing H");
+  HYBRID_CHECK(d.P > 0 && d.P <= 256, "attention decode (CUDA): head dim ", d.P, " outside [1, 256]");
   if (d.B == 0) return;
-  HYBRID_CHECK(d.B * d.Hq <= Index(0x7fffffff), "attention decode: ", d.B * d.Hq, " (sequence, head) pairs");
+  HYBRID_CHECK(d.B * d.H <= Index(0x7fffffff), "attention decode: ", d.B * d.H, " (sequence, head) pairs");
   Index kmax = 0;
   bool bf16 = kv[0].bf16();
   for (Index b = 0; b < d.B; ++b) {
@@ -165,18 +165,18 @@ void attention_decode(const Context& ctx, const DecodeDims& d, const S* q, const
   }
   // Slices: enough blocks to fill the device twice over (132 SMs on an H100/H200), never
   // slices under kDecodeMinSlice keys, at most 64.
-  const Index want = (264 + d.B * d.Hq - 1) / (d.B * d.Hq);
+  const Index want = (264 + d.B * d.H - 1) / (d.B * d.H);
   Index splits = kmax / kernels::kDecodeMinSlice;
   splits = splits < want ? splits : want;
   splits = splits < 1 ? 1 : (splits > 64 ? 64 : splits);
   cuda::Scratch sc(ctx);
   const KvSpan<S>* dkv = sc.upload(kv, std::size_t(d.B), "cache spans");
   const Index* dpos = sc.upload(qpos, std::size_t(d.B), "positions");
-  S* parts = sc.get<S>(std::size_t(d.B * d.Hq * splits * (d.hd + 2)));
+  S* parts = sc.get<S>(std::size_t(d.B * d.H * splits * (d.P + 2)));
   const cudaStream_t st = ctx.raw_stream();
-  const auto shapes = [&] { return hybrid::detail::concat_str("(B, Hq, Hkv, hd) = (", d.B, ", ", d.Hq, ", ", d.Hkv, ", ", d.hd,
+  const auto shapes = [&] { return hybrid::detail::concat_str("(B, H, G, P) = (", d.B, ", ", d.H, ", ", d.G, ", ", d.P,
                                                  "), longest cache ", kmax, ", ", splits, " slices"); };
-  const int U = (d.hd + 31) / 32;
+  const int U = (d.P + 31) / 32;
   const int sp = int(splits);
   auto go = [&](auto kt_tag) {
     using KT = decltype(kt_tag);
@@ -186,7 +186,7 @@ void attention_decode(const Context& ctx, const DecodeDims& d, const S* q, const
   };
   if (bf16) go(std::uint16_t{});
   else go(S{});
-  kernels::decode_merge_kernel<S><<<unsigned(d.B * d.Hq), 128, 0, st>>>(d, parts, sp, o);
+  kernels::decode_merge_kernel<S><<<unsigned(d.B * d.H), 128, 0, st>>>(d, parts, sp, o);
   HYBRID_CUDA_LAUNCHED("decode_merge_kernel", shapes());
 }
 

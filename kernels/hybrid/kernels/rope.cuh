@@ -6,7 +6,7 @@
 namespace hybrid::kernels {
 
 template <class S>
-__global__ void rope_kernel(ops::DView<S> x, int n_heads, int hd, Index pos0, S base, int k) {
+__global__ void rope_kernel(ops::DView<S> x, int n_heads, int P, Index pos0, S base, int k) {
   const int half = k / 2;
   const Index n = x.rows * n_heads * half;
   for (Index i = Index(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += Index(gridDim.x) * blockDim.x) {
@@ -15,7 +15,7 @@ __global__ void rope_kernel(ops::DView<S> x, int n_heads, int hd, Index pos0, S 
     const S inv_freq = S(1) / pow(base, S(2 * p) / S(k));
     const S ang = S(pos0 + t) * inv_freq;
     const S c = cos(ang), s = sin(ang);
-    S* v = x.row_ptr(t) + Index(h) * hd;
+    S* v = x.row_ptr(t) + Index(h) * P;
     const S a = v[p], b = v[p + half];
     v[p] = a * c - b * s;
     v[p + half] = b * c + a * s;
@@ -27,17 +27,17 @@ __global__ void rope_kernel(ops::DView<S> x, int n_heads, int hd, Index pos0, S 
 namespace hybrid::ops {
 
 template <class S>
-void rope_forward(const Context& ctx, DView<S> x, int n_heads, int hd, Index pos0, double base, int rot) {
-  HYBRID_CHECK(hd % 2 == 0, "rope: head dim ", hd, " must be even");
-  HYBRID_CHECK(x.cols == Index(n_heads) * hd, "rope: x has ", x.cols, " columns, expected n_heads * hd = ",
-               Index(n_heads) * hd);
-  const int k = rot > 0 ? rot : hd;
-  HYBRID_CHECK(k % 2 == 0 && k <= hd, "rope: the rotated dims ", k, " must be even and at most the head dim ", hd);
+void rope_forward(const Context& ctx, DView<S> x, int n_heads, int P, Index pos0, double base, int rot) {
+  HYBRID_CHECK(P % 2 == 0, "rope: head dim ", P, " must be even");
+  HYBRID_CHECK(x.cols == Index(n_heads) * P, "rope: x has ", x.cols, " columns, expected n_heads * P = ",
+               Index(n_heads) * P);
+  const int k = rot > 0 ? rot : P;
+  HYBRID_CHECK(k % 2 == 0 && k <= P, "rope: the rotated dims ", k, " must be even and at most the head dim ", P);
   const Index n = x.rows * n_heads * (k / 2);
   if (n == 0) return;
-  kernels::rope_kernel<<<kernels::grid_for(n), kernels::kThreads, 0, ctx.raw_stream()>>>(x, n_heads, hd, pos0,
+  kernels::rope_kernel<<<kernels::grid_for(n), kernels::kThreads, 0, ctx.raw_stream()>>>(x, n_heads, P, pos0,
                                                                                          S(base), k);
-  HYBRID_CUDA_LAUNCHED("rope_kernel", "(T, heads, hd) = (", x.rows, ", ", n_heads, ", ", hd, "), rotated ", k);
+  HYBRID_CUDA_LAUNCHED("rope_kernel", "(T, heads, P) = (", x.rows, ", ", n_heads, ", ", P, "), rotated ", k);
 }
 
 }  // namespace hybrid::ops
