@@ -332,7 +332,7 @@ void check_simd_width() {
 
 }  // namespace
 
-TEST_CASE("attention_decode: the AVX-512 work item equals the Eigen one (P 16-128, rep, tails, strides)") {
+TEST_CASE("attention_decode: the AVX-512 work item equals the Eigen one (head dim P 16-128, rep, tails, strides)") {
   check_simd_width<1>();
   check_simd_width<2>();
   check_simd_width<4>();

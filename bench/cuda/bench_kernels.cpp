@@ -181,7 +181,7 @@ int main(int argc, char** argv) {
     row_mem("ssd_recurrent_step", "T=1 H=64 P=64 N=128", time_ms(c, [&] { ops::ssd_recurrent<float>(c, d1, a); }),
             2.0 * H * P * N * 4);
   }
-  {  // attention: 8K causal, 32 query heads, 8 kv heads, P 128
+  {  // attention: 8K causal, 32 query heads, 8 kv heads, head dim P = 128
     const int H = 32, G = 8, P = 128;
     const Index Ta = 4096;
     auto q = filled(Ta * H * P, c), kv = filled(Ta * G * P, c);
