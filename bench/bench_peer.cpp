@@ -198,9 +198,9 @@ class Projections {
   const Mat<float> none_;
 };
 
-// A measurement and its projections timed in alternation, round by round, so that both
-// see the same state of a shared machine: medians of each and of the per-round difference
-// (the rest: everything outside the projections).
+// A measurement and its projections timed in alternation, pair by pair, so that both see
+// the same state of a shared machine: medians of each and of the paired differences (the
+// rest: everything outside the projections).
 struct Profile {
   std::vector<double> whole, proj, rest;
   void add(double w, double p) {
@@ -208,7 +208,7 @@ struct Profile {
     proj.push_back(p);
     rest.push_back(w - p);
   }
-  std::string json(double per = 1) const {
+  std::string json() const {
     std::vector<double> r = rest;
     std::sort(r.begin(), r.end());
     char buf[256];
@@ -216,8 +216,8 @@ struct Profile {
                   "\"seconds\":%.6f,\"projection_seconds\":%.6f,\"rest_seconds\":%.6f,"
                   "\"rest_seconds_min\":%.6f,\"rest_seconds_max\":%.6f,"
                   "\"projection_fraction\":%.3f,\"rounds\":%zu",
-                  median(whole) / per, median(proj) / per, median(rest) / per, r.front() / per,
-                  r.back() / per, median(proj) / median(whole), rest.size());
+                  median(whole), median(proj), median(rest), r.front(), r.back(),
+                  median(proj) / median(whole), rest.size());
     return buf;
   }
 };
@@ -348,7 +348,7 @@ int main(int argc, char** argv) {
       Profile pf;
       for (int r = 0; r < a.reps; ++r) {
         const auto t0 = Clock::now();
-        const Mat<float> logits = model.forward(tokens, a.B, a.T);
+        (void)model.forward(tokens, a.B, a.T);
         const double w = seconds_since(t0);
         pf.add(w, pj.pass());
       }
