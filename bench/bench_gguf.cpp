@@ -7,7 +7,8 @@
 // what runs is always what the file holds (Q8_0 matrices as int8 with their block scales).
 // Beside the rates, the same run's references: "mem_read", the read bandwidth of a
 // streaming sum over 256 MiB, and "tg_bound", the decode rate that bandwidth allows when a
-// step reads every weight once.
+// step reads every weight once. For a file with stored (Q8_0) tensors, "memory" gives the
+// resident set (MB of RSS) after loading and after release_packed_floats.
 //   bench_gguf (--gguf FILE | --model NAME [--type f32|q8_0] --save FILE) [--threads N]
 //              [--pp 512] [--tg 64] [--reps 3]
 #include <algorithm>
@@ -114,8 +115,26 @@ int main(int argc, char** argv) {
     }
     const GgufReader r(gguf_path);
     const gguf::GgufModelInfo info = gguf::describe(r);
-    RuntimeModel<float> m(info.desc);
-    gguf::load_into(r, info, m);
+    // What a loaded model holds (held_mb: the rise of the anonymous resident set; the file's
+    // mapped pages belong to the page cache) and the peak of the load (peak_rise_mb: VmHWM over
+    // VmRSS before it, the file's pages included), with the float copy of the stored tensors
+    // and without it. Files with Q8_0 / F16 / BF16 tensors only: an F32 file's floats are its
+    // only copy. The rates below run on the model without it.
+    bool stored = false;
+    for (const auto& t : r.tensors()) stored |= t.type != GgmlType::F32;
+    if (stored) {
+      for (const bool copy : {true, false}) {
+        const bool reset = bench::reset_peak();
+        const double anon = bench::status_mb("RssAnon"), rss = bench::status_mb("VmRSS");
+        const RuntimeModel<float> x = gguf::load_gguf<float>(r, {.float_copy = copy});
+        std::printf("{\"case\":\"memory\",\"float_copy\":%s,\"stored_mb\":%.1f,\"floats_given_back_mb\":%.1f,"
+                    "\"held_mb\":%.1f,\"peak_rise_mb\":%.1f,\"peak_reset\":%s}\n",
+                    copy ? "true" : "false", double(x.weight_store()->bytes()) / 1e6,
+                    double(x.released_float_bytes()) / 1e6, bench::status_mb("RssAnon") - anon,
+                    bench::status_mb("VmHWM") - rss, reset ? "true" : "false");
+      }
+    }
+    RuntimeModel<float> m = gguf::load_gguf<float>(r, {.float_copy = false});
     const double bw = read_gbps(256, 5);
     const double bytes = step_bytes(m);
     std::printf("{\"case\":\"mem_read\",\"mib\":256,\"gbps\":%.2f,\"threads\":%d}\n", bw, par::threads());

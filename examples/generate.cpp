@@ -242,6 +242,9 @@ int run_model(hybrid::RuntimeModel<S>& model, const Cli& cli, const std::string&
     if (!cli.prompt && !cli.ids && cli.prompt_file.empty()) return 0;
   }
   if (!cli.keep_storage) model.set_weight_storage(cli.weights_dtype, cli.weight_group);
+  // Generation reads the stored weights only: their float values are given back, so a Q8_0
+  // file or an int8 artifact does not also occupy its float size in memory.
+  if (model.weight_store()) model.release_packed_floats();
   std::vector<int> prompt;
   if (cli.bos) {
     HYBRID_CHECK(tok.bos().has_value(), "--bos: the tokenizer has no BOS token");
@@ -279,9 +282,11 @@ int run_model(hybrid::RuntimeModel<S>& model, const Cli& cli, const std::string&
     const std::string kind = ws.dtype() != hybrid::DType::I8 ? ""
                              : ws.group() ? ", a scale per 32 columns" : ", a scale per row";
     std::fprintf(stderr, "  weights stored as %s%s%s: %.1f MiB for %lld of the projections, embedding and "
-                 "head (norms, convolutions and SSM dynamics stay f32)\n",
+                 "head (norms, convolutions and SSM dynamics stay f32); %.1f MiB of their float values "
+                 "given back\n",
                  hybrid::dtype_name(ws.dtype()), kind.c_str(), ws.mixed() ? " and the file's other types" : "",
-                 double(ws.bytes()) / (1 << 20), (long long)ws.tensors());
+                 double(ws.bytes()) / (1 << 20), (long long)ws.tensors(),
+                 double(model.released_float_bytes()) / (1 << 20));
   }
 
   std::optional<LogitsFile> dump;
@@ -541,9 +546,10 @@ int run(int argc, char** argv) {
   if (!cli.gguf.empty()) {
     const hybrid::GgufReader r(cli.gguf);
     const hybrid::gguf::GgufModelInfo info = hybrid::gguf::describe(r);
-    hybrid::RuntimeModel<float> model(info.desc);
-    hybrid::gguf::load_into(r, info, model);
     cli.keep_storage = res.count("weights-dtype") == 0;  // the file's Q8_0 / F16 / BF16 tensors as they are
+    // Kept as the file stores them, those tensors need no float copy (--save-hf writes floats).
+    hybrid::RuntimeModel<float> model =
+        hybrid::gguf::load_gguf<float>(r, {.float_copy = !cli.keep_storage || !cli.save_hf.empty()});
     std::unique_ptr<hybrid::Tokenizer> tok;
     try {
       tok = gguf_tokenizer(r, model.vocab());

@@ -60,6 +60,10 @@ TEST_CASE("quantised artifact of a whole model: roles, int8 storage from the art
     deq.set_weight_storage(DType::F32);
     const Mat<float> a0 = logits(m), a1 = logits(q), a2 = logits(deq);
     CHECK((a1 - a2).cwiseAbs().maxCoeff() < 1e-5);
+    // Without its float copy the artifact's model computes the same from its integers.
+    RuntimeModel<float> lean = q;
+    CHECK(lean.release_packed_floats() > 0);
+    CHECK(logits(lean) == a1);
     const double err = (a0 - a1).cwiseAbs().maxCoeff() / a0.cwiseAbs().maxCoeff();
     MESSAGE(spec.bits, " bits: max logit error ", err, " of the largest logit");
     // A random 18-block model amplifies weight noise; fewer bits, larger error.

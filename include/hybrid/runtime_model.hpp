@@ -5,6 +5,7 @@
 //   prefill  prompts of different lengths → logits + one SequenceState each
 //   step     one token per sequence → logits (B, V), states advanced
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <functional>
@@ -77,18 +78,24 @@ class RuntimeModel {
   using Device = Dev;
   using TrainingOptions = hybrid::TrainingOptions;
 
-  explicit RuntimeModel(ModelDesc d, std::uint64_t seed = 0)
+  explicit RuntimeModel(ModelDesc d, std::uint64_t seed = 0) : RuntimeModel(std::move(d), Unfilled{}) {
+    init(seed);
+  }
+  // Every value zero and, for a large model, no page of its store touched: for a loader that
+  // fills every tensor (or, with stored weights it writes itself, leaves theirs unwritten).
+  struct Unfilled {};
+  RuntimeModel(ModelDesc d, Unfilled)
       : desc_((validate(d), std::move(d))),
         final_norm_(declare(desc_, table_, embed_, head_, bigram_, bigram_proj_, skips_, blocks_)),
         store_(table_) {
     bind_maps();
-    init(seed);
   }
   RuntimeModel(const RuntimeModel& o)
       : desc_(o.desc_), table_(o.table_), embed_(o.embed_), head_(o.head_), bigram_(o.bigram_),
         bigram_proj_(o.bigram_proj_), skips_(o.skips_), blocks_(o.blocks_),
         final_norm_(o.final_norm_), store_(o.store_), packed_(o.packed_) {
     bind_maps();
+    if (o.released_) release_packed_floats();  // the copy holds no float copy either
   }
   RuntimeModel& operator=(const RuntimeModel& o) {
     if (this != &o) *this = RuntimeModel(o);
@@ -119,12 +126,16 @@ class RuntimeModel {
 
   // f(name, MatMap<S>&, ParamRole) for every parameter tensor, in table order. The maps
   // are the model's own (their addresses are stable for the model's lifetime).
+  // A model whose packed floats were released (release_packed_floats) has no values to
+  // visit: it throws naming that.
   template <class F>
   void visit(F&& f) {
+    require_floats("visit (saving, exporting, training, checking the weights)");
     for (std::size_t i = 0; i < table_.size(); ++i) f(table_[i].name, maps_[i], table_[i].role);
   }
   template <class F>
   void visit(F&& f) const {
+    require_floats("visit (saving, exporting, training, checking the weights)");
     for (std::size_t i = 0; i < table_.size(); ++i)
       f(table_[i].name, static_cast<const MatMap<S>&>(maps_[i]), table_[i].role);
   }
@@ -138,6 +149,7 @@ class RuntimeModel {
   // packed copy, so the float path runs exactly as before. Float models only; a recording
   // tape refuses a model with stored weights.
   void set_weight_storage(DType dtype, Index group = 0) {
+    require_floats("set_weight_storage");
     if (dtype == DType::F32) {
       packed_.reset();
       return;
@@ -154,6 +166,7 @@ class RuntimeModel {
   // fill: see WeightStore::build_each (a tensor's stored bytes written from a file).
   template <class Choose, class Fill = WeightStore::PackFromFloats>
   void set_weight_storage_each(Choose&& choose, Fill&& fill = WeightStore::PackFromFloats{}) {
+    require_floats("set_weight_storage_each");
     if constexpr (std::is_same_v<S, float>) {
       WeightStore ws = WeightStore::build_each(table_, store_.data(), std::forward<Choose>(choose),
                                                std::forward<Fill>(fill));
@@ -164,6 +177,37 @@ class RuntimeModel {
     }
   }
   DType weight_dtype() const { return packed_ ? packed_->dtype() : DType::F32; }
+
+  // Inference only: with stored weights, gives the float pages of every tensor the store
+  // holds back to the system, so that the model keeps one copy of its projections,
+  // embedding and head (the stored one) beside the float tensors nothing else holds (norms,
+  // convolutions, SSM dynamics, biases). Forward, prefill, step and generate compute exactly
+  // what they did before. The released values are gone: afterwards anything that needs the
+  // floats (visit, and so saving, exporting and check_finite; set_weight_storage; training
+  // tapes; uploading to a GPU) throws naming this call; load the model again for them.
+  // Returns the bytes given back (the pages wholly inside those tensors; 0 off Linux, where
+  // the floats stay but are refused all the same). Calling it again changes nothing.
+  std::size_t release_packed_floats() {
+    HYBRID_CHECK(packed_, "release_packed_floats: the model holds no stored weights, so the float "
+                 "values are the only copy; call set_weight_storage(dtype) (or load a file with Q8_0 / "
+                 "F16 / BF16 tensors or an artifact) first");
+    std::size_t bytes = 0;
+    for (const auto& e : table_.entries())
+      if (packed_->find(Param{e.offset, e.rows, e.cols})) bytes += store_.release(e);
+    released_ = true;
+    released_bytes_ = std::max(released_bytes_, bytes);  // a second call finds the pages gone
+    return released_bytes_;
+  }
+  // Whether release_packed_floats ran: the float values of the stored tensors are gone.
+  bool floats_released() const { return released_; }
+  // The bytes the last release gave back (0 when none ran).
+  std::size_t released_float_bytes() const { return released_bytes_; }
+  // Throws, naming `what`, when the float values were released.
+  void require_floats(const char* what) const {
+    HYBRID_CHECK(!released_, what, ": the model's float values of its ", packed_ ? packed_->tensors() : 0,
+                 " stored tensors were given back (release_packed_floats) and only the stored weights "
+                 "remain; load the model again to get the float values");
+  }
   // The packed weights, nullptr with float storage.
   const WeightStore* weight_store() const { return packed_.get(); }
 
@@ -394,6 +438,8 @@ class RuntimeModel {
   std::vector<MatMap<S>> maps_;   // one per table entry, for visit()
   // Inference weights in a storage type (set_weight_storage); immutable, so copies share it.
   std::shared_ptr<const WeightStore> packed_;
+  bool released_ = false;            // release_packed_floats ran
+  std::size_t released_bytes_ = 0;
 };
 
 template <class S, class Dev>

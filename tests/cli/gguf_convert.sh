@@ -24,6 +24,7 @@ cmp "$tmp/a.txt" "$tmp/b.txt" || { echo "FAIL: GGUF and checkpoint generate diff
 grep -qF "Q8_0; the source file's tokenizer" "$tmp/log" || { echo "FAIL: Q8_0 export line"; cat "$tmp/log"; exit 1; }
 "$generate" --gguf "$tmp/q.gguf" --prompt "ROMEO:" --max-new-tokens 4 >/dev/null 2>"$tmp/log"
 grep -qF "weights stored as int8, a scale per 32 columns" "$tmp/log" || { echo "FAIL: Q8_0 not int8"; cat "$tmp/log"; exit 1; }
+grep -qE "MiB of their float values given back" "$tmp/log" || { echo "FAIL: float copy kept"; cat "$tmp/log"; exit 1; }
 
 expect_error "cannot express this model: block 0 has no channel" "$convert" --model TinyGolf15x3 --to-gguf "$tmp/bad.gguf"
 [[ ! -e "$tmp/bad.gguf" ]] || { echo "FAIL: a file was written for an inexpressible layout"; exit 1; }

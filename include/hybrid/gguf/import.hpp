@@ -1,11 +1,14 @@
 // A GGUF file of llama.cpp's granitehybrid, lfm2, mamba2 or llama architecture → our model,
 // whether we wrote it (export.hpp) or llama.cpp's converter did. F32, F16 and BF16 tensors
 // are read into the float parameters; a file whose projections are Q8_0 also gets the int8
-// storage with one scale per block of 32 (the Q8_0 blocks' own values), which inference uses.
+// storage with one scale per block of 32 (the Q8_0 blocks' own values), which inference uses,
+// and F16 / BF16 projections are stored in their type. For inference alone,
+// LoadOptions{.float_copy = false} keeps no float copy of the stored tensors.
 //
 //   GgufReader r("model.gguf");
 //   gguf::GgufModelInfo info = gguf::describe(r);     // arch, desc, tensor types
 //   RuntimeModel<float> m = gguf::load_gguf<float>(r);
+//   RuntimeModel<float> lean = gguf::load_gguf<float>(r, {.float_copy = false});
 //
 // Everything is checked before a weight is used: the keys the architecture needs, with
 // llama.cpp's types; the settings that would change the computation in a way our model
@@ -202,19 +205,35 @@ inline GgufModelInfo describe(const GgufReader& r) {
   return info;
 }
 
-// Fills `model` (built from describe(r).desc) from the file's tensors.
+// How load_into fills a model.
+struct LoadOptions {
+  // false (float models): the projections, embedding and head the file holds as Q8_0, F16 or
+  // BF16 go straight from the file into the model's weight storage and keep no float copy
+  // (RuntimeModel::release_packed_floats): memory of the stored weights plus the float
+  // tensors (norms, convolutions, SSM dynamics) during the load and after it. The model then
+  // runs inference only: saving, exporting, training and set_weight_storage need the floats
+  // and refuse. An F32 file's weights are their only copy, kept either way.
+  bool float_copy = true;
+};
+
+// Fills `model` (built from describe(r).desc) from the file's tensors. For
+// o.float_copy = false, build the model with RuntimeModel::Unfilled (as load_gguf does), or
+// its random initialisation occupies the float pages the load then gives back.
 template <class S>
-void load_into(const GgufReader& r, const GgufModelInfo& info, RuntimeModel<S>& model) {
+void load_into(const GgufReader& r, const GgufModelInfo& info, RuntimeModel<S>& model, const LoadOptions& o = {}) {
+  HYBRID_CHECK(o.float_copy || (std::is_same_v<S, float>), "GGUF file '", r.path(), "': loading without the float "
+               "copy stores the weights for RuntimeModel<float>; this model computes in double");
   const ModelDesc& d = model.desc();
   struct Item {
     std::string name;  // ours
     MatMap<S>* dst;
     Slot slot;
     const GgufTensor* t;
+    ParamRole role;
   };
   std::vector<Item> items;
   std::set<std::string> used;
-  model.visit([&](const std::string& n, MatMap<S>& t, ParamRole) {
+  model.visit([&](const std::string& n, MatMap<S>& t, ParamRole role) {
     const Slot s = slot_for(n, t.rows(), t.cols(), d, info.arch);
     const GgufTensor* gt = r.find(s.name);
     if (!gt) r.bad("tensor '", s.name, "' is missing (it holds our '", n, "')");
@@ -225,14 +244,21 @@ void load_into(const GgufReader& r, const GgufModelInfo& info, RuntimeModel<S>& 
       r.bad("tensor '", s.name, "' has shape ", gt->shape_str(), ", expected ", GgufTensor{"", s.ne}.shape_str(),
             " from the metadata");
     used.insert(s.name);
-    items.push_back({n, &t, s, gt});
+    items.push_back({n, &t, s, gt, role});
   });
   for (const auto& t : r.tensors())
     if (!used.count(t.name))
       r.bad("unexpected tensor '", t.name, "' (", t.shape_str(), "): not part of the ", arch_name(info.arch),
             " model the metadata describes");
+  // What the weight storage holds in the file's type (float models): those tensors' floats
+  // are not written without the float copy.
+  const auto stored = [](const Item& it) {
+    return std::is_same_v<S, float> && it.t->type != GgmlType::F32 &&
+           (it.role == ParamRole::Matrix || it.role == ParamRole::Embedding);
+  };
   std::vector<float> buf;
   for (const Item& it : items) {
+    if (!o.float_copy && stored(it)) continue;
     buf.resize(std::size_t(it.t->numel()));
     r.read_f32(*it.t, buf.data());
     const Index rows = it.dst->rows(), cols = it.dst->cols();
@@ -272,39 +298,60 @@ void load_into(const GgufReader& r, const GgufModelInfo& info, RuntimeModel<S>& 
           },
           [&](const ParamInfo& e, unsigned char* data, float* scales) {
             const auto f = by_name.find(e.name);
-            if (f == by_name.end() || f->second->t->type != GgmlType::Q8_0) return false;
+            if (f == by_name.end() || f->second->t->type == GgmlType::F32) return false;
             const Item& it = *f->second;
-            if (it.slot.rope_heads == 0) {
-              r.read_q8_0(*it.t, reinterpret_cast<std::int8_t*>(data), scales);
+            const Index cols = e.cols;
+            // File row `row` is our row rope_pair_source(row) for q / k (adjacent-pair order).
+            const auto ours = [&](Index row) {
+              return it.slot.rope_heads > 0 ? rope_pair_source(row, it.slot.head_dim) : row;
+            };
+            if (it.t->type == GgmlType::Q8_0) {
+              std::vector<std::int8_t> q(std::size_t(it.t->numel()));
+              std::vector<float> sc(q.size() / kQ8_0Block);
+              r.read_q8_0(*it.t, q.data(), sc.data());
+              for (std::size_t b = 0; b < sc.size(); ++b)
+                if (!std::isfinite(sc[b]))
+                  r.bad("tensor '", it.slot.name, "' block ", b, " has scale ", sc[b], "; every weight must be finite");
+              const Index g = cols / kQ8_0Block;
+              for (Index row = 0; row < e.rows; ++row) {
+                std::memcpy(data + ours(row) * cols, q.data() + row * cols, std::size_t(cols));
+                std::memcpy(scales + ours(row) * g, sc.data() + row * g, sizeof(float) * std::size_t(g));
+              }
               return true;
             }
-            // q / k rows in adjacent-pair order: file row `row` is our row rope_pair_source(row).
-            std::vector<std::int8_t> q(std::size_t(it.t->numel()));
-            std::vector<float> sc(q.size() / kQ8_0Block);
-            r.read_q8_0(*it.t, q.data(), sc.data());
-            const Index cols = e.cols, g = cols / kQ8_0Block;
+            if (o.float_copy) return false;  // F16 / BF16 packed from the float values: the same bits
+            // F16 / BF16: the file's 2-byte values are the storage's.
+            const unsigned char* src = r.bytes(*it.t);
+            const std::uint16_t inf = it.t->type == GgmlType::F16 ? 0x7c00 : 0x7f80;  // exponent all ones
             for (Index row = 0; row < e.rows; ++row) {
-              const Index dst = rope_pair_source(row, it.slot.head_dim);
-              std::memcpy(data + dst * cols, q.data() + row * cols, std::size_t(cols));
-              std::memcpy(scales + dst * g, sc.data() + row * g, sizeof(float) * std::size_t(g));
+              const unsigned char* line = src + 2 * std::size_t(row * cols);
+              for (Index c = 0; c < cols; ++c) {
+                std::uint16_t h;
+                std::memcpy(&h, line + 2 * c, 2);
+                if ((h & inf) == inf)
+                  r.bad("tensor '", it.slot.name, "' holds a non-finite value at (", row, ", ", c,
+                        ") of the file's rows; every weight must be finite");
+              }
+              std::memcpy(data + 2 * std::size_t(ours(row) * cols), line, 2 * std::size_t(cols));
             }
             return true;
           });
+    if (!o.float_copy && model.weight_store()) model.release_packed_floats();
   }
 }
 
 template <class S = float>
-RuntimeModel<S> load_gguf(const GgufReader& r) {
+RuntimeModel<S> load_gguf(const GgufReader& r, const LoadOptions& o = {}) {
   const GgufModelInfo info = describe(r);
-  RuntimeModel<S> m(info.desc);
-  load_into(r, info, m);
+  RuntimeModel<S> m(info.desc, typename RuntimeModel<S>::Unfilled{});  // every tensor comes from the file
+  load_into(r, info, m, o);
   return m;
 }
 
 template <class S = float>
-RuntimeModel<S> load_gguf(const std::string& path) {
+RuntimeModel<S> load_gguf(const std::string& path, const LoadOptions& o = {}) {
   const GgufReader r(path);
-  return load_gguf<S>(r);
+  return load_gguf<S>(r, o);
 }
 
 }  // namespace hybrid::gguf

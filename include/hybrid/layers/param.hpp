@@ -92,7 +92,10 @@ template <class S, class Dev = Cpu>
 class ParamStore {
  public:
   ParamStore() = default;
-  explicit ParamStore(const ParamTable& t) : buf_(t.total()) { buf_.zero(); }
+  // Zeroed; a large store (a mapping of its own) costs no memory until its pages are written.
+  explicit ParamStore(const ParamTable& t) : buf_(t.total()) {
+    if (!buf_.mapped()) buf_.zero();
+  }
 
   Index total() const { return buf_.size(); }
   S* data() { return buf_.data(); }
@@ -109,6 +112,9 @@ class ParamStore {
     return View<const S, Dev>(buf_.data() + e.offset, e.rows, e.cols);
   }
   void zero() { buf_.zero(); }
+  // Gives the pages wholly inside tensor e back to the system (Buffer::release): its values
+  // are gone. Returns the bytes given back.
+  std::size_t release(const ParamInfo& e) { return buf_.release(e.offset, e.offset + e.size()); }
 
  private:
   Buffer<S, Dev> buf_;

@@ -101,6 +101,7 @@ RuntimeModel<S> replace_mixers(const RuntimeModel<S>& src, const std::vector<Mix
   rec.replaced = replaced;
   rec.layout_before = src.layout_string();
   rec.layout_after = out.layout_string();
+  src.require_floats("replace_mixers");
   const auto& from = src.param_table().entries();
   for (const ParamInfo& e : out.param_table().entries()) {
     if (is_new(e.name)) {

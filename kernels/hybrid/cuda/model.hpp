@@ -58,6 +58,7 @@ class RuntimeModel<S, Cuda> {
   // Copies the host model's float values to the device again (after training or loading
   // changed them).
   void upload() {
+    host_.require_floats("RuntimeModel<S, Cuda>::upload");
     const Index n = host_.param_table().total();
     dev_->upload(CView<S>(host_.param_values(), 1, n), dev_->parameters());
     ctx_->sync();
