@@ -15,10 +15,10 @@ if [ -x "$nvcc_bin" ]; then cuda=(-DHYBRID_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc_
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DHYBRID_BUILD_TESTS=ON -DHYBRID_BUILD_EXAMPLES=ON \
   -DHYBRID_BUILD_BENCH=ON "${cuda[@]}" >/dev/null
 cmake --build build -j"$jobs"
-(cd build && ctest --output-on-failure)
+(cd build && ctest --output-on-failure --parallel "$jobs")
 ./build/bench/bench_model --quick
 cmake -S . -B build-san -DCMAKE_BUILD_TYPE=Debug -DHYBRID_BUILD_TESTS=ON -DHYBRID_SANITIZE=ON \
   -DHYBRID_BLAS=OFF -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g1" >/dev/null  # -g1: line tables for the reports
 cmake --build build-san -j"$jobs" --target hybrid_tests
 (cd build-san && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -R unit)
-FUZZ_SECONDS="${FUZZ_SECONDS:-30}" bash scripts/fuzz.sh  # libFuzzer targets under fuzz/ (clang), 30 s each
+FUZZ_SECONDS="${FUZZ_SECONDS:-20}" bash scripts/fuzz.sh  # libFuzzer targets under fuzz/ (clang), 20 s each
