@@ -56,21 +56,30 @@ Run run(const RuntimeModel<float>& m) {
   return r;
 }
 
+// f(e, a, b) for every tensor e the store holds, with [a, b) the whole pages inside its
+// float values (a == b when it spans none).
+template <class F>
+void for_stored(const RuntimeModel<float>& m, F&& f) {
+  const std::size_t page = std::size_t(::sysconf(_SC_PAGESIZE));
+  for (const auto& e : m.param_table().entries()) {
+    if (!m.weight_store()->find(Param{e.offset, e.rows, e.cols})) continue;
+    const auto lo = reinterpret_cast<std::uintptr_t>(m.param_values() + e.offset);
+    const auto hi = reinterpret_cast<std::uintptr_t>(m.param_values() + e.offset + e.size());
+    const std::uintptr_t a = (lo + page - 1) / page * page, b = hi / page * page;
+    f(e, a, std::max(a, b));
+  }
+}
+
 // Float bytes of the tensors the store holds, and the part of them in whole pages.
 struct Extent {
   std::size_t bytes = 0, whole_pages = 0;
 };
 Extent packed_extent(const RuntimeModel<float>& m) {
   Extent x;
-  const std::size_t page = std::size_t(::sysconf(_SC_PAGESIZE));
-  for (const auto& e : m.param_table().entries()) {
-    if (!m.weight_store()->find(Param{e.offset, e.rows, e.cols})) continue;
+  for_stored(m, [&](const ParamInfo& e, std::uintptr_t a, std::uintptr_t b) {
     x.bytes += sizeof(float) * std::size_t(e.size());
-    const auto lo = reinterpret_cast<std::uintptr_t>(m.param_values() + e.offset);
-    const auto hi = reinterpret_cast<std::uintptr_t>(m.param_values() + e.offset + e.size());
-    const std::uintptr_t a = (lo + page - 1) / page * page, b = hi / page * page;
-    if (b > a) x.whole_pages += b - a;
-  }
+    x.whole_pages += b - a;
+  });
   return x;
 }
 
@@ -79,19 +88,22 @@ Extent packed_extent(const RuntimeModel<float>& m) {
 std::size_t resident_packed_bytes(const RuntimeModel<float>& m) {
   const std::size_t page = std::size_t(::sysconf(_SC_PAGESIZE));
   std::size_t resident = 0;
-  for (const auto& e : m.param_table().entries()) {
-    if (!m.weight_store()->find(Param{e.offset, e.rows, e.cols})) continue;
-    const auto lo = reinterpret_cast<std::uintptr_t>(m.param_values() + e.offset);
-    const auto hi = reinterpret_cast<std::uintptr_t>(m.param_values() + e.offset + e.size());
-    const std::uintptr_t a = (lo + page - 1) / page * page, b = hi / page * page;
-    if (b <= a) continue;
+  for_stored(m, [&](const ParamInfo&, std::uintptr_t a, std::uintptr_t b) {
+    if (b == a) return;
     std::vector<unsigned char> v((b - a) / page);
     REQUIRE(::mincore(reinterpret_cast<void*>(a), b - a, v.data()) == 0);
     for (unsigned char c : v) resident += (c & 1) ? page : 0;
-  }
+  });
   return resident;
 }
 #endif
+
+// TinyGolf15x3E2 (seed 5) as a GGUF file with its projections in `type`.
+std::string gguf_bytes(GgmlType type) {
+  gguf::ExportOptions opt;
+  opt.type = type;
+  return gguf::to_gguf(RuntimeModel<float>(TinyGolf15x3E2::desc(), 5), opt).bytes();
+}
 
 }  // namespace
 
@@ -178,12 +190,9 @@ TEST_CASE("release_packed_floats: what needs the float values refuses, naming th
 // with LoadOptions::float_copy = false: the model computes what the model loaded with its
 // float copy computes, bit for bit, and holds no float page of those tensors.
 TEST_CASE("GGUF load without the float copy: Q8_0, F16 and BF16 files compute the same") {
-  const RuntimeModel<float> src(TinyGolf15x3E2::desc(), 5);
   for (const GgmlType type : {GgmlType::Q8_0, GgmlType::F16, GgmlType::BF16}) {
     CAPTURE(int(type));
-    gguf::ExportOptions opt;
-    opt.type = type;
-    const std::string bytes = gguf::to_gguf(src, opt).bytes();
+    const std::string bytes = gguf_bytes(type);
     const GgufReader rd = GgufReader::from_memory(bytes.data(), bytes.size(), "test");
     const RuntimeModel<float> full = gguf::load_gguf<float>(rd);
     REQUIRE(full.weight_store());
@@ -214,12 +223,9 @@ TEST_CASE("GGUF load without the float copy: Q8_0, F16 and BF16 files compute th
 }
 
 TEST_CASE("GGUF load without the float copy: non-finite stored values and double models are errors") {
-  const RuntimeModel<float> src(TinyGolf15x3E2::desc(), 5);
   for (const GgmlType type : {GgmlType::Q8_0, GgmlType::F16, GgmlType::BF16}) {
     CAPTURE(int(type));
-    gguf::ExportOptions opt;
-    opt.type = type;
-    std::string bytes = gguf::to_gguf(src, opt).bytes();
+    std::string bytes = gguf_bytes(type);
     const GgufReader rd = GgufReader::from_memory(bytes.data(), bytes.size(), "test");
     const GgufTensor* t = rd.find("blk.0.ssm_in.weight");
     REQUIRE(t);
@@ -234,9 +240,7 @@ TEST_CASE("GGUF load without the float copy: non-finite stored values and double
                 {"blk.0.ssm_in.weight", "finite"});
     check_error([&] { (void)gguf::load_gguf<float>(bad); }, {"finite"});  // the float path says so too
   }
-  gguf::ExportOptions opt;
-  opt.type = GgmlType::Q8_0;
-  const std::string bytes = gguf::to_gguf(src, opt).bytes();
+  const std::string bytes = gguf_bytes(GgmlType::Q8_0);
   const GgufReader rd = GgufReader::from_memory(bytes.data(), bytes.size(), "test");
   check_error([&] { (void)gguf::load_gguf<double>(rd, {.float_copy = false}); },
               {"float copy", "RuntimeModel<float>", "double"});
