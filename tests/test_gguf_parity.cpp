@@ -6,11 +6,17 @@
 
 #include <cmath>
 #include <filesystem>
+#include <memory>
+#include <set>
 #include <hybrid/gguf/export.hpp>
 #include <hybrid/gguf/import.hpp>
 #include <hybrid/hf/checkpoint.hpp>
 #include <hybrid/io/safetensors.hpp>
 #include <hybrid/model.hpp>
+#ifdef HYBRID_HAVE_TOKENIZERS
+#include <hybrid/gguf/tokenizer.hpp>
+#include <hybrid/tokenizer/bpe.hpp>
+#endif
 #include <string>
 #include <vector>
 
@@ -100,6 +106,25 @@ void check_reexport(const std::string& stem) {
   }
 }
 
+// A file llama.cpp's converter wrote from tests/fixtures/hf/<hf_dir>: its logits on that
+// fixture's ids are transformers' (expected.safetensors of the Hugging Face fixture).
+void check_against_transformers(const std::string& hf_dir, const std::string& stem) {
+  CAPTURE(stem);
+  const fs::path hf = fs::path(HYBRID_FIXTURES_DIR) / "hf" / hf_dir;
+  const SafetensorsReader ex((hf / "expected.safetensors").string());
+  const auto idsf = fixture(ex, "ids"), lf = fixture(ex, "logits");
+  const TensorInfo* it = ex.find("ids");
+  const Index B = it->shape[0], T = it->shape[1];
+  const RuntimeModel<float> m = gguf::load_gguf<float>((kDir / (stem + ".gguf")).string());
+  const std::vector<int> ids(idsf.begin(), idsf.end());
+  const Mat<float> l = m.forward(ids, B, T);
+  REQUIRE(std::size_t(l.size()) == lf.size());
+  double err = 0;
+  for (Index k = 0; k < l.size(); ++k) err = std::max(err, std::abs(double(l.data()[k]) - lf[std::size_t(k)]));
+  MESSAGE(stem, " vs transformers: max logit err ", err);
+  CHECK(err <= 1e-4);
+}
+
 }  // namespace
 
 TEST_CASE("GGUF parity: our exports compute in our import what llama.cpp computes") {
@@ -112,22 +137,51 @@ TEST_CASE("GGUF parity: our exports compute in our import what llama.cpp compute
 TEST_CASE("GGUF parity: files written by llama.cpp's converter import and compute its logits") {
   check_against_llama_cpp("llamacpp_granite_nope");
   check_against_llama_cpp("llamacpp_mamba2_g1_untied");
+  check_against_llama_cpp("llamacpp_lfm2_bpe");
 }
 
-TEST_CASE("GGUF parity: a llama.cpp-converted Mamba-2 checkpoint computes transformers' logits") {
-  const fs::path hf = fs::path(HYBRID_FIXTURES_DIR) / "hf" / "mamba2_g1_untied";
-  const SafetensorsReader ex((hf / "expected.safetensors").string());
-  const auto idsf = fixture(ex, "ids"), lf = fixture(ex, "logits");
-  const TensorInfo* it = ex.find("ids");
-  const Index B = it->shape[0], T = it->shape[1];
-  const RuntimeModel<float> m = gguf::load_gguf<float>((kDir / "llamacpp_mamba2_g1_untied.gguf").string());
-  const std::vector<int> ids(idsf.begin(), idsf.end());
-  const Mat<float> l = m.forward(ids, B, T);
-  REQUIRE(std::size_t(l.size()) == lf.size());
-  double err = 0;
-  for (Index k = 0; k < l.size(); ++k) err = std::max(err, std::abs(double(l.data()[k]) - lf[std::size_t(k)]));
-  MESSAGE("llama.cpp-converted mamba2 vs transformers: max logit err ", err);
-  CHECK(err <= 1e-4);
+TEST_CASE("GGUF parity: llama.cpp-converted checkpoints compute transformers' logits") {
+  check_against_transformers("mamba2_g1_untied", "llamacpp_mamba2_g1_untied");
+  check_against_transformers("lfm2_bpe_tokenizer", "llamacpp_lfm2_bpe");
 }
+
+#ifdef HYBRID_HAVE_TOKENIZERS
+// The LFM2 file carries the fixture's tokenizer.json as llama.cpp's converter writes it
+// (tokens, merges, token types, pre-tokenizer "lfm2", BOS added): rebuilt from the file it
+// must encode the fixture's prompt as transformers did, encode and decode as the
+// tokenizer.json does, and generate transformers' greedy tokens.
+TEST_CASE("GGUF parity: a llama.cpp-converted LFM2 file tokenizes and generates as transformers") {
+  const fs::path hf = fs::path(HYBRID_FIXTURES_DIR) / "hf" / "lfm2_bpe_tokenizer";
+  const SafetensorsReader ex((hf / "expected.safetensors").string());
+  const auto pf = fixture(ex, "decode.prompt"), gf = fixture(ex, "decode.tokens");
+  const std::string text = ex.metadata().at("prompt_text");
+  const GgufReader r((kDir / "llamacpp_lfm2_bpe.gguf").string());
+  const std::unique_ptr<Tokenizer> tok = gguf::tokenizer_from_gguf(r);
+  REQUIRE(tok);
+  const BpeTokenizer orig((hf / "tokenizer.json").string());
+  REQUIRE(tok->vocab_size() == orig.vocab_size());
+  std::vector<int> ids;
+  REQUIRE(tok->bos().has_value());
+  ids.push_back(*tok->bos());
+  const std::vector<int> enc = tok->encode(text);
+  ids.insert(ids.end(), enc.begin(), enc.end());
+  CHECK(ids == std::vector<int>(pf.begin(), pf.end()));
+  for (const std::string& t : {text, std::string("Hello world, it's 2026!\n\tindented  twice  "),
+                              std::string("caf\xc3\xa9 na\xc3\xafve \xe2\x80\x94 123456789")}) {
+    CAPTURE(t);
+    const std::vector<int> a = orig.encode(t);
+    CHECK(tok->encode(t) == a);
+    CHECK(tok->decode(a) == orig.decode(a));
+  }
+  const RuntimeModel<float> model = gguf::load_gguf<float>(r);
+  GenerateOptions opt;
+  opt.max_new_tokens = int(gf.size());
+  opt.sampling.temperature = 0;
+  opt.stop_tokens = std::set<int>{};
+  opt.restrict_to_tokenizer = false;  // transformers may pick any id, special ones included
+  const GenerationResult g = generate(model, *tok, ids, opt);
+  CHECK(g.tokens == std::vector<int>(gf.begin(), gf.end()));
+}
+#endif
 
 }  // namespace hybrid_test_gguf_parity

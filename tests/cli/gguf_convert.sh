@@ -3,7 +3,8 @@
 # text as the same weights from our checkpoint; Q8_0 runs on int8 storage; layouts the
 # architecture cannot express and bad flags fail with exit 2, a message, and no file.
 # With HF_FIXTURE (a Hugging Face directory with a tokenizer.json; builds with tokenizers),
-# the tokenizer is carried over: text prompts generate the same text from the GGUF file.
+# the tokenizer is carried over: text prompts generate the same text from the GGUF file,
+# and from the file llama.cpp's converter wrote from that directory.
 # Usage: gguf_convert.sh CONVERT_BINARY GENERATE_BINARY [HF_FIXTURE]
 set -euo pipefail
 convert="$1"; generate="$2"; hf="${3:-}"
@@ -47,5 +48,9 @@ if [[ -n "$hf" ]]; then
   "$generate" --gguf "$tmp/h.gguf" "${hgen[@]}" >"$tmp/c.txt"
   "$generate" --hf "$hf" "${hgen[@]}" >"$tmp/d.txt"
   cmp "$tmp/c.txt" "$tmp/d.txt" || { echo "FAIL: GGUF and HF directory generate different text"; exit 1; }
+  # The file llama.cpp's own converter wrote from the same directory (tests/fixtures/gguf).
+  lc="$(dirname "$(dirname "$hf")")/gguf/llamacpp_lfm2_bpe.gguf"
+  "$generate" --gguf "$lc" "${hgen[@]}" >"$tmp/e.txt"
+  cmp "$tmp/e.txt" "$tmp/d.txt" || { echo "FAIL: llama.cpp's GGUF and the HF directory generate different text"; exit 1; }
 fi
 echo "gguf_convert: OK"
