@@ -535,8 +535,10 @@ int run(int argc, char** argv) {
   }
   if (!cli.artifact.empty()) {
 #ifdef HYBRID_HAVE_COMPRESSION
-    auto model = hybrid::quant::load_artifact_model(hybrid::quant::read_artifact(cli.artifact), cli.artifact);
     cli.keep_storage = res.count("weights-dtype") == 0;  // the artifact's integers as they are
+    // Kept as they are, those tensors need no float copy (--save-hf writes floats).
+    auto model = hybrid::quant::load_artifact_model(hybrid::quant::read_artifact(cli.artifact), cli.artifact,
+                                                    {.float_copy = !cli.keep_storage || !cli.save_hf.empty()});
     return run_model<float>(model, cli, cli.artifact, "quantised artifact " + cli.artifact, hybrid::ByteTokenizer());
 #else
     fail("--artifact: this build has no artifact support (liblzma, zstd and brotli were not found at "

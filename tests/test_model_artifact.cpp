@@ -6,6 +6,7 @@
 #include <hybrid/aliases.hpp>
 #include <hybrid/model.hpp>
 #include <hybrid/quant/model_artifact.hpp>
+#include <limits>
 
 using namespace hybrid;
 using namespace hybrid::quant;
@@ -71,6 +72,44 @@ TEST_CASE("quantised artifact of a whole model: roles, int8 storage from the art
     CHECK(err > prev);
     prev = err;
   }
+}
+
+// {.float_copy = false}: the matrices go from the artifact's integers to storage without
+// being dequantised; the model computes what the default load computes after
+// release_packed_floats, refuses what needs the floats, and a bad scale is still an error.
+TEST_CASE("quantised artifact of a whole model: loading without the float copy") {
+  const RuntimeModel<float> m(TinyGolf15x3E2::desc(), 4);
+  QuantPolicy p;
+  p.set_all(QuantSpec{.bits = 6, .group = 32});
+  p.mlp.group = 16;  // not a multiple of 32: the float path
+  const Artifact a = round_trip(quantize_model(m, p));
+  RuntimeModel<float> full = load_artifact_model(a);
+  const Mat<float> want = logits(full);
+  const std::size_t full_stored = full.weight_store()->bytes();
+  full.release_packed_floats();
+  CHECK(logits(full) == want);
+  const RuntimeModel<float> lean = load_artifact_model(a, "lean.hybq", {.float_copy = false});
+  CHECK(lean.floats_released());
+  REQUIRE(lean.weight_store());
+  CHECK(lean.weight_store()->bytes() == full_stored);
+  CHECK(logits(lean) == want);
+  const std::vector<int> tok{65};
+  std::vector<SequenceState<float>> s1, s2;
+  full.prefill({kIds}, s1);
+  lean.prefill({kIds}, s2);
+  CHECK(full.step(tok, s1) == lean.step(tok, s2));
+  CHECK_THROWS_WITH_AS(lean.visit([](const std::string&, const MatMap<float>&, ParamRole) {}),
+                       doctest::Contains("release_packed_floats"), Error);
+  // A non-finite scale of a tensor that skips the float values is caught all the same.
+  Artifact bad = a;
+  for (auto& t : bad.tensors)
+    if (t.kind == ArtifactTensor::Kind::Quantized && t.q.group == 32) {
+      t.q.scales[1] = std::numeric_limits<float>::infinity();
+      break;
+    }
+  CHECK_THROWS_WITH_AS(load_artifact_model(bad, "bad.hybq", {.float_copy = false}),
+                       doctest::Contains("has scale inf for group 1; every scale must be finite"), Error);
+  CHECK_THROWS_AS(load_artifact_model(bad, "bad.hybq"), Error);
 }
 
 TEST_CASE("quantised artifact of a whole model: small tensors as float16, the embedding by its own spec") {

@@ -6,6 +6,7 @@
 //   Artifact a = quantize_model(model, policy);          // small tensors as float16
 //   write_artifact("model.hybq", a);
 //   RuntimeModel<float> m = load_artifact_model(read_artifact("model.hybq"));
+//   RuntimeModel<float> lean = load_artifact_model(a, "model.hybq", {.float_copy = false});
 //
 // Loading: the float parameters are the dequantised values (q * scale, and the float16
 // values of the small tensors), so a float forward computes exactly what the artifact
@@ -16,7 +17,17 @@
 // correction (quant/lqer.hpp: factors named <tensor>.lqer_a and <tensor>.lqer_b) loads as its
 // dequantised values plus the factors' product, and its int8 storage is that sum quantised
 // to int8 per row (the sum is not on the artifact's grid).
+//
+// With {.float_copy = false} the quantised matrices that go to int8 storage from the
+// artifact's own integers are never dequantised: the model holds their integers and scales
+// and the float tensors beside them, never the float size of the whole model, and runs
+// inference only (RuntimeModel::release_packed_floats: saving, training and
+// set_weight_storage refuse). It computes bit for bit what the default load computes after
+// release_packed_floats. Tensors with an LQER correction and groups the storage cannot hold
+// are dequantised as before; the first are then packed and their floats given back too.
 #pragma once
+#include <cmath>
+#include <cstring>
 #include <map>
 #include <string>
 #include <vector>
@@ -51,10 +62,18 @@ inline Artifact quantize_model(const RuntimeModel<float>& model, const QuantPoli
   return a;
 }
 
+// How load_artifact_model fills the model.
+struct ArtifactLoadOptions {
+  // false: no float copy of the tensors whose int8 storage is the artifact's integers (see
+  // above); the model is for inference only.
+  bool float_copy = true;
+};
+
 // The model an artifact holds; every parameter must be there with its shape, and nothing
 // else. `what` names the artifact in errors.
-inline RuntimeModel<float> load_artifact_model(const Artifact& a, const std::string& what = "artifact") {
-  RuntimeModel<float> m(a.desc);
+inline RuntimeModel<float> load_artifact_model(const Artifact& a, const std::string& what = "artifact",
+                                               const ArtifactLoadOptions& o = {}) {
+  RuntimeModel<float> m(a.desc, RuntimeModel<float>::Unfilled{});  // every tensor comes from the artifact
   std::map<std::string, const ArtifactTensor*> by_name;
   for (const auto& t : a.tensors) by_name[t.name] = &t;
   std::size_t used = 0;
@@ -67,6 +86,8 @@ inline RuntimeModel<float> load_artifact_model(const Artifact& a, const std::str
     return it->second;
   };
   std::map<std::string, bool> corrected;
+  // Groups the int8 storage holds: the whole row, or multiples of its 32-column blocks.
+  auto storable = [](const QTensor& q) { return q.group == q.cols || q.group % 32 == 0; };
   m.visit([&](const std::string& n, MatMap<float>& dst, ParamRole) {
     const auto it = by_name.find(n);
     HYBRID_CHECK(it != by_name.end(), what, ": tensor '", n, "' is missing (the model description has it)");
@@ -76,10 +97,17 @@ inline RuntimeModel<float> load_artifact_model(const Artifact& a, const std::str
       t.q.check(what.c_str());
       HYBRID_CHECK(t.q.rows == dst.rows() && t.q.cols == dst.cols(), what, ": tensor '", n, "' is (", t.q.rows, ", ",
                    t.q.cols, "), the model has (", dst.rows(), ", ", dst.cols(), ")");
-      dequantize(t.q, dst.data());
       const ArtifactTensor *fa = factor(n, kLqerA), *fb = factor(n, kLqerB);
       HYBRID_CHECK(!fa == !fb, what, ": tensor '", n, "' has only one of its two LQER factors (", kLqerA, ", ",
                    kLqerB, ")");
+      if (!o.float_copy && !fa && storable(t.q)) {
+        // Straight to storage below; the dequantised floats would have caught a bad scale.
+        for (std::size_t k = 0; k < t.q.scales.size(); ++k)
+          HYBRID_CHECK(std::isfinite(t.q.scales[k]), what, ": tensor '", n, "' has scale ", t.q.scales[k],
+                       " for group ", k, "; every scale must be finite");
+        return;
+      }
+      dequantize(t.q, dst.data());
       if (fa) {
         add_correction(fa->q, fb->q, dst.data(), dst.rows(), dst.cols(), (what + ": LQER of '" + n + "'").c_str());
         corrected[n] = true;
@@ -109,7 +137,6 @@ inline RuntimeModel<float> load_artifact_model(const Artifact& a, const std::str
                "')");
   m.check_finite();
   // The int8 storage from the artifact's integers.
-  auto storable = [](const QTensor& q) { return q.group == q.cols || q.group % 32 == 0; };
   m.set_weight_storage_each(
       [&](const ParamInfo& e) -> WeightStore::Choice {
         const auto it = by_name.find(e.name);
@@ -128,6 +155,7 @@ inline RuntimeModel<float> load_artifact_model(const Artifact& a, const std::str
           for (Index k = 0; k < g; ++k) scales[r * g + k] = q.scales[std::size_t(r * q.groups_per_row() + k / rep)];
         return true;
       });
+  if (!o.float_copy && m.weight_store()) m.release_packed_floats();
   return m;
 }
 
