@@ -299,7 +299,9 @@ int run(int argc, char** argv) {
       "scores all its L targets, each later one only its last S, so every token is scored once\n"
       "with at least L - S tokens of context. With --ttt-steps k (score-first test-time\n"
       "training) the stream goes in chunks: each chunk is scored first, then the model takes k\n"
-      "optimiser steps on it; the result is the sum of the scores before adaptation.\n"
+      "optimiser steps on it; the result is the sum of the scores before adaptation. With\n"
+      "--ttt-lora-rank r the weights stay frozen and rank-r LoRA adapters are what adapts (an\n"
+      "--artifact's dequantised weights stay exactly the artifact's).\n"
       "Bits per byte = sum of nats / (ln 2 * sum of bytes), with the bytes of each token as\n"
       "parameter golf counts them (REFERENCE.md §6). With --mc FILE instead of --text or\n"
       "--shards: multiple-choice items (JSONL {\"context\", \"choices\", \"gold\"}), each choice\n"
@@ -360,7 +362,14 @@ int run(int argc, char** argv) {
       ("ttt-clip", "Global gradient-norm clipping of each step; 0 = off",
        cxxopts::value<std::string>()->default_value("1"))
       ("ttt-seq-len", "Tokens per adaptation sequence; 0 = --window",
-       cxxopts::value<std::string>()->default_value("0"));
+       cxxopts::value<std::string>()->default_value("0"))
+      ("ttt-lora-rank", "Adapt rank-R LoRA adapters (B = 0 at the start) on the frozen weights instead of "
+                        "the weights; 0 = the weights", cxxopts::value<std::string>()->default_value("0"))
+      ("ttt-lora-alpha", "The adapters' alpha (their branch is scaled by alpha / R)",
+       cxxopts::value<std::string>()->default_value("16"))
+      ("ttt-lora-targets", "Projections the adapters sit on, comma-separated: attn, mamba, conv, mlp, all, "
+                           "or kinds such as attn.q,mlp.down (as train --lora-targets)",
+       cxxopts::value<std::string>()->default_value("all"));
   options.add_options("Output")
       ("json", "Also write the result as a JSON object to FILE ('-' = stdout, instead of the table)",
        cxxopts::value<std::string>())
@@ -437,8 +446,19 @@ int run(int argc, char** argv) {
     fail("--ttt-optim: '", optim, "' is not adamw or muon");
   }
   to.optim.max_grad_norm = clip;
+  const int lora_rank = number<int>("--ttt-lora-rank", str("ttt-lora-rank"));
+  HYBRID_CHECK(lora_rank >= 0, "--ttt-lora-rank must be >= 0 (0 = adapt the weights), got ", lora_rank);
+  if (lora_rank > 0) {
+    train::LoraConfig lc;
+    lc.rank = lora_rank;
+    lc.alpha = number<double>("--ttt-lora-alpha", str("ttt-lora-alpha"));
+    lc.targets = cli::split_list(str("ttt-lora-targets"));
+    to.lora = lc;
+  }
+  for (const char* f : {"ttt-lora-alpha", "ttt-lora-targets"})
+    HYBRID_CHECK(res.count(f) == 0 || lora_rank > 0, "--", f, " goes with --ttt-lora-rank R (R >= 1)");
   to.validate();
-  for (const char* f : {"ttt-chunk", "ttt-lr", "ttt-optim", "ttt-adam-lr", "ttt-clip", "ttt-seq-len"})
+  for (const char* f : {"ttt-chunk", "ttt-lr", "ttt-optim", "ttt-adam-lr", "ttt-clip", "ttt-seq-len", "ttt-lora-rank"})
     HYBRID_CHECK(res.count(f) == 0 || to.steps > 0, "--", f, " goes with --ttt-steps k (k >= 1)");
   HYBRID_CHECK(res.count("ttt-adam-lr") == 0 || optim == "muon", "--ttt-adam-lr goes with --ttt-optim muon");
   std::string json_path;
@@ -491,7 +511,11 @@ int run(int argc, char** argv) {
   ProgressLine line(!quiet);
   const auto progress = [&](const eval::Progress& p) { line.update(p); };
   eval::EvalResult r;
+  Index lora_params = 0;
   try {
+    // The adapters' size, and a target that matches nothing, before any scoring (making
+    // adapters reads the model's table and changes nothing).
+    if (to.lora) lora_params = train::LoraAdapters<float>(model, *to.lora).count();
     r = to.steps > 0 ? eval::evaluate_ttt(model, *data.stream, bytes, so, to, {}, progress)
                      : eval::evaluate_sliding(model, *data.stream, bytes, so, progress);
   } catch (...) {
@@ -514,10 +538,13 @@ int run(int argc, char** argv) {
                       {"loss", loss},
                       {"bpb", bpb},
                       {"seconds", r.seconds}};
-  if (to.steps > 0)
+  if (to.steps > 0) {
     j["ttt"] = {{"optimizer", optim}, {"lr", lr}, {"steps", to.steps}, {"chunk", to.chunk}, {"chunks", r.chunks},
                 {"adapt_steps", r.adapt_steps}, {"adapt_seconds", r.adapt_seconds}};
-  else
+    j["ttt"]["lora"] = to.lora ? nlohmann::json{{"rank", to.lora->rank}, {"alpha", to.lora->alpha},
+                                                {"targets", to.lora->targets}, {"parameters", lora_params}}
+                               : nlohmann::json(nullptr);
+  } else
     j["ttt"] = nullptr;
   if (json_path == "-") {
     std::printf("%s\n", j.dump(2).c_str());
@@ -535,6 +562,9 @@ int run(int argc, char** argv) {
                 "(%.1f s) |\n",
                 optim.c_str(), lr, to.steps, to.steps == 1 ? "" : "s", (long long)r.chunks, (long long)to.chunk,
                 r.adapt_seconds);
+  if (to.lora)
+    std::printf("| adapted | LoRA rank %d, alpha %g on %s (%s parameters); the weights frozen |\n", to.lora->rank,
+                to.lora->alpha, str("ttt-lora-targets").c_str(), with_commas(lora_params).c_str());
   std::printf("| tokens | %s |\n", with_commas(r.totals.tokens).c_str());
   std::printf("| bytes | %s |\n", with_commas((long long)std::llround(r.totals.bytes)).c_str());
   std::printf("| loss (nats/token) | %.6f |\n", loss);

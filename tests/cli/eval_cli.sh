@@ -62,6 +62,18 @@ if [[ "$quantize" != - ]]; then
   "$quantize" --weights "$tmp/m.safetensors" --out "$tmp/m.hybq" --bits 8 --fast >/dev/null
   "$eval_bin" --artifact "$tmp/m.hybq" --text "$data" --window 64 --max-tokens 256 --quiet >"$tmp/q"
   grep -qF "| model | quantised artifact $tmp/m.hybq |" "$tmp/q" || { cat "$tmp/q"; fail "artifact"; }
+  # Score-first TTT on LoRA adapters over the artifact's frozen weights: the first chunk
+  # scores as the plain evaluation (B = 0), the total differs from it.
+  "$eval_bin" --artifact "$tmp/m.hybq" --text "$data" --window 64 --max-tokens 512 --json - --quiet >"$tmp/q0.json"
+  "$eval_bin" --artifact "$tmp/m.hybq" --text "$data" --window 64 --max-tokens 512 --ttt-steps 2 --ttt-chunk 128 \
+    --ttt-lr 3e-3 --ttt-lora-rank 4 --ttt-lora-targets mamba.in,mamba.out --json - --quiet >"$tmp/ql.json"
+  grep -qF '"rank": 4' "$tmp/ql.json" && grep -qF '"adapt_steps": 6' "$tmp/ql.json" ||
+    { cat "$tmp/ql.json"; fail "LoRA test-time training JSON"; }
+  [[ "$(json_field nats "$tmp/ql.json")" != "$(json_field nats "$tmp/q0.json")" ]] ||
+    { cat "$tmp/ql.json"; fail "LoRA test-time training changed nothing"; }
+  "$eval_bin" --artifact "$tmp/m.hybq" --text "$data" --window 64 --max-tokens 512 --ttt-steps 1 --ttt-chunk 128 \
+    --ttt-lora-rank 2 >"$tmp/qt"
+  grep -qF "| adapted | LoRA rank 2, alpha 16 on all (" "$tmp/qt" || { cat "$tmp/qt"; fail "LoRA table line"; }
 fi
 
 # Bad input.
@@ -74,6 +86,10 @@ expect_error "--split: 'test' is not val, train or all" "$eval_bin" "${m[@]}" --
 expect_error "give exactly one model" "$eval_bin" "${m[@]}" --model TinyMamba --text "$data"
 expect_error "give exactly one data source" "$eval_bin" "${m[@]}"
 expect_error "--ttt-lr goes with --ttt-steps" "$eval_bin" "${m[@]}" --text "$data" --ttt-lr 1e-3
+expect_error "--ttt-lora-rank goes with --ttt-steps" "$eval_bin" "${m[@]}" --text "$data" --ttt-lora-rank 4
+expect_error "--ttt-lora-alpha goes with --ttt-lora-rank" "$eval_bin" "${m[@]}" --text "$data" --ttt-steps 1 --ttt-lora-alpha 8
+expect_error "lora: target 'conv' matches no projection" "$eval_bin" "${m[@]}" --text "$data" --window 64 \
+  --ttt-steps 1 --ttt-lora-rank 4 --ttt-lora-targets conv
 expect_error "--max-tokens (10) must be at least --window (64)" "$eval_bin" "${m[@]}" --text "$data" --window 64 --max-tokens 10
 expect_error "--window: 'x' is not an integer" "$eval_bin" "${m[@]}" --text "$data" --window x
 printf '\xe8\x03' >"$tmp/high.bin"  # id 1000, outside the model's 258

@@ -30,6 +30,7 @@
 #include <cmath>
 #include <functional>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "../core/error.hpp"
@@ -150,6 +151,10 @@ class WindowScorer {
   }
 
   ScorePath path() const { return path_; }
+
+  // A branch added to every projection the scores run (Tape::set_linear_adapter), e.g. LoRA
+  // adapters' evaluation hook; an empty function removes it.
+  void set_linear_adapter(typename Tape<S>::LinearAdapter f) { tape_.set_linear_adapter(std::move(f)); }
 
   // Σ over the windows (each of length L) in batches of B.
   Totals score(std::span<const Window> windows) {

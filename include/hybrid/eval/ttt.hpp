@@ -16,17 +16,27 @@
 // batch on the tape at a time), then one Optimizer::step. The optimiser and its moments
 // persist from chunk to chunk. The last chunk is scored but not adapted on: nothing after
 // it would use the update. The model is changed in place (float weights only).
+//
+// With TttOptions::lora the weights stay frozen and rank-r LoRA adapters on the chosen
+// projections (train/lora.hpp) are what adapts: they start at zero (B = 0), so the first
+// chunk scores as the base model, and every later chunk is scored with the base plus the
+// adapters trained on the chunks before it. The base is never written, so it can be the
+// dequantised values of a quantised artifact, bit for bit, through the whole evaluation:
+// score-first TTT on adapters over the quantised base, as parameter golf's entries run it.
 #pragma once
 #include <chrono>
 #include <cmath>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "../autograd/tape.hpp"
 #include "../core/error.hpp"
 #include "../runtime_model.hpp"
+#include "../train/lora.hpp"
 #include "../train/optim.hpp"
 #include "bpb.hpp"
 #include "sliding.hpp"
@@ -39,12 +49,15 @@ struct TttOptions {
   int steps = 1;        // optimiser steps on each chunk after it is scored; 0 = plain evaluation
   Index seq_len = 0;    // targets per adaptation sequence; 0 = the evaluation window
   train::OptimConfig optim = train::OptimConfig::adamw(1e-4, 0.0);
+  // Adapters to train instead of the weights (see the top of this file); none: the weights.
+  std::optional<train::LoraConfig> lora{};
 
   void validate() const {
     HYBRID_CHECK(chunk >= 1, "test-time training: the chunk must hold at least 1 token, got ", chunk);
     HYBRID_CHECK(steps >= 0, "test-time training: steps must be >= 0 (0 = none), got ", steps);
     HYBRID_CHECK(seq_len >= 0, "test-time training: seq_len must be >= 0 (0 = the window), got ", seq_len);
     optim.validate();
+    if (lora) lora->validate();
   }
 };
 
@@ -87,15 +100,19 @@ inline std::vector<Chunk> plan_chunks(const WindowPlan& plan, Index C) {
 
 // Adapts a model on ranges of targets of a stream: `steps` optimiser steps per call, the
 // gradient of the range's mean cross-entropy each. Holds the gradients, the recording tape
-// and the optimiser (whose moments carry over between calls).
+// and the optimiser (whose moments carry over between calls), and with o.lora the adapters
+// (gradients and optimiser state of the adapters only; the model's weights are not written).
 template <class S>
 class ChunkAdapter {
  public:
   // batch: sequences of seq_len targets on the tape at once.
   ChunkAdapter(RuntimeModel<S>& model, const TttOptions& o, Index seq_len, Index batch)
       : model_(model), o_(o), T_(o.seq_len > 0 ? o.seq_len : seq_len), B_(batch),
-        grads_((check_model(model), model)), tape_(true, &grads_), opt_(grads_, o.optim) {
+        lora_(make_lora((check_model(model), model), o)),
+        grads_(lora_ ? GradStore<S>(*lora_) : GradStore<S>(model)), tape_(true, lora_ ? nullptr : &grads_),
+        opt_(grads_, o.optim) {
     o.validate();
+    if (lora_) tape_.set_linear_adapter(lora_->hook(&grads_));
     HYBRID_CHECK(T_ >= 1 && B_ >= 1, "ChunkAdapter: seq_len ", T_, " and batch ", B_, " must be >= 1");
     const Index ctx = model.spec().max_context;
     HYBRID_CHECK(ctx == 0 || T_ <= ctx, "test-time training: sequences of ", T_, " tokens exceed the "
@@ -103,6 +120,13 @@ class ChunkAdapter {
   }
 
   const train::Optimizer<S>& optimizer() const { return opt_; }
+  // The adapters being trained (nullptr without TttOptions::lora).
+  const train::LoraAdapters<S>* lora() const { return lora_.get(); }
+  // What a scorer's tape needs to compute with the adapters (WindowScorer::set_linear_adapter):
+  // the adapters' evaluation hook, no dropout. Empty without adapters.
+  typename Tape<S>::LinearAdapter scoring_hook() {
+    return lora_ ? lora_->hook() : typename Tape<S>::LinearAdapter{};
+  }
 
   // o.steps steps on targets [first, end) of the stream (first >= 1); each step reported
   // as an Adapted event of chunk `chunk`.
@@ -119,6 +143,7 @@ class ChunkAdapter {
                    " is outside the model's vocabulary [0, ", V, ")");
     for (int s = 0; s < o_.steps; ++s) {
       grads_.zero();
+      if (lora_) lora_->set_dropout_seed(derive_seed(o_.lora->seed, "ttt dropout " + std::to_string(steps_)));
       double nats = 0;
       // Full sequences of T targets, B at a time; then the shorter rest alone.
       const Index full = n / T_;
@@ -150,6 +175,10 @@ class ChunkAdapter {
     HYBRID_CHECK(!m.weight_store(), "test-time training needs the float weights, and the model holds "
                  "stored ones; call set_weight_storage(DType::F32) first");
   }
+  static std::unique_ptr<train::LoraAdapters<S>> make_lora(RuntimeModel<S>& m, const TttOptions& o) {
+    if (!o.lora) return nullptr;
+    return std::make_unique<train::LoraAdapters<S>>(m, *o.lora);
+  }
 
   // Forward and backward of nb sequences of len targets starting at offset a of the chunk,
   // seeded so that the gradients over the chunk sum to those of its mean loss (n targets).
@@ -172,6 +201,7 @@ class ChunkAdapter {
   RuntimeModel<S>& model_;
   TttOptions o_;
   Index T_, B_;
+  std::unique_ptr<train::LoraAdapters<S>> lora_;  // before grads_: they may be its gradients
   GradStore<S> grads_;
   Tape<S> tape_;
   train::Optimizer<S> opt_;
@@ -180,7 +210,8 @@ class ChunkAdapter {
 };
 
 // Score-first test-time training over the stream (see the top of this file). Changes the
-// model's weights; returns the pre-adaptation totals.
+// model's weights (with t.lora: trains adapters and leaves them untouched); returns the
+// pre-adaptation totals.
 template <class S>
 EvalResult evaluate_ttt(RuntimeModel<S>& model, const TokenStream& stream, const TokenBytes& bytes,
                         const SlidingOptions& o, const TttOptions& t, const TttEventFn& on_event = {},
@@ -192,7 +223,10 @@ EvalResult evaluate_ttt(RuntimeModel<S>& model, const TokenStream& stream, const
   const std::vector<Chunk> chunks = plan_chunks(plan, t.chunk);
   WindowScorer<S> scorer(model, stream, bytes, o.window, o.batch, o.path);
   std::optional<ChunkAdapter<S>> adapter;
-  if (t.steps > 0) adapter.emplace(model, t, o.window, o.batch);
+  if (t.steps > 0) {
+    adapter.emplace(model, t, o.window, o.batch);
+    if (adapter->lora()) scorer.set_linear_adapter(adapter->scoring_hook());
+  }
   EvalResult r;
   r.chunks = Index(chunks.size());
   std::vector<Window> ws;
