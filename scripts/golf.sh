@@ -10,14 +10,16 @@
 #   STEPS=200 bash scripts/golf.sh       # train for another number of steps (300: the best
 #                                        # validation loss; the 400K-token corpus overfits past it)
 #   SKIP_TRAIN=1 bash scripts/golf.sh    # reuse golf_out/model.safetensors
+#   SEED=1 OUT=golf_s1 bash scripts/golf.sh   # another training run: weights seeded 1, batches
+#                                        # seeded 2 (SEED 0: seeds 0 and 1, train's defaults)
 #
-# Environment: OUT (golf_out), STEPS (300), D_MODEL (192), LAYOUT (MMAMMAMMA), SEQ_LEN (256),
+# Environment: OUT (golf_out), SEED (0), STEPS (300), D_MODEL (192), LAYOUT (MMAMMAMMA), SEQ_LEN (256),
 # BATCH (16), WINDOW (256), STRIDE (64), EVAL_TOKENS (0 = the whole val split), THREADS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-golf_out}"; steps="${STEPS:-300}"; d="${D_MODEL:-192}"; layout="${LAYOUT:-MMAMMAMMA}"
 seq="${SEQ_LEN:-256}"; batch="${BATCH:-16}"; window="${WINDOW:-256}"; stride="${STRIDE:-64}"
-evtok="${EVAL_TOKENS:-0}"; threads=(); [[ -n "${THREADS:-}" ]] && threads=(--threads "$THREADS")
+evtok="${EVAL_TOKENS:-0}"; seed="${SEED:-0}"; threads=(); [[ -n "${THREADS:-}" ]] && threads=(--threads "$THREADS")
 bash scripts/deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DHYBRID_BUILD_EXAMPLES=ON >/dev/null
 cmake --build build -j"$(nproc)" --target prepare train quantize eval
@@ -34,7 +36,7 @@ if [[ -z "${SKIP_TRAIN:-}" ]]; then
   "$bin/train" --layout "$layout" --d-model "$d" --d-state 32 --expand 2 --headdim 32 --heads 6 --kv-heads 2 \
     --mlp swiglu --mamba-mlp swiglu --mlp-hidden $((3 * d)) --tokenizer "$out/sp1024.model" \
     --shards-train "$train_glob" --shards-val "$val_glob" --batch "$batch" --seq-len "$seq" --steps "$steps" \
-    --ema 0.99 --eval-every $((steps / 4)) --csv "$out/curve.csv" --save "$out/model.safetensors" "${threads[@]}"
+    --seed "$seed" --data-seed $((seed + 1)) --ema 0.99 --eval-every $((steps / 4)) --csv "$out/curve.csv" --save "$out/model.safetensors" "${threads[@]}"
 fi
 
 # 3. Artifacts: round-to-nearest and GPTQ (calibrated on train shards) at 6 and 4 bits with
