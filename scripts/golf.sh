@@ -6,7 +6,7 @@
 # and code bytes against the 16,000,000-byte budget, bits per byte on the validation shards
 # before and after quantisation, plainly and by sliding windows.
 #
-#   bash scripts/golf.sh                 # everything under golf_out/ (about 8 minutes on 2 cores)
+#   bash scripts/golf.sh                 # everything under golf_out/ (about 10 minutes on 2 cores)
 #   STEPS=200 bash scripts/golf.sh       # train for another number of steps (300: the best
 #                                        # validation loss; the 400K-token corpus overfits past it)
 #   SKIP_TRAIN=1 bash scripts/golf.sh    # reuse golf_out/model.safetensors
