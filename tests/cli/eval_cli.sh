@@ -62,8 +62,9 @@ if [[ "$quantize" != - ]]; then
   "$quantize" --weights "$tmp/m.safetensors" --out "$tmp/m.hybq" --bits 8 --fast >/dev/null
   "$eval_bin" --artifact "$tmp/m.hybq" --text "$data" --window 64 --max-tokens 256 --quiet >"$tmp/q"
   grep -qF "| model | quantised artifact $tmp/m.hybq |" "$tmp/q" || { cat "$tmp/q"; fail "artifact"; }
-  # Score-first TTT on LoRA adapters over the artifact's frozen weights: the first chunk
-  # scores as the plain evaluation (B = 0), the total differs from it.
+  # Score-first TTT on LoRA adapters over the artifact's frozen weights: 3 chunks adapted
+  # on, and the total differs from the plain evaluation's (tests/test_eval.cpp checks each
+  # chunk's score).
   "$eval_bin" --artifact "$tmp/m.hybq" --text "$data" --window 64 --max-tokens 512 --json - --quiet >"$tmp/q0.json"
   "$eval_bin" --artifact "$tmp/m.hybq" --text "$data" --window 64 --max-tokens 512 --ttt-steps 2 --ttt-chunk 128 \
     --ttt-lr 3e-3 --ttt-lora-rank 4 --ttt-lora-targets mamba.in,mamba.out --json - --quiet >"$tmp/ql.json"

@@ -26,6 +26,7 @@
 #pragma once
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -118,6 +119,9 @@ class ChunkAdapter {
     HYBRID_CHECK(ctx == 0 || T_ <= ctx, "test-time training: sequences of ", T_, " tokens exceed the "
                  "model's maximum context of ", ctx);
   }
+  // The optimiser, the tape and the hook point at this object's gradients: not copied or moved.
+  ChunkAdapter(const ChunkAdapter&) = delete;
+  ChunkAdapter& operator=(const ChunkAdapter&) = delete;
 
   const train::Optimizer<S>& optimizer() const { return opt_; }
   // The adapters being trained (nullptr without TttOptions::lora).
@@ -143,7 +147,6 @@ class ChunkAdapter {
                    " is outside the model's vocabulary [0, ", V, ")");
     for (int s = 0; s < o_.steps; ++s) {
       grads_.zero();
-      if (lora_) lora_->set_dropout_seed(derive_seed(o_.lora->seed, "ttt dropout " + std::to_string(steps_)));
       double nats = 0;
       // Full sequences of T targets, B at a time; then the shorter rest alone.
       const Index full = n / T_;
@@ -192,6 +195,8 @@ class ChunkAdapter {
         targets_[std::size_t(b * len + i)] = ids_[std::size_t(a + b * len + i + 1)];
       }
     tape_.rewind();
+    // A new dropout mask for every forward (adapters with dropout only).
+    if (lora_) lora_->set_dropout_seed(derive_seed(o_.lora->seed, "ttt dropout " + std::to_string(forwards_++)));
     const Var<S> loss = model_.loss(tape_, tokens_, targets_, nb, len);  // (1, 1) mean over nb * len
     const double count = double(nb * len);
     tape_.backward(loss, S(count / double(n)));
@@ -207,11 +212,12 @@ class ChunkAdapter {
   train::Optimizer<S> opt_;
   std::vector<int> ids_, tokens_, targets_;  // (n + 1) the chunk's ids, (nb, len) a batch
   Index steps_ = 0;
+  std::uint64_t forwards_ = 0;  // forwards run: the adapters' dropout seeds
 };
 
 // Score-first test-time training over the stream (see the top of this file). Changes the
-// model's weights (with t.lora: trains adapters and leaves them untouched); returns the
-// pre-adaptation totals.
+// model's weights (with t.lora: trains adapters and leaves the weights untouched); returns
+// the pre-adaptation totals.
 template <class S>
 EvalResult evaluate_ttt(RuntimeModel<S>& model, const TokenStream& stream, const TokenBytes& bytes,
                         const SlidingOptions& o, const TttOptions& t, const TttEventFn& on_event = {},

@@ -88,7 +88,7 @@ inline RuntimeModel<float> load_artifact_model(const Artifact& a, const std::str
   std::map<std::string, bool> corrected;
   // Groups the int8 storage holds: the whole row, or multiples of its 32-column blocks.
   auto storable = [](const QTensor& q) { return q.group == q.cols || q.group % 32 == 0; };
-  m.visit([&](const std::string& n, MatMap<float>& dst, ParamRole) {
+  m.visit([&](const std::string& n, MatMap<float>& dst, ParamRole role) {
     const auto it = by_name.find(n);
     HYBRID_CHECK(it != by_name.end(), what, ": tensor '", n, "' is missing (the model description has it)");
     const ArtifactTensor& t = *it->second;
@@ -100,11 +100,16 @@ inline RuntimeModel<float> load_artifact_model(const Artifact& a, const std::str
       const ArtifactTensor *fa = factor(n, kLqerA), *fb = factor(n, kLqerB);
       HYBRID_CHECK(!fa == !fb, what, ": tensor '", n, "' has only one of its two LQER factors (", kLqerA, ", ",
                    kLqerB, ")");
-      if (!o.float_copy && !fa && storable(t.q)) {
-        // Straight to storage below; the dequantised floats would have caught a bad scale.
+      // The tensors the int8 storage below takes from the artifact's integers (the storage
+      // holds projections, the embedding and the head only: any other quantised tensor, a norm
+      // say, keeps its floats).
+      const bool to_storage = (role == ParamRole::Matrix || role == ParamRole::Embedding) && storable(t.q) && !fa;
+      if (!o.float_copy && to_storage) {
+        // No float values: check what check_finite would have caught in them (q * scale).
+        const float qm = float(qmax_of(t.q.bits));
         for (std::size_t k = 0; k < t.q.scales.size(); ++k)
-          HYBRID_CHECK(std::isfinite(t.q.scales[k]), what, ": tensor '", n, "' has scale ", t.q.scales[k],
-                       " for group ", k, "; every scale must be finite");
+          HYBRID_CHECK(std::isfinite(t.q.scales[k] * qm), what, ": tensor '", n, "' has scale ", t.q.scales[k],
+                       " for group ", k, "; every value scale * q must be finite");
         return;
       }
       dequantize(t.q, dst.data());
