@@ -511,11 +511,7 @@ int run(int argc, char** argv) {
   ProgressLine line(!quiet);
   const auto progress = [&](const eval::Progress& p) { line.update(p); };
   eval::EvalResult r;
-  Index lora_params = 0;
   try {
-    // The adapters' size, and a target that matches nothing, before any scoring (making
-    // adapters reads the model's table and changes nothing).
-    if (to.lora) lora_params = train::LoraAdapters<float>(model, *to.lora).count();
     r = to.steps > 0 ? eval::evaluate_ttt(model, *data.stream, bytes, so, to, {}, progress)
                      : eval::evaluate_sliding(model, *data.stream, bytes, so, progress);
   } catch (...) {
@@ -542,7 +538,7 @@ int run(int argc, char** argv) {
     j["ttt"] = {{"optimizer", optim}, {"lr", lr}, {"steps", to.steps}, {"chunk", to.chunk}, {"chunks", r.chunks},
                 {"adapt_steps", r.adapt_steps}, {"adapt_seconds", r.adapt_seconds}};
     j["ttt"]["lora"] = to.lora ? nlohmann::json{{"rank", to.lora->rank}, {"alpha", to.lora->alpha},
-                                                {"targets", to.lora->targets}, {"parameters", lora_params}}
+                                                {"targets", to.lora->targets}, {"parameters", r.adapter_params}}
                                : nlohmann::json(nullptr);
   } else
     j["ttt"] = nullptr;
@@ -564,7 +560,7 @@ int run(int argc, char** argv) {
                 r.adapt_seconds);
   if (to.lora)
     std::printf("| adapted | LoRA rank %d, alpha %g on %s (%s parameters); the weights frozen |\n", to.lora->rank,
-                to.lora->alpha, str("ttt-lora-targets").c_str(), with_commas(lora_params).c_str());
+                to.lora->alpha, str("ttt-lora-targets").c_str(), with_commas(r.adapter_params).c_str());
   std::printf("| tokens | %s |\n", with_commas(r.totals.tokens).c_str());
   std::printf("| bytes | %s |\n", with_commas((long long)std::llround(r.totals.bytes)).c_str());
   std::printf("| loss (nats/token) | %.6f |\n", loss);

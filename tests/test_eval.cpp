@@ -315,6 +315,21 @@ TEST_CASE("eval: byte-level BPE byte counts sum to the text's bytes") {
 // Score-first test-time training
 
 namespace {
+// The totals the loop reported for chunk c (its Scored event).
+Totals scored_totals(const std::vector<TttEvent>& log, std::size_t c) {
+  for (const TttEvent& e : log)
+    if (e.kind == TttEvent::Kind::Scored && e.chunk == Index(c)) return e.totals;
+  FAIL("no score for chunk ", c);
+  return Totals{};
+}
+
+// The windows of a chunk of the plan.
+std::vector<Window> chunk_windows(const WindowPlan& plan, const Chunk& ch) {
+  std::vector<Window> ws;
+  for (Index k = ch.k0; k < ch.k1; ++k) ws.push_back(plan[k]);
+  return ws;
+}
+
 TttOptions strong_ttt(int steps) {
   // A learning rate large enough that one chunk's adaptation visibly moves the next scores.
   return TttOptions{.chunk = 40, .steps = steps, .optim = train::OptimConfig::adamw(3e-3, 0.0)};
@@ -360,23 +375,14 @@ TEST_CASE("ttt: each chunk is scored before it is adapted on, with the weights o
   CHECK(r.chunks == Index(chunks.size()));
   CHECK(r.adapt_steps == Index(t.steps) * (r.chunks - 1));
 
-  const auto scored = [&](std::size_t c) {
-    for (const TttEvent& e : log)
-      if (e.kind == TttEvent::Kind::Scored && e.chunk == Index(c)) return e.totals;
-    FAIL("no score for chunk ", c);
-    return Totals{};
-  };
+  const auto scored = [&](std::size_t c) { return scored_totals(log, c); };
 
   // Replay: a copy of the original weights adapted on chunks < c only scores chunk c as the
   // loop reported; adapting on chunk c as well (adapt-first) gives another score.
   RuntimeModel<double> replay = m0;
   ChunkAdapter<double> adapter(replay, t, o.window, o.batch);
   WindowScorer<double> scorer(replay, stream, tb, o.window, o.batch, ScorePath::Auto);
-  const auto score_chunk = [&](const Chunk& ch) {
-    std::vector<Window> ws;
-    for (Index k = ch.k0; k < ch.k1; ++k) ws.push_back(plan[k]);
-    return scorer.score(ws);
-  };
+  const auto score_chunk = [&](const Chunk& ch) { return scorer.score(chunk_windows(plan, ch)); };
   for (std::size_t c = 0; c < chunks.size(); ++c) {
     CAPTURE(c);
     const Totals before = score_chunk(chunks[c]);
@@ -389,9 +395,7 @@ TEST_CASE("ttt: each chunk is scored before it is adapted on, with the weights o
   // And without the replay's machinery: chunk 0 is scored by the untouched weights, chunk 1
   // by changed ones.
   WindowScorer<double> original(m0, stream, tb, o.window, o.batch, ScorePath::Auto);
-  std::vector<Window> ws0, ws1;
-  for (Index k = chunks[0].k0; k < chunks[0].k1; ++k) ws0.push_back(plan[k]);
-  for (Index k = chunks[1].k0; k < chunks[1].k1; ++k) ws1.push_back(plan[k]);
+  const std::vector<Window> ws0 = chunk_windows(plan, chunks[0]), ws1 = chunk_windows(plan, chunks[1]);
   CHECK(original.score(ws0).nats == doctest::Approx(scored(0).nats).epsilon(1e-12));
   CHECK(std::abs(original.score(ws1).nats - scored(1).nats) > 1e-4 * scored(1).nats);
 
@@ -467,17 +471,8 @@ TEST_CASE("ttt: with LoRA the adapters adapt score-first and the weights stay bi
   const std::vector<Chunk> chunks = plan_chunks(plan, t.chunk);
   REQUIRE(chunks.size() >= 4);
   CHECK(r.adapt_steps == Index(t.steps) * (r.chunks - 1));
-  const auto scored = [&](std::size_t c) {
-    for (const TttEvent& e : log)
-      if (e.kind == TttEvent::Kind::Scored && e.chunk == Index(c)) return e.totals;
-    FAIL("no score for chunk ", c);
-    return Totals{};
-  };
-  const auto windows = [&](const Chunk& ch) {
-    std::vector<Window> ws;
-    for (Index k = ch.k0; k < ch.k1; ++k) ws.push_back(plan[k]);
-    return ws;
-  };
+  const auto scored = [&](std::size_t c) { return scored_totals(log, c); };
+  const auto windows = [&](const Chunk& ch) { return chunk_windows(plan, ch); };
   // B starts at zero: chunk 0 scores as the base model; later chunks see the adapters.
   WindowScorer<double> base(m0, stream, tb, o.window, o.batch, ScorePath::Auto);
   CHECK(base.score(windows(chunks[0])).nats == doctest::Approx(scored(0).nats).epsilon(1e-12));
@@ -489,6 +484,7 @@ TEST_CASE("ttt: with LoRA the adapters adapt score-first and the weights stay bi
   ChunkAdapter<double> adapter(replay, t, o.window, o.batch);
   REQUIRE(adapter.lora());
   CHECK(adapter.lora()->count() > 0);
+  CHECK(r.adapter_params == adapter.lora()->count());
   WindowScorer<double> scorer(replay, stream, tb, o.window, o.batch, ScorePath::Auto);
   scorer.set_linear_adapter(adapter.scoring_hook());
   int lower = 0;

@@ -113,6 +113,7 @@ struct EvalResult {
   Totals totals;
   Index windows = 0;
   Index chunks = 0, adapt_steps = 0;
+  Index adapter_params = 0;               // test-time training on LoRA adapters: their parameters
   double seconds = 0, adapt_seconds = 0;  // wall time in all, and of it adapting
 };
 

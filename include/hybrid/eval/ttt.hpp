@@ -265,6 +265,7 @@ EvalResult evaluate_ttt(RuntimeModel<S>& model, const TokenStream& stream, const
     }
   }
   r.adapt_steps = adapter ? adapter->steps_done() : 0;
+  r.adapter_params = adapter && adapter->lora() ? adapter->lora()->count() : 0;
   r.seconds = detail::seconds_since(t0);
   return r;
 }
